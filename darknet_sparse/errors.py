@@ -1,0 +1,35 @@
+"""The one error hierarchy of darknet-sparse.
+
+Every error the library raises on bad input is a :class:`DarknetSparseError`,
+and each subclass is also a :class:`ValueError` (or :class:`RuntimeError` for
+things that are not the input's fault), so callers can catch either.  The CLI
+turns any of them into one ``Error:`` line and exit code 2.
+"""
+
+
+class DarknetSparseError(Exception):
+    """Base class of every error darknet-sparse raises on purpose."""
+
+
+class CfgError(DarknetSparseError, ValueError):
+    """A ``.cfg`` file that Darknet would not parse the way we need."""
+
+
+class WeightsFormatError(DarknetSparseError, ValueError):
+    """A ``.weights`` file that does not match its cfg or is damaged."""
+
+
+class PolicyError(DarknetSparseError, ValueError):
+    """A pruning request that cannot be satisfied (bad level, bad spec)."""
+
+
+class OutputError(DarknetSparseError, ValueError):
+    """An output path that would lose data or cannot be written."""
+
+
+class BindingError(DarknetSparseError, RuntimeError):
+    """The compiled Darknet binding is missing or Darknet failed inside it."""
+
+
+class DarknetRunError(DarknetSparseError, RuntimeError):
+    """The patched ``darknet`` binary failed or printed something unexpected."""
