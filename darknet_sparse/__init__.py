@@ -1,0 +1,87 @@
+"""darknet-sparse: prune Darknet (YOLO) ``.weights`` files layer by layer.
+
+The Python API a notebook uses::
+
+    import darknet_sparse as ds
+    wf = ds.load("yolov3-tiny.cfg", "yolov3-tiny.weights")   # fork="auto"
+    wf.model.layers[0].params, wf.arrays(0)["weights"]
+    result = ds.threshold(wf, "out.weights", mode="magnitude", sparsity=0.7)
+
+Data flows one way: cfg -> layout -> weights file -> policy -> writer -> reports.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .cfg import Section, parse_cfg, read_cfg
+from .errors import (BindingError, CfgError, DarknetRunError, DarknetSparseError, OutputError,
+                     PolicyError, WeightsFormatError)
+from .layout import FORKS, Layer, Model, Param, alexeyab_markers, build_model
+from .weightsfile import WeightsFile, header_revision
+
+__all__ = [
+    "BindingError", "CfgError", "DarknetRunError", "DarknetSparseError", "FORKS", "Layer", "Model",
+    "OutputError", "Param", "PolicyError", "Section", "WeightsFile", "WeightsFormatError",
+    "find_cfg", "load", "load_model", "parse_cfg", "read_cfg", "resolve_fork", "threshold",
+]
+
+
+def resolve_fork(sections: list[Section], fork: str = "auto", weights: str | Path | None = None) -> tuple[str, str]:
+    """The fork to read with, and why: AlexeyAB-only cfg features win, then
+    the header's revision (pjreddie saves 0.2.0, AlexeyAB 0.2.5)."""
+    if fork != "auto":
+        if fork not in FORKS:
+            raise CfgError(f"unknown fork {fork!r}: expected auto, {', '.join(FORKS)}")
+        return fork, "as requested"
+    markers = alexeyab_markers(sections)
+    if markers:
+        return "alexeyab", "cfg uses " + ", ".join(markers[:3]) + (" ..." if len(markers) > 3 else "")
+    version = header_revision(weights) if weights is not None and Path(weights).is_file() else None
+    if version is not None and version[:2] == (0, 2) and version[2] == 5:
+        return "alexeyab", "header version 0.2.5"
+    if version is not None:
+        return "pjreddie", f"header version {'.'.join(map(str, version))}"
+    return "pjreddie", "no AlexeyAB-only features"
+
+
+def load_model(cfg: str | Path, fork: str = "auto", weights: str | Path | None = None) -> Model:
+    """Parse a cfg and infer every layer's shapes and parameter arrays."""
+    sections = read_cfg(cfg)
+    chosen, reason = resolve_fork(sections, fork, weights)
+    model = build_model(sections, chosen)
+    model.notes.append(f"fork: {chosen} ({reason})")
+    return model
+
+
+def find_cfg(weights: str | Path) -> Path:
+    """``MODEL.cfg`` beside ``MODEL.weights`` (also ``MODEL.sparse.weights``
+    -> ``MODEL.cfg``)."""
+    weights = Path(weights)
+    stem = weights.name[:-len(".weights")] if weights.name.endswith(".weights") else weights.stem
+    candidates = [weights.with_name(stem + ".cfg")]
+    while "." in stem:
+        stem = stem.rsplit(".", 1)[0]
+        candidates.append(weights.with_name(stem + ".cfg"))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise CfgError(f"{weights}: no cfg given and none found beside it (looked for "
+                   f"{', '.join(c.name for c in candidates)}); pass --cfg")
+
+
+def load(cfg: str | Path | None, weights: str | Path, fork: str = "auto") -> WeightsFile:
+    """Open a weights file against its cfg (found beside it when ``cfg`` is None).
+
+    Raises :class:`CfgError` or :class:`WeightsFormatError` before any array
+    is read when the two do not match.
+    """
+    if not Path(weights).is_file():
+        raise WeightsFormatError(f"{weights}: no such weights file")
+    cfg = find_cfg(weights) if cfg is None else cfg
+    return WeightsFile(weights, load_model(cfg, fork, weights))
+
+
+def threshold(wf: WeightsFile, output: str | Path, **options):
+    """Prune ``wf`` into ``output``; see :func:`darknet_sparse.prune.threshold`."""
+    from .prune import threshold as run
+    return run(wf, output, **options)
