@@ -1,0 +1,138 @@
+"""The ``darknet-sparse`` command line: a thin click layer over the API.
+
+Every :class:`DarknetSparseError` becomes one ``Error:`` line on stderr and
+exit code 2 (a traceback only with ``--debug``).
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from . import load
+from . import prune as prune_
+from . import reports
+from .errors import DarknetSparseError
+from .layout import FORKS
+from .policies import MODES, read_spec
+
+
+class ToolError(click.ClickException):
+    """A domain error shown as one line, exit code 2."""
+
+    exit_code = 2
+
+
+def domain_errors(command):
+    """Turn library errors into :class:`ToolError` unless ``--debug``."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except DarknetSparseError as exc:
+            if click.get_current_context().find_root().obj.get("debug"):
+                raise
+            raise ToolError(str(exc)) from None
+    return run
+
+
+cfg_option = click.option("--cfg", type=click.Path(dir_okay=False, path_type=Path),
+                          help="The model's .cfg (default: MODEL.cfg beside the weights).")
+fork_option = click.option("--fork", type=click.Choice(("auto",) + FORKS), default="auto", show_default=True,
+                           help="Whose layouts to read with; auto goes by cfg features and the header.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+weights_argument = click.argument("weights", type=click.Path(dir_okay=False, path_type=Path))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="darknet-sparse")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Sparsify Darknet (YOLO) models: threshold near-zero weights layer by
+    layer, inspect the result, and retrain with the patched Darknet."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@weights_argument
+@cfg_option
+@fork_option
+@json_option
+@domain_errors
+def info(weights: Path, cfg: Path | None, fork: str, as_json: bool) -> None:
+    """One row per layer: shapes, parameters, sparsity, dense and effective FLOPs."""
+    report = reports.info(load(cfg, weights, fork))
+    click.echo(reports.to_json(report) if as_json else reports.info_table(report))
+
+
+@cli.command()
+@weights_argument
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file (default: MODEL.sparse.weights).")
+@click.option("--mode", type=click.Choice(MODES), default="absolute", show_default=True,
+              help="How each layer's threshold is chosen.")
+@click.option("--threshold", "-t", type=float,
+              help="absolute: |w| below this becomes 0; sensitivity: the multiple s of each layer's std.")
+@click.option("--sparsity", "-s", type=float, help="magnitude/global: target sparsity in [0, 1); triangle: --end.")
+@click.option("--start", type=float, help="triangle: sparsity of the first prunable layer (default 0).")
+@click.option("--end", type=float, help="triangle: sparsity of the last prunable layer.")
+@click.option("--spec", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML or TOML file of per-layer levels (index, a-b range or type -> level or skip).")
+@click.option("--exclude", help="Comma-separated layers to leave alone: indices, a-b ranges, types, "
+                                "'first' (first prunable layer), 'heads' (layers feeding yolo/region).")
+@click.option("--include-shortcut", is_flag=True,
+              help="Also prune AlexeyAB shortcut and implicit weights (never biases or batch norm).")
+@click.option("--in-place", is_flag=True, help="Overwrite the input weights file.")
+@click.option("--backup", is_flag=True, help="With --in-place, keep the original as WEIGHTS.bak.")
+@click.option("--dry-run", is_flag=True, help="Report what would happen; write nothing.")
+@click.option("--strict", is_flag=True, help="NaN or Inf in any array is an error.")
+@cfg_option
+@fork_option
+@json_option
+@domain_errors
+def threshold(weights: Path, output: Path | None, mode: str, threshold: float | None, sparsity: float | None,
+              start: float | None, end: float | None, spec: Path | None, exclude: str | None,
+              include_shortcut: bool, in_place: bool, backup: bool, dry_run: bool, strict: bool,
+              cfg: Path | None, fork: str, as_json: bool) -> None:
+    """Set near-zero weights of WEIGHTS to 0, layer by layer.
+
+    Biases and batch-norm scales and statistics are never touched.
+    """
+    if backup and not in_place:
+        raise click.UsageError("--backup only goes with --in-place")
+    if in_place and output is not None and output.resolve() != weights.resolve():
+        raise click.UsageError("--in-place writes over WEIGHTS; do not also give -o")
+    wf = load(cfg, weights, fork)
+    target = weights if in_place else output or prune_.default_output(weights)
+    result = prune_.threshold(wf, target, mode, threshold=threshold, sparsity=sparsity, start=start, end=end,
+                              spec=read_spec(spec) if spec else None, exclude=exclude,
+                              include_optional=include_shortcut, in_place=in_place, backup=backup,
+                              dry_run=dry_run, strict=strict)
+    click.echo(reports.to_json(result) if as_json else reports.prune_table(result))
+
+
+@cli.command()
+@click.argument("a", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("b", type=click.Path(dir_okay=False, path_type=Path))
+@cfg_option
+@fork_option
+@click.option("--all-arrays", is_flag=True, help="Also compare biases and batch-norm arrays.")
+@click.option("--fail-on-revived", is_flag=True, help="Exit 1 if any weight that is 0 in A is non-zero in B.")
+@json_option
+@domain_errors
+def diff(a: Path, b: Path, cfg: Path | None, fork: str, all_arrays: bool, fail_on_revived: bool,
+         as_json: bool) -> None:
+    """Per layer: weights changed, zeros added, zeros revived, max change from A to B."""
+    wa = load(cfg, a, fork)
+    wb = load(wa.model.path, b, wa.model.fork)
+    report = reports.diff(wa, wb, all_arrays)
+    click.echo(reports.to_json(report) if as_json else reports.diff_table(report))
+    if fail_on_revived and report.revived:
+        click.echo(f"{report.revived} zero weights of {a} are non-zero in {b}", err=True)
+        raise SystemExit(1)
+
+
+def main() -> None:
+    cli(prog_name="darknet-sparse")

@@ -1,0 +1,168 @@
+"""Apply a pruning policy to a weights file, streaming, and report per array.
+
+:func:`threshold` is the whole ``darknet-sparse threshold`` job: choose the
+levels (:mod:`policies`), resolve them to thresholds, then copy the file
+with ``|w| < t`` set to 0 in the chosen arrays, counting zeros and non-finite
+values as it goes.  Nothing is kept in memory beyond one chunk.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import policies
+from .errors import WeightsFormatError
+from .layout import PRUNABLE_ROLES, OPTIONAL_PRUNABLE_ROLES
+from .stats import INF_BITS, Moments, abs_bits
+from .weightsfile import Slot, WeightsFile, check_output, write
+
+
+@dataclass
+class ArrayResult:
+    """What pruning did to one array."""
+
+    layer: int
+    type: str
+    name: str
+    count: int
+    zeros_before: int = 0
+    zeros_after: int = 0
+    nonfinite: int = 0
+    threshold: float | None = None
+    level: str = "skip"
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros_after / self.count if self.count else 0.0
+
+
+@dataclass
+class PruneResult:
+    """Per-array results and totals of one threshold run."""
+
+    source: Path
+    output: Path | None
+    fork: str
+    mode: str
+    arrays: list[ArrayResult]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return sum(a.count for a in self.arrays)
+
+    @property
+    def zeros_before(self) -> int:
+        return sum(a.zeros_before for a in self.arrays)
+
+    @property
+    def zeros_after(self) -> int:
+        return sum(a.zeros_after for a in self.arrays)
+
+    @property
+    def nonfinite(self) -> int:
+        return sum(a.nonfinite for a in self.arrays)
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros_after / self.count if self.count else 0.0
+
+
+def _threshold_edit(t: float, result: ArrayResult):
+    """An edit setting ``0 < |w| < t`` to +0.0; exact zeros (either sign) are
+    left as they are, so unchanged bytes stay unchanged."""
+    limit = np.uint32(np.array([t], np.float32).view(np.uint32)[0])
+
+    def edit(slot: Slot, piece: np.ndarray) -> None:
+        bits = abs_bits(piece)
+        zeros = int(np.count_nonzero(bits == 0))
+        result.zeros_before += zeros
+        result.nonfinite += int(np.count_nonzero(bits >= INF_BITS))
+        if limit:
+            bits -= np.uint32(1)  # exact zeros wrap to the top and are never selected
+            mask = bits < limit - np.uint32(1)
+            np.copyto(piece, np.float32(0), where=mask)
+            zeros += int(np.count_nonzero(mask))
+        result.zeros_after += zeros
+    return edit
+
+
+def threshold(wf: WeightsFile, output: str | Path | None, mode: str = "absolute", *,
+              threshold: float | None = None, sparsity: float | None = None,
+              start: float | None = None, end: float | None = None, spec: dict | None = None,
+              exclude: str | None = None, include_optional: bool = False, in_place: bool = False,
+              backup: bool = False, dry_run: bool = False, strict: bool = False) -> PruneResult:
+    """Prune the prunable arrays of ``wf`` into ``output``.
+
+    ``output=None`` or ``dry_run`` computes and counts without writing.  With
+    ``in_place`` the output may be the input; ``backup`` first copies it to
+    ``NAME.bak``.  ``strict`` makes NaN or Inf in any array an error (no
+    output is left behind); otherwise they are counted and reported.
+    """
+    roles = PRUNABLE_ROLES + (OPTIONAL_PRUNABLE_ROLES if include_optional else ())
+    model = wf.model
+    levels = policies.mode_levels(model, mode, threshold=threshold, sparsity=sparsity,
+                                  start=start, end=end, roles=roles)
+    if spec:
+        levels = policies.apply_spec(levels, spec, model, roles=roles)
+    levels = policies.apply_exclude(levels, policies.parse_exclude(exclude, model), model)
+    target = None if output is None else Path(output)
+    if target is not None and not dry_run:
+        check_output(wf.path, target, in_place)
+    chosen = policies.thresholds(wf, levels, roles)
+
+    arrays: list[ArrayResult] = []
+    edits = {}
+    for slot in wf.slots:
+        if slot.param.role not in roles:
+            continue
+        result = ArrayResult(slot.layer.index, slot.layer.type, slot.param.name, slot.param.count)
+        if slot.key in chosen:
+            level, t = chosen[slot.key]
+            result.threshold, result.level = t, level.describe()
+            edits[slot.key] = _threshold_edit(t, result)
+        else:
+            edits[slot.key] = _threshold_edit(0.0, result)  # counts only
+        arrays.append(result)
+    notes = list(model.notes)
+    if wf.partial:
+        notes.append(f"partial file: holds layers 0..{wf.layers_present - 1} of {len(model.layers)}")
+    if wf.trailing:
+        notes.append(f"{wf.trailing} trailing bytes after the last layer, kept as they are")
+
+    if strict:
+        _check_finite(wf)
+    if target is None or dry_run:
+        for slot in wf.slots:
+            if slot.key in edits:
+                for piece in wf.chunks(slot):
+                    edits[slot.key](slot, piece)
+    else:
+        if in_place and backup:
+            shutil.copy2(wf.path, wf.path.with_name(wf.path.name + ".bak"))
+        write(wf, target, edits, in_place=in_place)
+    outcome = PruneResult(wf.path, None if dry_run else target, model.fork, mode, arrays, notes)
+    if outcome.nonfinite:
+        notes.append(f"{outcome.nonfinite} NaN or Inf weights found (left as they are; --strict makes this an error)")
+    return outcome
+
+
+def _check_finite(wf: WeightsFile) -> None:
+    """Raise on the first array holding NaN or Inf."""
+    for slot in wf.slots:
+        stats = Moments()
+        for piece in wf.chunks(slot):
+            stats.add(piece)
+        if stats.nonfinite:
+            raise WeightsFormatError(f"{wf.path}: layer {slot.layer.index} ({slot.layer.type}) array "
+                                     f"{slot.param.name} holds {stats.nonfinite} NaN or Inf values")
+
+
+def default_output(weights: Path) -> Path:
+    """``MODEL.weights`` -> ``MODEL.sparse.weights``."""
+    stem = weights.name[:-len(".weights")] if weights.name.endswith(".weights") else weights.name
+    return weights.with_name(stem + ".sparse.weights")
+

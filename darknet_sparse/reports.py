@@ -1,0 +1,233 @@
+"""Analyses that return data (info, diff) and renderers for text and JSON.
+
+Analysis functions return plain dataclasses; :func:`table` and
+:func:`to_json` render them.  Nothing here prints or imports click.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import WeightsFormatError
+from .layout import PRUNABLE_ROLES
+from .prune import PruneResult
+from .stats import abs_bits, nonzero
+from .weightsfile import WeightsFile
+
+
+def _shape(dims: tuple[int, int, int]) -> str:
+    c, h, w = dims
+    return f"{w}x{h}x{c}"
+
+
+@dataclass
+class InfoRow:
+    """One layer of ``info``: shapes, sizes, sparsity and FLOPs."""
+
+    index: int
+    type: str
+    input: str
+    output: str
+    params: int
+    weights: int
+    nonzero: int
+    bflops: float
+    effective_bflops: float
+    path: str = ""
+
+    @property
+    def sparsity(self) -> float:
+        return 1 - self.nonzero / self.weights if self.weights else 0.0
+
+
+@dataclass
+class Info:
+    """The whole ``info`` report."""
+
+    weights: str
+    cfg: str
+    fork: str
+    header: str
+    seen: int
+    rows: list[InfoRow]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def totals(self) -> dict:
+        weights = sum(r.weights for r in self.rows)
+        nonzero_ = sum(r.nonzero for r in self.rows)
+        return {"params": sum(r.params for r in self.rows), "weights": weights, "nonzero": nonzero_,
+                "sparsity": 1 - nonzero_ / weights if weights else 0.0,
+                "bflops": sum(r.bflops for r in self.rows),
+                "effective_bflops": sum(r.effective_bflops for r in self.rows)}
+
+
+def info(wf: WeightsFile, path_of=None) -> Info:
+    """Per-layer report of a weights file; ``path_of(layer, density)`` names
+    the forward path a layer takes (shown when given)."""
+    model = wf.model
+    rows = []
+    for layer in model.layers:
+        present = layer.index < wf.layers_present
+        weights = nonzero_ = macs = 0
+        for slot in wf.slots_of(layer.index) if present else []:
+            if slot.param.role in PRUNABLE_ROLES:
+                count = nonzero(wf, slot)
+                weights += slot.param.count
+                nonzero_ += count
+                macs += count * slot.param.macs
+        dense = model.layer_flops(layer)
+        effective = 2 * macs if layer.shares is None else dense  # shared layers: see their source
+        density = nonzero_ / weights if weights else 1.0
+        rows.append(InfoRow(layer.index, layer.type, _shape(layer.input), _shape(layer.output),
+                            layer.param_count, weights, nonzero_, dense / 1e9, effective / 1e9,
+                            path_of(layer, density) if path_of and weights else ""))
+    notes = list(model.notes)
+    if wf.partial:
+        notes.append(f"partial file: holds layers 0..{wf.layers_present - 1} of {len(model.layers)}")
+    if wf.trailing:
+        notes.append(f"{wf.trailing} trailing bytes after the last layer")
+    h = wf.header
+    return Info(str(wf.path), model.path, model.fork, f"{h.major}.{h.minor}.{h.revision}", h.seen, rows, notes)
+
+
+@dataclass
+class DiffRow:
+    """How one array changed between two files."""
+
+    layer: int
+    type: str
+    name: str
+    count: int
+    changed: int = 0
+    zeros_added: int = 0
+    zeros_revived: int = 0
+    max_abs_change: float = 0.0
+
+
+@dataclass
+class Diff:
+    a: str
+    b: str
+    rows: list[DiffRow]
+
+    @property
+    def revived(self) -> int:
+        return sum(r.zeros_revived for r in self.rows)
+
+    @property
+    def totals(self) -> dict:
+        return {key: sum(getattr(r, key) for r in self.rows)
+                for key in ("count", "changed", "zeros_added", "zeros_revived")}
+
+
+def diff(a: WeightsFile, b: WeightsFile, all_arrays: bool = False) -> Diff:
+    """Compare two files of the same cfg array by array (weights only unless
+    ``all_arrays``)."""
+    if [s.offset for s in a.slots] != [s.offset for s in b.slots] or a.size - a.trailing != b.size - b.trailing:
+        raise WeightsFormatError(f"{a.path} and {b.path} do not hold the same layers "
+                                 f"({a.size} vs {b.size} bytes)")
+    rows = []
+    for slot_a, slot_b in zip(a.slots, b.slots):
+        if not all_arrays and slot_a.param.role not in PRUNABLE_ROLES:
+            continue
+        row = DiffRow(slot_a.layer.index, slot_a.layer.type, slot_a.param.name, slot_a.param.count)
+        for x, y in zip(a.chunks(slot_a), _copies(b.chunks(slot_b))):
+            changed = x.view(np.uint32) != y.view(np.uint32)
+            zero_x, zero_y = abs_bits(x) == 0, abs_bits(y) == 0
+            row.changed += int(np.count_nonzero(changed))
+            row.zeros_added += int(np.count_nonzero(zero_y & ~zero_x))
+            row.zeros_revived += int(np.count_nonzero(zero_x & ~zero_y))
+            if changed.any():
+                with np.errstate(invalid="ignore", over="ignore"):
+                    row.max_abs_change = max(row.max_abs_change,
+                                             float(np.nanmax(np.abs(x[changed].astype(np.float64) - y[changed]))))
+        rows.append(row)
+    return Diff(str(a.path), str(b.path), rows)
+
+
+def _copies(pieces):
+    """Both files are read through one reused buffer each; copy one side."""
+    for piece in pieces:
+        yield piece.copy()
+
+
+# --------------------------------------------------------------------------
+# Rendering.
+
+
+def _columns(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def info_table(report: Info) -> str:
+    show_path = any(r.path for r in report.rows)
+    headers = ["layer", "type", "input", "output", "params", "non-zero", "sparsity", "BFLOPs", "eff.BFLOPs"]
+    headers += ["path"] if show_path else []
+    rows = []
+    for r in report.rows:
+        row = [str(r.index), r.type, r.input, "->" + r.output, f"{r.params:,}",
+               f"{r.nonzero:,}" if r.weights else "", f"{100 * r.sparsity:.1f}%" if r.weights else "",
+               f"{r.bflops:.3f}" if r.bflops else "", f"{r.effective_bflops:.3f}" if r.bflops else ""]
+        rows.append(row + ([r.path] if show_path else []))
+    t = report.totals
+    rows.append(["total", "", "", "", f"{t['params']:,}", f"{t['nonzero']:,}", f"{100 * t['sparsity']:.1f}%",
+                 f"{t['bflops']:.3f}", f"{t['effective_bflops']:.3f}"] + ([""] if show_path else []))
+    head = [f"{report.weights}: cfg {report.cfg}, fork {report.fork}, header {report.header}, seen {report.seen}"]
+    ratio = t["bflops"] / t["effective_bflops"] if t["effective_bflops"] else float("inf")
+    tail = [f"weights {t['weights']:,}, non-zero {t['nonzero']:,} ({100 * t['sparsity']:.2f}% sparse, "
+            f"{t['weights'] / max(t['nonzero'], 1):.2f}x fewer); FLOPs {ratio:.2f}x fewer"]
+    return "\n".join(head + [_columns(headers, rows)] + tail + [f"note: {n}" for n in report.notes])
+
+
+def prune_table(result: PruneResult) -> str:
+    headers = ["layer", "type", "array", "weights", "threshold", "zeros before", "zeros after", "sparsity", "level"]
+    rows = [[str(a.layer), a.type, a.name, f"{a.count:,}",
+             "" if a.threshold is None else f"{a.threshold:.6g}", f"{a.zeros_before:,}", f"{a.zeros_after:,}",
+             f"{100 * a.sparsity:.1f}%", a.level] for a in result.arrays]
+    rows.append(["total", "", "", f"{result.count:,}", "", f"{result.zeros_before:,}", f"{result.zeros_after:,}",
+                 f"{100 * result.sparsity:.1f}%", ""])
+    where = "dry run, nothing written" if result.output is None else f"wrote {result.output}"
+    head = [f"{result.source}: mode {result.mode}, fork {result.fork}; {where}"]
+    return "\n".join(head + [_columns(headers, rows)] + [f"note: {n}" for n in result.notes])
+
+
+def diff_table(report: Diff) -> str:
+    headers = ["layer", "type", "array", "weights", "changed", "zeros added", "zeros revived", "max |change|"]
+    rows = [[str(r.layer), r.type, r.name, f"{r.count:,}", f"{r.changed:,}", f"{r.zeros_added:,}",
+             f"{r.zeros_revived:,}", f"{r.max_abs_change:.6g}"] for r in report.rows]
+    t = report.totals
+    rows.append(["total", "", "", f"{t['count']:,}", f"{t['changed']:,}", f"{t['zeros_added']:,}",
+                 f"{t['zeros_revived']:,}", ""])
+    return "\n".join([f"{report.a} -> {report.b}", _columns(headers, rows)])
+
+
+def to_json(report) -> str:
+    """Any report dataclass as JSON, with its totals."""
+    def plain(value):
+        if is_dataclass(value):
+            data = {k: plain(v) for k, v in asdict(value).items()}
+            for extra in ("totals", "sparsity"):
+                if hasattr(type(value), extra):
+                    data[extra] = plain(getattr(value, extra))
+            return data
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    if isinstance(report, PruneResult):
+        data = plain(report)
+        data.update(count=report.count, zeros_before=report.zeros_before, zeros_after=report.zeros_after,
+                    nonfinite=report.nonfinite)
+        data["arrays"] = [dict(plain(a), sparsity=a.sparsity) for a in report.arrays]
+        return json.dumps(data, indent=2)
+    return json.dumps(plain(report), indent=2)
