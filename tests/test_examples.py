@@ -1,0 +1,113 @@
+"""The example model: its dataset writer and the committed cfg/digits.weights."""
+from __future__ import annotations
+
+import hashlib
+import struct
+from pathlib import Path
+
+import pytest
+
+from darknet_sparse import load_model
+from darknet_sparse.errors import DarknetRunError, OutputError
+from darknet_sparse.examples import IMAGE_SIZE, classifier_top1, write_digits
+
+REPO = Path(__file__).resolve().parent.parent
+CFG = REPO / "cfg" / "digits.cfg"
+WEIGHTS = REPO / "cfg" / "digits.weights"
+# The patched build when `make darknet` has run, else Debian's build of the same commit.
+DARKNET = REPO / "build" / "darknet" / "darknet"
+DARKNET = DARKNET if DARKNET.is_file() else Path("/usr/bin/darknet")
+# sha256 of valid.list with the output folder removed: the held-out split the
+# committed weights never trained on.  A change here means retraining.
+VALID_SPLIT_SHA256 = "85a41efdf1dccf48f5bd008e35ad3e42f838c775ac3ab19fffe1b8f7a2030699"
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    return write_digits(tmp_path_factory.mktemp("examples") / "digits")
+
+
+def _read_list(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_writes_every_digit_once_in_a_stratified_split(digits):
+    root = digits.parent
+    train, valid = _read_list(root / "train.list"), _read_list(root / "valid.list")
+    assert len(train) + len(valid) == 1797
+    assert len(valid) == 359
+    assert {Path(p).name for p in train}.isdisjoint(Path(p).name for p in valid)
+    for label in _read_list(root / "labels.list"):
+        in_valid = sum(f"/{label}/" in p for p in valid)
+        in_all = in_valid + sum(f"/{label}/" in p for p in train)
+        assert abs(in_valid - 0.2 * in_all) <= 0.5
+
+
+def test_data_file_is_what_darknet_reads(digits):
+    root = digits.parent
+    options = dict(line.split("=", 1) for line in _read_list(digits))
+    assert options == {"classes": "10", "train": str(root / "train.list"), "valid": str(root / "valid.list"),
+                       "labels": str(root / "labels.list"), "backup": str(root / "backup"), "top": "2"}
+    assert (root / "backup").is_dir()
+
+
+def test_every_path_has_exactly_its_own_label_by_darknets_substring_rule(digits):
+    root = digits.parent
+    labels = _read_list(root / "labels.list")
+    assert labels == ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    for path in _read_list(root / "train.list") + _read_list(root / "valid.list"):
+        found = [label for label in labels if label in path]
+        assert found == [Path(path).parent.name], path
+
+
+def test_images_are_3_channel_grey_at_the_cfg_size(digits):
+    from PIL import Image
+
+    first = Path(_read_list(digits.parent / "valid.list")[0])
+    with Image.open(first) as image:
+        assert image.mode == "RGB" and image.size == (IMAGE_SIZE, IMAGE_SIZE)
+        red, green, blue = image.split()
+        assert red.tobytes() == green.tobytes() == blue.tobytes()
+    net = load_model(CFG, "pjreddie").net
+    assert (net.int("width"), net.int("height"), net.int("channels")) == (IMAGE_SIZE, IMAGE_SIZE, 3)
+
+
+def test_writing_again_gives_the_same_bytes(digits):
+    root = digits.parent
+    before = _tree(root)
+    write_digits(root)
+    assert _tree(root) == before
+
+
+def test_validation_split_is_pinned(digits):
+    root = digits.parent
+    text = (root / "valid.list").read_text().replace(str(root), "")
+    assert hashlib.sha256(text.encode()).hexdigest() == VALID_SPLIT_SHA256
+
+
+@pytest.mark.parametrize("name", ["someone", "with space"])
+def test_refuses_an_output_folder_darknet_would_misread(tmp_path, name):
+    with pytest.raises(OutputError, match=name):
+        write_digits(tmp_path / name / "digits")
+    assert not (tmp_path / name).exists()
+
+
+def test_committed_weights_have_the_size_the_cfg_implies():
+    data = WEIGHTS.read_bytes()
+    assert struct.unpack("<3i", data[:12]) == (0, 2, 0)  # pjreddie's header: 20 bytes
+    assert len(data) == 20 + 4 * load_model(CFG, "pjreddie").param_count
+
+
+def test_committed_weights_reach_the_recorded_accuracy(digits):
+    assert classifier_top1(DARKNET, digits, CFG, WEIGHTS) >= 0.96
+
+
+def test_top1_failure_names_the_command_and_shows_darknets_output(digits, tmp_path):
+    missing = tmp_path / "missing.weights"
+    with pytest.raises(DarknetRunError, match=r"(?s)no top-1 lines.*Couldn't open file: .*missing\.weights"):
+        classifier_top1(DARKNET, digits, CFG, missing)
