@@ -72,8 +72,12 @@ class PruneResult:
 
 
 def _threshold_edit(t: float, result: ArrayResult):
-    """An edit setting ``0 < |w| < t`` to +0.0; exact zeros (either sign) are
-    left as they are, so unchanged bytes stay unchanged."""
+    """An edit setting ``0 < |w| < t`` to +0.0 and counting as it goes.
+
+    Exact zeros of either sign are left as they are, so bytes that need no
+    change stay unchanged.  Zeroing is a bitwise AND with a keep-mask: a
+    masked store is several times slower than three branch-free passes.
+    """
     limit = np.uint32(np.array([t], np.float32).view(np.uint32)[0])
 
     def edit(slot: Slot, piece: np.ndarray) -> None:
@@ -81,11 +85,15 @@ def _threshold_edit(t: float, result: ArrayResult):
         zeros = int(np.count_nonzero(bits == 0))
         result.zeros_before += zeros
         result.nonfinite += int(np.count_nonzero(bits >= INF_BITS))
-        if limit:
-            bits -= np.uint32(1)  # exact zeros wrap to the top and are never selected
-            mask = bits < limit - np.uint32(1)
-            np.copyto(piece, np.float32(0), where=mask)
-            zeros += int(np.count_nonzero(mask))
+        if limit > 1:
+            bits -= np.uint32(1)  # exact zeros wrap to the top and are kept
+            keep = bits >= limit - np.uint32(1)
+            pruned = piece.size - int(np.count_nonzero(keep))
+            if pruned:
+                mask = keep.astype(np.uint32)
+                np.negative(mask, out=mask)  # True -> 0xFFFFFFFF, False -> 0
+                np.bitwise_and(piece.view(np.uint32), mask, out=piece.view(np.uint32))
+            zeros += pruned
         result.zeros_after += zeros
     return edit
 
