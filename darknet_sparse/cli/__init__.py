@@ -1,0 +1,57 @@
+"""The ``darknet-sparse`` command line: a thin click layer over the API.
+
+Every :class:`DarknetSparseError` becomes one ``Error:`` line on stderr and
+exit code 2 (a traceback only with ``--debug``).  Only this package imports
+click; each submodule registers the commands of one part of the tool.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from ..errors import DarknetSparseError
+from ..layout import FORKS
+
+
+class ToolError(click.ClickException):
+    """A domain error shown as one line, exit code 2."""
+
+    exit_code = 2
+
+
+def domain_errors(command):
+    """Turn library errors into :class:`ToolError` unless ``--debug``."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except DarknetSparseError as exc:
+            if click.get_current_context().find_root().obj.get("debug"):
+                raise
+            raise ToolError(str(exc)) from None
+    return run
+
+
+cfg_option = click.option("--cfg", type=click.Path(dir_okay=False, path_type=Path),
+                          help="The model's .cfg (default: MODEL.cfg beside the weights).")
+fork_option = click.option("--fork", type=click.Choice(("auto",) + FORKS), default="auto", show_default=True,
+                           help="Whose layouts to read with; auto goes by cfg features and the header.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+weights_argument = click.argument("weights", type=click.Path(dir_okay=False, path_type=Path))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="darknet-sparse")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Sparsify Darknet (YOLO) models: threshold near-zero weights layer by
+    layer, inspect the result, and retrain with the patched Darknet."""
+    ctx.obj = {"debug": debug}
+
+
+def main() -> None:
+    from . import core, workflow  # noqa: F401  (they register their commands)
+    cli(prog_name="darknet-sparse")
