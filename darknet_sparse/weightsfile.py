@@ -226,7 +226,10 @@ def check_output(source: Path, target: Path, in_place: bool = False) -> None:
 def atomic_output(target: str | Path) -> Iterator:
     """A binary file object that replaces ``target`` only if all went well."""
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write in {target.parent}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb", buffering=0) as fp:
             yield fp
@@ -235,6 +238,9 @@ def atomic_output(target: str | Path) -> Iterator:
         else:
             os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"{target}: cannot write: {exc.strerror}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -53,5 +53,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def main() -> None:
-    from . import core, workflow  # noqa: F401  (they register their commands)
     cli(prog_name="darknet-sparse")
+
+
+# The submodules register their commands on the group defined above.
+from . import core, workflow  # noqa: E402,F401
