@@ -1,0 +1,17 @@
+/* The binding's C API (_darknet_shim.c): opaque handles, never Darknet's structs. */
+typedef struct ds_net ds_net;
+typedef struct { int batch, max_batch, subdivisions, inputs, truths, outputs, c, h, w, layers; } ds_info;
+ds_net *ds_load(const char *cfg, const char *weights, int clear);
+void ds_free(ds_net *net);
+void ds_seed(unsigned int seed);
+void ds_get_info(ds_net *net, ds_info *info);
+const char *ds_layer_type(ds_net *net, int index);
+int ds_set_batch(ds_net *net, int batch);
+int ds_forward(ds_net *net, const float *x, float *out, int n, int train);
+int ds_train(ds_net *net, const float *x, const float *y, int n, int iterations, float *losses);
+int ds_save(ds_net *net, const char *path);
+/* sparse: only against a patched Darknet (DARKNET_SPARSE) */
+float *ds_param(ds_net *net, int index, int k, const char **sub, const char **name, int *count);
+int ds_get_prune(ds_net *net, int index, float *threshold);
+int ds_set_prune(ds_net *net, int prune);
+int ds_set_threshold(ds_net *net, int index, float threshold);

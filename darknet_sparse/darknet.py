@@ -1,0 +1,293 @@
+"""Darknet in-process, through the cffi binding to the patched build.
+
+The only importer of the compiled module (``darknet_sparse._darknet``, built
+by ``make binding``).  Importing this module always works; using a
+:class:`Network` where the binding was not built raises :class:`BindingError`.
+
+Darknet calls ``exit()`` on bad input, so everything is checked here before C
+sees it: the cfg and weights by the core reader (:func:`darknet_sparse.load`,
+pjreddie rules), arrays by shape, row counts by Darknet's batch rules.
+
+Parameter arrays are zero-copy float32 views of Darknet's memory, named as
+in the ``.weights`` layout: ``biases``, ``scales``, ``rolling_mean``,
+``rolling_variance``, ``weights``, prefixed with the sub-layer
+(``input_layer.weights``, ``wz.biases``...) for rnn, gru, lstm and crnn.
+Writing to them changes the network.  A view keeps its network alive.
+
+On a GPU build the views show the host copies, which Darknet refreshes only
+when it saves; everything else works the same.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BindingError, OutputError
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The patched binary that ``make darknet`` builds.
+DARKNET_BINARY = ROOT / "build" / "darknet" / "darknet"
+#: cfg options the patches add: ``[net]`` prune, prune_threshold; per layer prune_threshold.
+NEW_OPTIONS = ("prune", "prune_threshold")
+NOT_BUILT = "the Darknet binding is not built: run `make darknet binding`"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One compiled binding module: the package's own (patched) or another
+    build's, such as the stock one the regression tests compare with."""
+
+    ffi: Any
+    lib: Any
+
+    @property
+    def patched(self) -> bool:
+        """Whether it was built against the patched Darknet (prune calls, views)."""
+        return hasattr(self.lib, "ds_param")
+
+
+@lru_cache(maxsize=None)
+def backend(path: str | Path | None = None) -> Backend:
+    """The package's binding, or the extension module file at ``path``."""
+    try:
+        if path is None:
+            module = importlib.import_module("darknet_sparse._darknet")
+        else:
+            name = Path(path).name.split(".")[0]
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or not Path(path).is_file():
+                raise ImportError(path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+    except ImportError as exc:
+        where = f" ({path} not found)" if path is not None else ""
+        raise BindingError(NOT_BUILT + where) from exc
+    return Backend(module.ffi, module.lib)
+
+
+def seed(value: int, using: Backend | None = None) -> None:
+    """Seed Darknet's random numbers (``srand``: initial weights, dropout, ...)."""
+    (using or backend()).lib.ds_seed(value)
+
+
+def build_info() -> dict[str, Any]:
+    """The patched binary's path, whether it exists, the new cfg options it
+    understands (found in the binary itself), and whether the binding is built."""
+    exists = DARKNET_BINARY.is_file()
+    data = DARKNET_BINARY.read_bytes() if exists else b""
+    try:
+        backend()
+        binding = True
+    except BindingError:
+        binding = False
+    return {
+        "binary": str(DARKNET_BINARY),
+        "exists": exists,
+        "options": [name for name in NEW_OPTIONS if b"\0" + name.encode() + b"\0" in data],
+        "binding": binding,
+    }
+
+
+def _check_files(cfg: str | Path, weights: str | Path | None) -> None:
+    """Let the core reader reject what would make Darknet exit()."""
+    from . import load, load_model
+    if weights is None:
+        load_model(cfg, fork="pjreddie")
+    else:
+        load(cfg, weights, fork="pjreddie")
+
+
+class Network:
+    """A Darknet network loaded in this process."""
+
+    def __init__(self, cfg: str | Path, weights: str | Path | None = None, *, clear: bool = False,
+                 using: Backend | None = None):
+        """Parse ``cfg`` (random initial weights, see :func:`seed`), then load
+        ``weights`` if given; ``clear`` resets the images-seen counter."""
+        self._backend = using or backend()
+        _check_files(cfg, weights)
+        ffi, lib = self._backend.ffi, self._backend.lib
+        weights_arg = ffi.NULL if weights is None else os.fsencode(weights)
+        handle = lib.ds_load(os.fsencode(cfg), weights_arg, int(clear))
+        if handle == ffi.NULL:
+            raise BindingError(f"{cfg}: Darknet could not allocate the network")
+        self._net = ffi.gc(handle, lib.ds_free)
+
+    def _info(self) -> Any:
+        info = self._backend.ffi.new("ds_info *")
+        self._backend.lib.ds_get_info(self._net, info)
+        return info
+
+    @property
+    def num_layers(self) -> int:
+        return self._info().layers
+
+    def layer_type(self, index: int) -> str:
+        """Darknet's name of the layer's type (``convolutional``, ``rnn``...)."""
+        self._check_layer(index)
+        return self._backend.ffi.string(self._backend.lib.ds_layer_type(self._net, index)).decode()
+
+    @property
+    def batch(self) -> int:
+        """Images per forward pass (``batch/subdivisions`` of the cfg, times ``time_steps``)."""
+        return self._info().batch
+
+    def set_batch(self, batch: int) -> None:
+        """Run ``batch`` images per pass; at most the batch the cfg was loaded with."""
+        if self._backend.lib.ds_set_batch(self._net, batch) != 0:
+            raise BindingError(f"batch must be 1..{self._info().max_batch} (the cfg's), not {batch}")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width); zeros for nets with only ``inputs=``."""
+        info = self._info()
+        return info.c, info.h, info.w
+
+    @property
+    def outputs(self) -> int:
+        return self._info().outputs
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Outputs for N inputs (N, C, H, W) or (N, inputs) -> (N, outputs), in inference mode."""
+        x = self._rows(x, "x", self._info().inputs)
+        out = np.empty((len(x), self.outputs), np.float32)
+        self._forward(x, out, train=False)
+        return out
+
+    def forward_train(self, x: np.ndarray) -> None:
+        """A training-mode forward pass with no weight update: batch norm uses
+        and updates its rolling statistics (recalibration); N must be a
+        multiple of :attr:`batch`."""
+        x = self._rows(x, "x", self._info().inputs)
+        self._check_multiple(len(x))
+        self._forward(x, None, train=True)
+
+    def _forward(self, x: np.ndarray, out: np.ndarray | None, train: bool) -> None:
+        ffi = self._backend.ffi
+        out_ptr = ffi.NULL if out is None else ffi.from_buffer("float[]", out)
+        rc = self._backend.lib.ds_forward(self._net, ffi.from_buffer("float[]", x), out_ptr, len(x), int(train))
+        if rc != 0:
+            raise BindingError("Darknet refused the forward pass")
+
+    def train(self, x: np.ndarray, y: np.ndarray, iterations: int = 1) -> np.ndarray:
+        """``iterations`` passes of Darknet's ``train_network`` over (x, y);
+        returns each pass's loss.  N must be a multiple of :attr:`batch`;
+        Darknet updates the weights every ``subdivisions`` batches, so
+        N = batch * subdivisions is one Darknet iteration per pass."""
+        info = self._info()
+        x = self._rows(x, "x", info.inputs)
+        y = self._rows(y, "y", info.truths)
+        if len(x) != len(y):
+            raise BindingError(f"x has {len(x)} rows but y has {len(y)}")
+        self._check_multiple(len(x))
+        if iterations < 1:
+            raise BindingError(f"iterations must be at least 1, not {iterations}")
+        losses = np.empty(iterations, np.float32)
+        ffi = self._backend.ffi
+        rc = self._backend.lib.ds_train(self._net, ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y),
+                                        len(x), iterations, ffi.from_buffer("float[]", losses))
+        if rc != 0:
+            raise BindingError("Darknet refused the training data")
+        return losses
+
+    def save(self, path: str | Path) -> None:
+        """Save the weights with Darknet's ``save_weights`` (so a prune
+        threshold applies), atomically: a temporary file renamed over ``path``."""
+        path = Path(path)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot write there: {exc.strerror}") from None
+        os.close(fd)
+        try:
+            self._backend.lib.ds_save(self._net, os.fsencode(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    # Parameters and the prune options: patched Darknet only.
+
+    def params(self, index: int) -> dict[str, np.ndarray]:
+        """Every parameter array of layer ``index``, as zero-copy views."""
+        self._check_layer(index)
+        ffi, lib = self._sparse()
+        sub, name, count = ffi.new("const char **"), ffi.new("const char **"), ffi.new("int *")
+        arrays: dict[str, np.ndarray] = {}
+        k = 0
+        while (ptr := lib.ds_param(self._net, index, k, sub, name, count)) != ffi.NULL:
+            prefix = "" if sub[0] == ffi.NULL else ffi.string(sub[0]).decode() + "."
+            arrays[prefix + ffi.string(name[0]).decode()] = self._view(ptr, count[0])
+            k += 1
+        return arrays
+
+    def _view(self, ptr: Any, count: int) -> np.ndarray:
+        ffi = self._backend.ffi
+        # The buffer keeps `owned` alive, whose finaliser holds this Network:
+        # a view never outlives the memory it shows.
+        owned = ffi.gc(ptr, lambda _ptr, network=self: None)
+        return np.frombuffer(ffi.buffer(owned, 4 * count), np.float32)
+
+    @property
+    def prune(self) -> bool:
+        """The prune phase: zero weights stay zero through every update."""
+        ffi, lib = self._sparse()
+        return lib.ds_get_prune(self._net, -1, ffi.new("float *")) != 0
+
+    def set_prune(self, on: bool) -> None:
+        self._sparse()[1].ds_set_prune(self._net, int(on))
+
+    def prune_threshold(self, layer: int | None = None) -> float:
+        """The save-time threshold of the net, or of one layer."""
+        ffi, lib = self._sparse()
+        if layer is not None:
+            self._check_layer(layer)
+        value = ffi.new("float *")
+        lib.ds_get_prune(self._net, -1 if layer is None else layer, value)
+        return float(value[0])
+
+    def set_prune_threshold(self, threshold: float, layer: int | None = None) -> None:
+        """Weights with |w| < threshold are saved as 0 (and zeroed in memory
+        when :attr:`prune` is on).  Without ``layer``: the net's and every
+        layer's threshold, cfg overrides included."""
+        if not threshold >= 0:
+            raise BindingError(f"threshold must be >= 0, not {threshold}")
+        if layer is not None:
+            self._check_layer(layer)
+        self._sparse()[1].ds_set_threshold(self._net, -1 if layer is None else layer, threshold)
+
+    # Checks.
+
+    def _sparse(self) -> tuple[Any, Any]:
+        if not self._backend.patched:
+            raise BindingError("this binding was built against a stock Darknet: rebuild with `make darknet binding`")
+        return self._backend.ffi, self._backend.lib
+
+    def _check_layer(self, index: int) -> None:
+        count = self.num_layers
+        if not 0 <= index < count:
+            raise BindingError(f"layer {index} does not exist: the network has layers 0..{count - 1}")
+
+    def _check_multiple(self, rows: int) -> None:
+        batch = self.batch
+        if rows == 0 or rows % batch:
+            raise BindingError(f"{rows} rows: Darknet needs a positive multiple of the batch ({batch})")
+
+    def _rows(self, a: np.ndarray, what: str, width: int) -> np.ndarray:
+        """``a`` as C-contiguous float32 rows of ``width`` values."""
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        c, h, w = self.input_shape
+        if what == "x" and a.ndim == 4 and a.shape[1:] != (c, h, w):
+            raise BindingError(f"x has images of shape {a.shape[1:]}, the network takes {(c, h, w)}")
+        if a.ndim < 2 or int(np.prod(a.shape[1:])) != width:
+            raise BindingError(f"{what} must be (N, {width}) or (N, C, H, W) with C*H*W = {width}, "
+                               f"not an array of shape {a.shape}")
+        return a.reshape(len(a), width)
