@@ -152,12 +152,18 @@ class Network:
         return info.c, info.h, info.w
 
     @property
+    def inputs(self) -> int:
+        """Values per input row (C*H*W, or the cfg's ``inputs=``)."""
+        return self._info().inputs
+
+    @property
     def outputs(self) -> int:
+        """Values per output row."""
         return self._info().outputs
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Outputs for N inputs (N, C, H, W) or (N, inputs) -> (N, outputs), in inference mode."""
-        x = self._rows(x, "x", self._info().inputs)
+        x = self._rows(x, "x", self.inputs)
         out = np.empty((len(x), self.outputs), np.float32)
         self._forward(x, out, train=False)
         return out
@@ -166,7 +172,7 @@ class Network:
         """A training-mode forward pass with no weight update: batch norm uses
         and updates its rolling statistics (recalibration); N must be a
         multiple of :attr:`batch`."""
-        x = self._rows(x, "x", self._info().inputs)
+        x = self._rows(x, "x", self.inputs)
         self._check_multiple(len(x))
         self._forward(x, None, train=True)
 
