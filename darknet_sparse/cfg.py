@@ -47,10 +47,10 @@ class Section:
         text = self.options.get(key)
         if text is None:
             return default
-        match = pattern.match(text)
-        if not match or not (match.end() == len(text) or text[match.end()] == "#"):
+        number = _leading(pattern, text)
+        if number is None:
             raise CfgError(f"{self.where(key)}: {key}={text!r} is not {what}")
-        return convert(match.group(0))
+        return convert(number)
 
     def int(self, key: str, default: int | None = 0) -> int:
         """An integer option (``atoi`` semantics, but strict about garbage)."""
@@ -70,12 +70,10 @@ class Section:
             if default is None:
                 raise CfgError(f"{self.where()}: missing required option {key}=")
             return list(default)
-        values = []
-        for item in text.split(","):
-            if not _INT.fullmatch(item):
-                raise CfgError(f"{self.where(key)}: {key}={text!r} is not a list of integers")
-            values.append(int(item))
-        return values
+        values = [_leading(_INT, item) for item in text.split(",")]
+        if None in values:
+            raise CfgError(f"{self.where(key)}: {key}={text!r} is not a list of integers")
+        return [int(value) for value in values]
 
     def require(self, key: str) -> str:
         if key not in self.options:
@@ -87,10 +85,19 @@ class Section:
         return CfgError(f"{self.where(key)}: {message}")
 
 
+def _leading(pattern: re.Pattern, text: str) -> str | None:
+    """The number ``text`` starts with, as ``atoi``/``atof`` read it, if
+    nothing but a ``#comment`` follows it."""
+    match = pattern.match(text)
+    if not match or not (match.end() == len(text) or text[match.end()] == "#"):
+        return None
+    return match.group(0)
+
+
 def parse_cfg(text: str, path: str = "<cfg>") -> list[Section]:
     """Split cfg text into sections; the first must be ``[net]``/``[network]``."""
     sections: list[Section] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):  # fgetl splits at \n only
         line = raw.translate(_WHITESPACE)
         if not line or line[0] in "#;":
             continue
@@ -100,10 +107,10 @@ def parse_cfg(text: str, path: str = "<cfg>") -> list[Section]:
             sections.append(Section(line[1:-1], number, path))
             continue
         key, eq, value = line.partition("=")
-        if not eq or not key or not value:
-            raise CfgError(f"{path}:{number}: expected key=value, found {raw.strip()!r}")
         if not sections:
-            raise CfgError(f"{path}:{number}: option {key}= before any [section]")
+            raise CfgError(f"{path}:{number}: option {raw.strip()!r} before any [section]")
+        if not eq or not key or not value:
+            raise CfgError(f"{path}:{number} [{sections[-1].type}]: expected key=value, found {raw.strip()!r}")
         section = sections[-1]
         if key not in section.options:
             section.options[key] = value

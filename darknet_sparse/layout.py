@@ -60,6 +60,13 @@ class Layer:
     outputs: int  # flattened output size (``l.outputs``)
     params: tuple[Param, ...] = ()
     shares: int | None = None  # AlexeyAB share_index: weights live in that layer
+    #: Arrays a shared layer computes with but does not store (they are layer
+    #: ``shares``'s); their ``macs`` are this layer's.
+    borrowed: tuple[Param, ...] = ()
+    #: (c, h, w) and ``outputs`` handed to the next layer when they are not
+    #: this layer's own: AlexeyAB's antialiasing blur sublayer.  Routes and
+    #: shortcuts that name this layer still see ``output``, as in Darknet.
+    passes: tuple[tuple[int, int, int], int] | None = None
 
     @property
     def param_count(self) -> int:
@@ -67,8 +74,9 @@ class Layer:
 
     @property
     def flops(self) -> int:
-        """Dense FLOPs for one image (2 per multiply-add of a weight)."""
-        return 2 * sum(p.count * p.macs for p in self.params)
+        """Dense FLOPs for one image (2 per multiply-add of a weight),
+        borrowed weights included."""
+        return 2 * sum(p.count * p.macs for p in self.params + self.borrowed)
 
     def prunable(self, roles: tuple[str, ...] = PRUNABLE_ROLES) -> tuple[Param, ...]:
         return tuple(p for p in self.params if p.role in roles)
@@ -93,8 +101,8 @@ class Model:
         return sum(self.layer_flops(layer) for layer in self.layers)
 
     def layer_flops(self, layer: Layer) -> int:
-        """Dense FLOPs, taking a shared layer's weights from its source."""
-        return self.layers[layer.shares].flops if layer.shares is not None else layer.flops
+        """Dense FLOPs of one layer, a shared layer's borrowed weights included."""
+        return layer.flops
 
 
 # --------------------------------------------------------------------------
@@ -157,19 +165,26 @@ class _Context:
 _Result = tuple[tuple[int, int, int], int, tuple[Param, ...]]
 
 
-def _conv_geometry(s: Section, ctx: _Context) -> tuple[int, int, int, int, int]:
-    """(filters, size, groups, padding, dilation) of a convolution."""
-    n = _positive(s, "filters", 1)
-    size = _positive(s, "size", 1)
-    padding = size // 2 if s.int("pad", 0) else s.int("padding", 0)
+def _groups(s: Section, ctx: _Context, *channels: int) -> int:
+    """``groups`` of a convolution, which must divide every channel count
+    given; AlexeyAB's ``make_convolutional_layer`` turns it off for ``xnor``
+    and clamps it to at least 1."""
     groups = s.int("groups", 1)
     if ctx.fork == "alexeyab":
         groups = 1 if s.int("xnor", 0) or groups < 1 else groups
     elif groups < 1:
         raise s.error(f"groups={groups} must be positive", "groups")
-    if ctx.c % groups or n % groups:
-        raise s.error(f"groups={groups} does not divide input channels {ctx.c} and filters {n}", "groups")
-    return n, size, groups, padding, s.int("dilation", 1)
+    if any(c % groups for c in channels):
+        raise s.error(f"groups={groups} does not divide the channel counts {channels}", "groups")
+    return groups
+
+
+def _conv_geometry(s: Section, ctx: _Context) -> tuple[int, int, int, int]:
+    """(filters, size, groups, padding) of a convolution."""
+    n = _positive(s, "filters", 1)
+    size = _positive(s, "size", 1)
+    padding = size // 2 if s.int("pad", 0) else s.int("padding", 0)
+    return n, size, _groups(s, ctx, ctx.c, n), padding
 
 
 def _out_size(section: Section, extent: int, padding: int, size: int, stride: int, what: str) -> int:
@@ -179,25 +194,42 @@ def _out_size(section: Section, extent: int, padding: int, size: int, stride: in
     return out
 
 
-def _convolutional(s: Section, ctx: _Context) -> _Result:
-    n, size, groups, padding, _ = _conv_geometry(s, ctx)
+def _strides(s: Section, ctx: _Context) -> tuple[int, int]:
+    """(stride_x, stride_y): AlexeyAB reads ``stride_x``/``stride_y`` and
+    falls back to ``stride`` for either one missing or below 1."""
     stride = _positive(s, "stride", 1)
-    stride_x = stride_y = stride
-    if ctx.fork == "alexeyab":
-        stride_x = s.int("stride_x", stride) if s.int("stride_x", -1) > 0 else stride
-        stride_y = s.int("stride_y", stride) if s.int("stride_y", -1) > 0 else stride
-    antialiasing = s.int("antialiasing", 0) if ctx.fork == "alexeyab" else 0
-    host_x, host_y = (1, 1) if antialiasing else (stride_x, stride_y)
-    out_h = _out_size(s, ctx.h, padding, size, host_y, "convolution")
-    out_w = _out_size(s, ctx.w, padding, size, host_x, "convolution")
+    if ctx.fork == "pjreddie":
+        return stride, stride
+    stride_x, stride_y = s.int("stride_x", -1), s.int("stride_y", -1)
+    return stride_x if stride_x >= 1 else stride, stride_y if stride_y >= 1 else stride
+
+
+def _antialiasing(s: Section, ctx: _Context) -> int:
+    """AlexeyAB ``antialiasing``: the layer runs with stride 1 and a fixed
+    blur sublayer applies the stride (see :func:`_blurred`)."""
+    return s.int("antialiasing", 0) if ctx.fork == "alexeyab" else 0
+
+
+def _blurred(s: Section, ctx: _Context, output: tuple[int, int, int]) -> tuple[tuple[int, int, int], int]:
+    """Shape after the antialiasing blur (3x3 pad 1, or 2x2 pad 0 for
+    ``antialiasing=2``) with the layer's configured strides."""
+    stride_x, stride_y = _strides(s, ctx)
+    blur, pad = (2, 0) if _antialiasing(s, ctx) == 2 else (3, 1)
+    c, h, w = output
+    h, w = (h + 2 * pad - blur) // stride_y + 1, (w + 2 * pad - blur) // stride_x + 1
+    return (c, h, w), c * h * w
+
+
+def _convolutional(s: Section, ctx: _Context) -> _Result:
+    n, size, groups, padding = _conv_geometry(s, ctx)
+    stride_x, stride_y = (1, 1) if _antialiasing(s, ctx) else _strides(s, ctx)
+    out_h = _out_size(s, ctx.h, padding, size, stride_y, "convolution")
+    out_w = _out_size(s, ctx.w, padding, size, stride_x, "convolution")
     bn = s.int("batch_normalize", 0) != 0 or (ctx.fork == "alexeyab" and s.int("cbn", 0) != 0)
     load_scales = not s.int("dontloadscales", 0)
-    filters = s.int("numload", n) if ctx.fork == "pjreddie" and s.has("numload") else n
+    # pjreddie's loader reads only the first numload filters (0 = all).
+    filters = (ctx.fork == "pjreddie" and s.int("numload", 0)) or n
     params = _conv_block("", ctx.c, filters, size, groups, bn, out_h * out_w, load_scales)
-    if antialiasing:  # a fixed blur conv applies the stride; it stores nothing
-        blur, pad = (2, 0) if antialiasing == 2 else (3, 1)
-        out_h = (out_h + 2 * pad - blur) // stride_y + 1
-        out_w = (out_w + 2 * pad - blur) // stride_x + 1
     return (n, out_h, out_w), n * out_h * out_w, params
 
 
@@ -242,24 +274,23 @@ def _batchnorm(s: Section, ctx: _Context) -> _Result:
 
 
 def _pool(s: Section, ctx: _Context) -> _Result:
+    """[maxpool] and AlexeyAB's [local_avgpool] (which ignores
+    ``maxpool_depth`` and ``antialiasing``)."""
     stride = _positive(s, "stride", 1)
     stride_x = stride_y = stride
     if ctx.fork == "alexeyab":
-        stride_x = s.int("stride_x", stride)
-        stride_y = s.int("stride_y", stride)
+        stride_x, stride_y = s.int("stride_x", stride), s.int("stride_y", stride)
+        if stride_x < 1 or stride_y < 1:
+            raise s.error(f"stride_x={stride_x}, stride_y={stride_y} must be positive")
     size = _positive(s, "size", stride)
     padding = s.int("padding", size - 1)
-    if ctx.fork == "alexeyab" and s.int("maxpool_depth", 0):
+    if s.type in ("max", "maxpool") and _antialiasing(s, ctx):
+        stride_x = stride_y = 1
+    if s.type in ("max", "maxpool") and ctx.fork == "alexeyab" and s.int("maxpool_depth", 0):
         c = _positive(s, "out_channels", 1)
         return (c, ctx.h, ctx.w), c * ctx.h * ctx.w, ()
     out_h = (ctx.h + padding - size) // stride_y + 1
     out_w = (ctx.w + padding - size) // stride_x + 1
-    if ctx.fork == "alexeyab" and s.int("antialiasing", 0):
-        # As for convolutions: stride 1 pooling, then a strided 3x3 blur.
-        out_h = (ctx.h + padding - size) // 1 + 1
-        out_w = (ctx.w + padding - size) // 1 + 1
-        out_h = (out_h + 2 - 3) // stride_y + 1
-        out_w = (out_w + 2 - 3) // stride_x + 1
     if out_h <= 0 or out_w <= 0:
         raise s.error(f"pooling output size {out_h}x{out_w} is empty")
     return (ctx.c, out_h, out_w), ctx.c * out_h * out_w, ()
@@ -348,13 +379,44 @@ def _crop(s: Section, ctx: _Context) -> _Result:
     return (ctx.c, h, w), ctx.c * h * w, ()
 
 
+def _head(s: Section, ctx: _Context, c: int, what: str) -> _Result:
+    """A detection head keeps its input's shape, which must hold exactly
+    ``c`` channels: Darknet asserts (pjreddie) or exits (AlexeyAB) otherwise."""
+    if c * ctx.h * ctx.w != ctx.inputs:
+        raise s.error(f"needs {c} input channels ({what}) but the layer before gives "
+                      f"{ctx.c}x{ctx.h}x{ctx.w}: its filters= does not match")
+    return (c, ctx.h, ctx.w), ctx.inputs, ()
+
+
+def _yolo(s: Section, ctx: _Context) -> _Result:
+    """[yolo]/[Gaussian_yolo]: 4 (or 8) coords + 1 + classes per anchor of
+    ``mask`` (all ``num`` anchors without a mask)."""
+    classes = s.int("classes", 20)
+    mask = s.str("mask")
+    anchors = len(mask.split("#")[0].split(",")) if mask else s.int("num", 1)
+    coords = 8 if s.type == "Gaussian_yolo" else 4
+    return _head(s, ctx, anchors * (coords + 1 + classes), f"{anchors} anchors x ({coords}+1+{classes})")
+
+
 def _region(s: Section, ctx: _Context) -> _Result:
-    return (ctx.c, ctx.h, ctx.w), ctx.c * ctx.h * ctx.w, ()
+    num, coords, classes = s.int("num", 1), s.int("coords", 4), s.int("classes", 20)
+    return _head(s, ctx, num * (coords + 1 + classes), f"num={num} x ({coords}+1+{classes})")
 
 
 def _iseg(s: Section, ctx: _Context) -> _Result:
-    c = s.int("classes", 20) + s.int("ids", 32)
-    return (c, ctx.h, ctx.w), c * ctx.h * ctx.w, ()
+    classes, ids = s.int("classes", 20), s.int("ids", 32)
+    return _head(s, ctx, classes + ids, f"classes={classes} + ids={ids}")
+
+
+def _detection(s: Section, ctx: _Context) -> _Result:
+    """YOLOv1's [detection]: side^2 cells of num boxes and the classes."""
+    side, num = s.int("side", 7), s.int("num", 1)
+    coords, classes = s.int("coords", 1), s.int("classes", 1)
+    need = side * side * ((1 + coords) * num + classes)
+    if need != ctx.inputs:
+        raise s.error(f"needs {need} inputs (side={side}, num={num}, coords={coords}, classes={classes}) "
+                      f"but the layer before gives {ctx.inputs}")
+    return _flat(s, ctx)
 
 
 def _rnn(s: Section, ctx: _Context) -> _Result:
@@ -395,7 +457,7 @@ def _crnn(s: Section, ctx: _Context) -> _Result:
     else:
         out_c, hidden = _positive(s, "output", 1), _positive(s, "hidden", 1)
         size, stride = _positive(s, "size", 3), _positive(s, "stride", 1)
-        groups = max(s.int("groups", 1), 1)
+        groups = _groups(s, ctx, ctx.c, hidden, out_c)
         padding = size // 2 if s.int("pad", 0) else s.int("padding", 0)
     out_h = _out_size(s, ctx.h, padding, size, stride, "crnn input")
     out_w = _out_size(s, ctx.w, padding, size, stride, "crnn input")
@@ -403,13 +465,15 @@ def _crnn(s: Section, ctx: _Context) -> _Result:
     params = (_conv_block("input_layer.", ctx.c, hidden, size, groups, bn, hw)
               + _conv_block("self_layer.", hidden, hidden, size, groups, bn, hw)
               + _conv_block("output_layer.", hidden, out_c, size, groups, bn, hw))
+    if ctx.fork == "pjreddie":  # parse_crnn passes (w, h) where make_crnn_layer takes (h, w)
+        out_h, out_w = out_w, out_h
     return (out_c, out_h, out_w), out_c * hw, params
 
 
 def _conv_lstm(s: Section, ctx: _Context) -> _Result:
     out = _positive(s, "output", 1)
     size, stride = _positive(s, "size", 3), _positive(s, "stride", 1)
-    groups = max(s.int("groups", 1), 1)
+    groups = _groups(s, ctx, ctx.c, out)
     padding = size // 2 if s.int("pad", 0) else s.int("padding", 0)
     bn = s.int("batch_normalize", 0) != 0
     out_h = _out_size(s, ctx.h, padding, size, stride, "conv_lstm input")
@@ -461,10 +525,10 @@ _TYPES: dict[str, tuple[str, Callable[[Section, _Context], _Result], tuple[str, 
     "upsample": ("upsample", _upsample, _BOTH),
     "reorg": ("reorg", _reorg, _BOTH),
     "reorg3d": ("reorg3d", _reorg, ("alexeyab",)),
-    "yolo": ("yolo", _region, _BOTH),
-    "Gaussian_yolo": ("Gaussian_yolo", _region, ("alexeyab",)),
+    "yolo": ("yolo", _yolo, _BOTH),
+    "Gaussian_yolo": ("Gaussian_yolo", _yolo, ("alexeyab",)),
     "region": ("region", _region, _BOTH),
-    "detection": ("detection", _flat, _BOTH),
+    "detection": ("detection", _detection, _BOTH),
     "soft": ("softmax", _flat, _BOTH),
     "softmax": ("softmax", _flat, _BOTH),
     "cost": ("cost", _flat, _BOTH),
@@ -513,13 +577,34 @@ def alexeyab_markers(sections: list[Section]) -> list[str]:
     for s in sections:
         if s.type in ALEXEYAB_SECTIONS:
             found.append(f"[{s.type}] at line {s.line}")
-        for key in s.options.keys() & ALEXEYAB_OPTIONS:
-            found.append(f"{key}= at line {s.option_lines[key]}")
+        for key in s.options:  # file order, so the message is stable
+            if key in ALEXEYAB_OPTIONS or (s.type == "crnn" and key in ("output", "hidden")):
+                found.append(f"{key}= at line {s.option_lines[key]}")
         if s.options.get("activation") in ALEXEYAB_ACTIVATIONS:
             found.append(f"activation={s.options['activation']} at line {s.option_lines['activation']}")
         if s.type == "route" and s.has("groups"):
             found.append(f"[route] groups= at line {s.option_lines['groups']}")
+        if s.type == "shortcut" and "," in s.options.get("from", ""):
+            found.append(f"[shortcut] from= several layers at line {s.option_lines['from']}")
     return found
+
+
+#: AlexeyAB's ``share_index`` value meaning "shares nothing".
+_NO_SHARE = -1000000000
+
+
+def _shared_source(section: Section, index: int, layers: list[Layer], params: tuple[Param, ...]) -> int:
+    """The layer whose arrays an AlexeyAB conv with ``share_index`` uses; a
+    chain of shares ends at the layer that stores them."""
+    value = section.int("share_index")
+    source = layers[_relative(section, index, value, index, "share_index")]
+    if source.shares is not None:
+        source = layers[source.shares]
+    theirs = [p.count for p in source.params or source.borrowed if p.role in ("biases", "weights")]
+    if source.type != "convolutional" or theirs != [p.count for p in params if p.role in ("biases", "weights")]:
+        raise section.error(f"share_index={value} points to layer {source.index} ({source.type}), "
+                            "not a convolution with the same filters and weights", "share_index")
+    return source.index
 
 
 def build_model(sections: list[Section], fork: str) -> Model:
@@ -542,17 +627,13 @@ def build_model(sections: list[Section], fork: str) -> Model:
         if kind in ("connected", "rnn", "gru", "lstm") and inputs <= 0:
             raise section.error(f"layer {index} ({kind}) has no inputs")
         output, outputs, params = rule(section, ctx)
-        shares = None
-        if kind == "convolutional" and fork == "alexeyab" and section.has("share_index"):
-            shares = _relative(section, index, section.int("share_index"), index, "share_index")
-            source = layers[shares]
-            if source.type != "convolutional" or source.params[-1].count != params[-1].count:
-                raise section.error(f"share_index={section.int('share_index')} points to a layer of "
-                                    "another type or shape", "share_index")
-            params = ()
+        shares, borrowed, passes = None, (), None
+        if kind == "convolutional" and fork == "alexeyab" and section.int("share_index", _NO_SHARE) != _NO_SHARE:
+            shares, borrowed, params = _shared_source(section, index, layers, params), params, ()
         if section.int("dontload", 0):  # Darknet then reads nothing for it
             params = ()
-        layers.append(Layer(index, kind, section, (c, h, w), output, outputs, params, shares))
-        c, h, w = output
-        inputs = outputs
+        if kind in ("convolutional", "maxpool") and _antialiasing(section, ctx):
+            passes = _blurred(section, ctx, output)
+        layers.append(Layer(index, kind, section, (c, h, w), output, outputs, params, shares, borrowed, passes))
+        (c, h, w), inputs = passes or (output, outputs)
     return Model(fork, net, layers, net.path)
