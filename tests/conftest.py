@@ -1,0 +1,37 @@
+"""Shared fixtures.
+
+Stock Darknet as an oracle (see ``helpers/stock.py``):
+
+- ``stock_tool``: ``helpers/stock_tool.c`` compiled once per session against
+  Debian's ``/usr/lib/darknet/libdarknet.so`` (init / resave / dump).
+- ``stock_saved``: ``stock_saved(cfg) -> Saved``, the file stock Darknet
+  initialises and saves for a cfg, made once per session and cached (its
+  size and layer table always; the file itself up to ``ROUND_TRIP_LIMIT``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from helpers.stock import ROUND_TRIP_LIMIT, Saved, StockTool, build
+
+
+@pytest.fixture(scope="session")
+def stock_tool(tmp_path_factory: pytest.TempPathFactory) -> StockTool:
+    source = Path(__file__).parent / "helpers" / "stock_tool.c"
+    return StockTool(build(source, tmp_path_factory.mktemp("stock_tool")))
+
+
+@pytest.fixture(scope="session")
+def stock_saved(stock_tool: StockTool, tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Saved]:
+    folder = tmp_path_factory.mktemp("stock_saved")
+    cache: dict[Path, Saved] = {}
+
+    def saved(cfg: Path) -> Saved:
+        if cfg not in cache:
+            cache[cfg] = stock_tool.init(cfg, folder / f"{cfg.stem}.weights", ROUND_TRIP_LIMIT)
+        return cache[cfg]
+
+    return saved

@@ -1,0 +1,1 @@
+"""Test helpers: the stock Darknet oracle and the cfgs the tests run over."""
