@@ -1,3 +1,104 @@
 """Commands that drive Darknet: the prune/retrain loop, sensitivity
 analysis, per-layer plans, batch-norm recalibration, and the build."""
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .. import find_cfg, schedule
+from .. import loop as loop_
+from ..policies import MODES, read_spec
+from . import ToolError, cfg_option, cli, domain_errors, fork_option
+
+
+def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(item) for item in value.split(",") if item.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+
+
+@cli.command()
+@click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The dense (or partly pruned) weights to start from; only read.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Darknet's .data file (train=, valid=, labels=, ...); its backup= is not used.")
+@click.option("--final-sparsity", type=float,
+              help="Total sparsity of the prunable weights after the last step, in [0, 1).")
+@click.option("--steps", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Number of prune/retrain steps to reach --final-sparsity.")
+@click.option("--sparsities", callback=_sparsity_list,
+              help="Explicit step targets instead of a schedule, e.g. 0.5,0.7,0.9.")
+@click.option("--schedule", "schedule_name", type=click.Choice(schedule.SCHEDULES), default="agp",
+              show_default=True, help="agp: Zhu & Gupta's cubic ramp (big steps first); linear: equal steps.")
+@click.option("--mode", type=click.Choice(MODES), default="magnitude", show_default=True,
+              help="How each step's thresholds are chosen; the mode's level is searched so the total "
+                   "sparsity reaches the step's target (magnitude and global take it as it is).")
+@click.option("--spec", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML or TOML per-layer levels, held at every step (e.g. skip the first layer).")
+@click.option("--iterations-per-step", "iterations", required=True, type=click.IntRange(min=1),
+              help="Batches of retraining after each threshold (max_batches of the private cfg).")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True),
+              help="Override the cfg's learning_rate while retraining.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for every step's weights, log.jsonl and final.weights.")
+@click.option("--task", type=click.Choice(tuple(loop_.TASKS)), default="classifier", show_default=True,
+              help="Which `darknet <task> train` retrains.")
+@click.option("--eval-cmd",
+              help="Shell command printing the score as its last line; {weights}, {cfg}, {data}, {step} "
+                   "are replaced (also $DARKNET_SPARSE_WEIGHTS etc.).  Default for classifiers: "
+                   "top-1 of `darknet classifier valid`.")
+@click.option("--min-top1", "--min-score", "min_score", type=float,
+              help="Stop when a step's top-1 (or score) falls below this; exit status 2.")
+@click.option("--resume", is_flag=True, help="Carry on after the last complete step in OUT/log.jsonl.")
+@click.option("--darknet", type=click.Path(dir_okay=False, path_type=Path), default=loop_.DEFAULT_DARKNET,
+              show_default="build/darknet/darknet", help="The patched Darknet binary.")
+@cfg_option
+@fork_option
+@domain_errors
+def loop(weights: Path, data: Path, final_sparsity: float | None, steps: int, sparsities: list[float] | None,
+         schedule_name: str, mode: str, spec: Path | None, iterations: int, learning_rate: float | None,
+         out: Path, task: str, eval_cmd: str | None, min_score: float | None, resume: bool, darknet: Path,
+         cfg: Path | None, fork: str) -> None:
+    """Prune and retrain in steps: threshold to each step's target, retrain
+    with zero weights frozen (patched Darknet, prune=1), evaluate, log.
+
+    One JSON line per step goes to OUT/log.jsonl; OUT/final.weights is the
+    last step that met --min-top1.  The given cfg, data and weights are
+    never written.
+    """
+    if sparsities is not None:
+        targets = schedule.explicit(sparsities)
+        if final_sparsity is not None and final_sparsity != targets[-1]:
+            raise click.UsageError(f"--final-sparsity {final_sparsity:g} is not the last of --sparsities")
+    elif final_sparsity is None:
+        raise click.UsageError("give --final-sparsity (with --steps) or --sparsities")
+    else:
+        targets = schedule.targets(final_sparsity, steps, schedule_name)
+    settings = loop_.LoopSettings(
+        cfg=cfg or find_cfg(weights), weights=weights, data=data, out=out, targets=tuple(targets),
+        iterations=iterations, mode=mode, spec=read_spec(spec) if spec else None, task=task,
+        eval_cmd=eval_cmd, min_score=min_score, darknet=darknet, learning_rate=learning_rate, fork=fork)
+    with click.progressbar(length=len(targets), label="prune/retrain steps",
+                           file=sys.stderr) as bar:
+        result = loop_.run(settings, resume, on_progress=lambda done: bar.update(done - bar.pos))
+    click.echo(_summary(result))
+    if any(r.zeros_revived for r in result.steps):
+        click.echo("warning: retraining revived pruned weights: is --darknet the patched build?", err=True)
+    if result.stopped:
+        raise ToolError(result.stopped)
+
+
+def _summary(result: loop_.LoopResult) -> str:
+    metric = result.steps[0].metric if result.steps else "top1"
+    lines = [f"{'step':>4}  {'target':>7}  {'sparsity':>8}  {metric:>6}  {'revived':>7}  {'seconds':>8}  weights"]
+    for r in result.steps:
+        resumed = "  (resumed)" if r.step <= result.resumed else ""
+        lines.append(f"{r.step:>4}  {r.target_sparsity:>7.4f}  {r.sparsity:>8.4f}  {r.value:>6.4f}  "
+                     f"{r.zeros_revived:>7}  {r.seconds:>8.1f}  {r.weights}{resumed}")
+    lines.append(f"final: {result.final}" if result.final else "final: none")
+    return "\n".join(lines)
