@@ -140,6 +140,11 @@ class Network:
         """Images per forward pass (``batch/subdivisions`` of the cfg, times ``time_steps``)."""
         return self._info().batch
 
+    @property
+    def subdivisions(self) -> int:
+        """Passes per weight update (the cfg's ``subdivisions``)."""
+        return self._info().subdivisions
+
     def set_batch(self, batch: int) -> None:
         """Run ``batch`` images per pass; at most the batch the cfg was loaded with."""
         if self._backend.lib.ds_set_batch(self._net, batch) != 0:

@@ -1,0 +1,224 @@
+"""The cffi binding (darknet_sparse.darknet) and, through it, the patched
+Darknet's prune phase and save-time threshold."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from darknet_sparse import darknet
+from darknet_sparse.errors import BindingError, OutputError
+from helpers.darknet_run import (CLASSIFIER, RECURRENT, TRAINABLE, check_thresholded, file_arrays, one_hot_data,
+                                 sparse_start, stock_backend, weight_views, write_cfg)
+
+
+@pytest.fixture
+def classifier(tmp_path: Path) -> tuple[Path, Path]:
+    """The classifier cfg and dense random weights for it."""
+    cfg = write_cfg(tmp_path / "classifier.cfg", CLASSIFIER)
+    return cfg, sparse_start(cfg, tmp_path / "dense.weights", fraction=0)
+
+
+def test_missing_binding_says_how_to_build(monkeypatch: pytest.MonkeyPatch, classifier) -> None:
+    def not_built(name: str):
+        raise ImportError(name)
+
+    darknet.backend.cache_clear()
+    monkeypatch.setattr(darknet.importlib, "import_module", not_built)
+    try:
+        with pytest.raises(BindingError, match=r"run `make darknet binding`"):
+            darknet.Network(*classifier)
+        assert darknet.build_info()["binding"] is False
+    finally:
+        darknet.backend.cache_clear()
+    with pytest.raises(BindingError, match="not found"):
+        darknet.backend("/nonexistent/_darknet.so")
+
+
+def test_network_describes_its_cfg(classifier) -> None:
+    net = darknet.Network(*classifier)
+    assert net.num_layers == 5
+    assert [net.layer_type(i) for i in range(5)] == ["convolutional", "maxpool", "convolutional", "connected",
+                                                     "softmax"]
+    assert (net.input_shape, net.inputs, net.outputs, net.batch) == ((3, 8, 8), 192, 4, 4)  # batch 8 / 2
+    net.set_batch(1)
+    assert net.batch == 1
+    with pytest.raises(BindingError, match=r"batch must be 1\.\.4"):
+        net.set_batch(5)
+    with pytest.raises(BindingError, match="layer 5 does not exist"):
+        net.params(5)
+
+
+def test_inputs_are_checked_before_darknet_sees_them(classifier) -> None:
+    net = darknet.Network(*classifier)
+    with pytest.raises(BindingError, match=r"images of shape \(3, 8, 9\)"):
+        net.predict(np.zeros((1, 3, 8, 9)))
+    with pytest.raises(BindingError, match=r"x must be \(N, 192\)"):
+        net.predict(np.zeros(192))
+    x, y = one_hot_data(net, 6)
+    with pytest.raises(BindingError, match=r"6 rows: .* multiple of the batch \(4\)"):
+        net.train(x, y)
+    with pytest.raises(BindingError, match="x has 4 rows but y has 6"):
+        net.train(x[:4], y)
+
+
+def test_missing_files_raise_before_darknet_exits(tmp_path: Path, classifier) -> None:
+    cfg, weights = classifier
+    short = tmp_path / "short.weights"
+    short.write_bytes(weights.read_bytes()[:-6])
+    with pytest.raises(ValueError, match="short.weights"):
+        darknet.Network(cfg, short)
+    with pytest.raises(ValueError, match="nothing.cfg"):
+        darknet.Network(tmp_path / "nothing.cfg")
+
+
+def test_views_are_the_file_arrays_and_write_through(tmp_path: Path, classifier) -> None:
+    cfg, weights = classifier
+    net = darknet.Network(cfg, weights)
+    expected = file_arrays(cfg, weights)
+    views = {f"{i}:{name}": view for i in range(net.num_layers) for name, view in net.params(i).items()}
+    assert views.keys() == expected.keys()
+    for key, (_, array) in expected.items():
+        np.testing.assert_array_equal(views[key], array, err_msg=key)
+    x = np.random.default_rng(0).random((2, 3, 8, 8), dtype=np.float32)
+    before = net.predict(x)
+    views["3:biases"][0] += 10  # the connected layer's first output
+    assert net.predict(x)[:, 0].mean() > before[:, 0].mean()
+    net.save(tmp_path / "edited.weights")
+    assert file_arrays(cfg, tmp_path / "edited.weights")["3:biases"][1][0] == views["3:biases"][0]
+
+
+def test_a_view_keeps_its_network_alive(classifier) -> None:
+    weights = darknet.Network(*classifier).params(0)["weights"]  # the Network is gone here
+    np.testing.assert_array_equal(weights, file_arrays(*classifier)["0:weights"][1])
+
+
+@pytest.mark.parametrize("name", RECURRENT)
+def test_sub_layer_views_match_the_file(tmp_path: Path, name: str) -> None:
+    cfg = write_cfg(tmp_path / f"{name}.cfg", RECURRENT[name])
+    weights = sparse_start(cfg, tmp_path / "start.weights")
+    net = darknet.Network(cfg, weights)
+    expected = file_arrays(cfg, weights)
+    views = {f"{i}:{name}": view for i in range(net.num_layers) for name, view in net.params(i).items()}
+    assert views.keys() == expected.keys()
+    assert any("." in key for key in views)
+    for key, (_, array) in expected.items():
+        np.testing.assert_array_equal(views[key], array, err_msg=key)
+
+
+def _train(cfg: Path, weights: Path, prune: bool, iterations: int = 4) -> dict[str, np.ndarray]:
+    net = darknet.Network(cfg, weights)
+    net.set_prune(prune)
+    x, y = one_hot_data(net, 2 * net.batch)
+    net.train(x, y, iterations)
+    return {key: view.copy() for key, view in weight_views(net).items()}
+
+
+@pytest.mark.parametrize("optimizer", ["", "adam=1"], ids=["sgd", "adam"])
+@pytest.mark.parametrize("name", ["classifier", *TRAINABLE])
+def test_prune_keeps_zeros_zero(tmp_path: Path, name: str, optimizer: str) -> None:
+    """SGD with momentum and decay; adam=1 (which this Darknet's CPU update
+    ignores: it runs SGD, and the prune phase holds either way).  The same
+    run with prune=0 revives the zeros: the test can fail."""
+    cfg = write_cfg(tmp_path / f"{name}.cfg", CLASSIFIER if name == "classifier" else TRAINABLE[name],
+                    net=optimizer)
+    start = sparse_start(cfg, tmp_path / "start.weights")
+    before = {key: view.copy() for key, view in weight_views(darknet.Network(cfg, start)).items()}
+    frozen = _train(cfg, start, prune=True)
+    free = _train(cfg, start, prune=False)
+    for key, w0 in before.items():
+        zero = w0 == 0
+        assert 0 < zero.sum() < zero.size, key
+        assert np.all(frozen[key][zero] == 0), f"{key}: a zero weight moved under prune=1"
+        assert np.mean(frozen[key][~zero] != w0[~zero]) > 0.9, f"{key}: the live weights did not train"
+        assert np.any(free[key][zero] != 0), f"{key}: prune=0 kept every zero too; the test proves nothing"
+
+
+def test_prune_changes_nothing_without_zeros(classifier) -> None:
+    dense = [_train(*classifier, prune=prune) for prune in (False, True)]
+    for key in dense[0]:
+        np.testing.assert_array_equal(dense[0][key], dense[1][key], err_msg=key)
+
+
+@pytest.mark.parametrize("optimizer", ["", "adam=1"], ids=["sgd", "adam"])
+def test_patched_trains_bit_identical_to_stock(tmp_path: Path, optimizer: str) -> None:
+    """Without the new options the patches change nothing: same seed, data
+    and start, byte-identical weights after training, same predictions."""
+    cfg = write_cfg(tmp_path / "classifier.cfg", CLASSIFIER, net=optimizer)
+    start = sparse_start(cfg, tmp_path / "start.weights", fraction=0.3)
+    saved, predicted = [], []
+    for using in (darknet.backend(), stock_backend()):
+        darknet.seed(11, using)
+        net = darknet.Network(cfg, start, using=using)
+        x, y = one_hot_data(net, 2 * net.batch)
+        net.train(x, y, 5)
+        predicted.append(net.predict(x))
+        out = tmp_path / f"{len(saved)}.weights"
+        net.save(out)
+        saved.append(out.read_bytes())
+    assert saved[0] != start.read_bytes()
+    assert saved[0] == saved[1]
+    np.testing.assert_array_equal(predicted[0], predicted[1])
+
+
+def test_forward_train_recalibrates_batch_norm_only(classifier) -> None:
+    net = darknet.Network(*classifier)
+    before = {k: v.copy() for k, v in net.params(0).items()}
+    net.forward_train(np.random.default_rng(1).random((8, 3, 8, 8), dtype=np.float32) + 1)
+    after = net.params(0)
+    for name in ("rolling_mean", "rolling_variance"):
+        assert np.all(after[name] != before[name]), name
+    for name in ("biases", "scales", "weights"):
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    with pytest.raises(BindingError, match="multiple of the batch"):
+        net.forward_train(np.zeros((3, 3, 8, 8), np.float32))
+
+
+def test_threshold_zeroes_small_weights_when_saving(tmp_path: Path, classifier) -> None:
+    cfg, weights = classifier
+    net = darknet.Network(cfg, weights)
+    live = {key: view.copy() for key, view in weight_views(net).items()}
+    net.set_prune_threshold(0.05)
+    net.set_prune_threshold(0.2, layer=3)  # a layer's own threshold wins
+    assert (net.prune_threshold(), net.prune_threshold(0), net.prune_threshold(3)) == pytest.approx((0.05, 0.05, 0.2))
+    net.save(tmp_path / "t.weights")
+    check_thresholded(cfg, weights, tmp_path / "t.weights", {0: 0.05, 2: 0.05, 3: 0.2})
+    for key, view in weight_views(net).items():  # prune=0: only the written copy
+        np.testing.assert_array_equal(view, live[key], err_msg=key)
+    net.set_prune(True)
+    assert net.prune
+    net.save(tmp_path / "p.weights")
+    assert (tmp_path / "p.weights").read_bytes()[20:] == (tmp_path / "t.weights").read_bytes()[20:]
+    for key, view in weight_views(net).items():  # prune=1: the live weights too
+        limit = 0.2 if key.startswith("3:") else 0.05
+        np.testing.assert_array_equal(view, np.where(np.abs(live[key]) < np.float32(limit), 0, live[key]))
+
+
+@pytest.mark.parametrize("name", RECURRENT)
+def test_threshold_reaches_sub_layers(tmp_path: Path, name: str) -> None:
+    cfg = write_cfg(tmp_path / f"{name}.cfg", RECURRENT[name])
+    weights = sparse_start(cfg, tmp_path / "start.weights", fraction=0)
+    net = darknet.Network(cfg, weights)
+    net.set_prune_threshold(0.1)
+    net.save(tmp_path / "t.weights")
+    check_thresholded(cfg, weights, tmp_path / "t.weights", dict.fromkeys(range(net.num_layers), 0.1))
+
+
+def test_save_is_atomic(tmp_path: Path, classifier) -> None:
+    net = darknet.Network(*classifier)
+    target = tmp_path / "out" / "net.weights"
+    with pytest.raises(OutputError, match="cannot write there"):
+        net.save(target)
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    net.save(target)
+    assert target.read_bytes() == classifier[1].read_bytes()
+    assert [p.name for p in target.parent.iterdir()] == ["net.weights"]
+
+
+def test_build_info_reads_the_patched_binary() -> None:
+    info = darknet.build_info()
+    assert info["binary"].endswith("build/darknet/darknet")
+    assert info["exists"] and info["binding"]
+    assert info["options"] == ["prune", "prune_threshold"]
