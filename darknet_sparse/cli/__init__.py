@@ -57,4 +57,4 @@ def main() -> None:
 
 
 # The submodules register their commands on the group defined above.
-from . import core, workflow  # noqa: E402,F401
+from . import analysis, core, workflow  # noqa: E402,F401

@@ -1,0 +1,3 @@
+"""Commands that analyse a model through the binding: ``sensitivity``,
+``plan`` and ``recalibrate``."""
+from __future__ import annotations
