@@ -279,6 +279,14 @@ def write(wf: WeightsFile, target: str | Path, edits: Mapping[tuple[int, str], E
                 dst.write(memoryview(piece).cast("B"))
             position = slot.end
         _copy_range(src, dst, position, wf.size)
+        _check_written(dst, wf.size, target)
+
+
+def _check_written(fp, size: int, target: Path) -> None:
+    """An unbuffered write may write less than asked (a full disk does that
+    once before failing): check the total before the file replaces ``target``."""
+    if fp.tell() != size:
+        raise OutputError(f"{target}: wrote {fp.tell()} bytes instead of {size} (disk full?)")
 
 
 def _copy_range(src, dst, start: int, end: int) -> None:
@@ -337,3 +345,4 @@ def new_file(model: Model, target: str | Path, arrays: Mapping[tuple[int, str], 
                     raise ValueError(f"layer {layer.index} array {param.name!r} holds {param.count} floats, "
                                      f"got {data.size}")
                 fp.write(data.tobytes())
+        _check_written(fp, header.size + 4 * model.param_count, Path(target))
