@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from . import load, load_model
 from .errors import BindingError, OutputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +99,6 @@ def build_info() -> dict[str, Any]:
 
 def _check_files(cfg: str | Path, weights: str | Path | None) -> None:
     """Let the core reader reject what would make Darknet exit()."""
-    from . import load, load_model
     if weights is None:
         load_model(cfg, fork="pjreddie")
     else:
