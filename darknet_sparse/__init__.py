@@ -17,7 +17,7 @@ from .cfg import Section, parse_cfg, read_cfg
 from .errors import (BindingError, CfgError, DarknetRunError, DarknetSparseError, OutputError,
                      PolicyError, WeightsFormatError)
 from .layout import FORKS, Layer, Model, Param, alexeyab_markers, build_model
-from .weightsfile import WeightsFile, header_revision
+from .weightsfile import WeightsFile, header_revision, seen_size
 
 __all__ = [
     "BindingError", "CfgError", "DarknetRunError", "DarknetSparseError", "FORKS", "Layer", "Model",
@@ -27,8 +27,9 @@ __all__ = [
 
 
 def resolve_fork(sections: list[Section], fork: str = "auto", weights: str | Path | None = None) -> tuple[str, str]:
-    """The fork to read with, and why: AlexeyAB-only cfg features win, then
-    the header's revision (pjreddie saves 0.2.0, AlexeyAB 0.2.5)."""
+    """The fork to read with, and why: AlexeyAB-only cfg features win; then,
+    where the forks' layouts differ for this cfg, the one whose size matches
+    the file; then the header's revision (pjreddie saves 0.2.0, AlexeyAB 0.2.5)."""
     if fork != "auto":
         if fork not in FORKS:
             raise CfgError(f"unknown fork {fork!r}: expected auto, {', '.join(FORKS)}")
@@ -37,11 +38,24 @@ def resolve_fork(sections: list[Section], fork: str = "auto", weights: str | Pat
     if markers:
         return "alexeyab", "cfg uses " + ", ".join(markers[:3]) + (" ..." if len(markers) > 3 else "")
     version = header_revision(weights) if weights is not None and Path(weights).is_file() else None
-    if version is not None and version[:2] == (0, 2) and version[2] == 5:
+    if version is None:
+        return "pjreddie", "no AlexeyAB-only features"
+    matching = [name for name in FORKS if _expected_size(sections, name, version) == Path(weights).stat().st_size]
+    if len(matching) == 1 and _expected_size(sections, "pjreddie", version) != _expected_size(
+            sections, "alexeyab", version):
+        return matching[0], "only its layout matches the file size"
+    if version[:3] == (0, 2, 5):
         return "alexeyab", "header version 0.2.5"
-    if version is not None:
-        return "pjreddie", f"header version {'.'.join(map(str, version))}"
-    return "pjreddie", "no AlexeyAB-only features"
+    return "pjreddie", f"header version {'.'.join(map(str, version))}"
+
+
+def _expected_size(sections: list[Section], fork: str, version: tuple[int, int, int]) -> int | None:
+    """File size the cfg implies under ``fork``, or None if it cannot parse there."""
+    try:
+        model = build_model(sections, fork)
+    except CfgError:
+        return None
+    return 12 + seen_size(version[0], version[1], fork) + 4 * model.param_count
 
 
 def load_model(cfg: str | Path, fork: str = "auto", weights: str | Path | None = None) -> Model:

@@ -70,17 +70,21 @@ def info(wf: WeightsFile, path_of=None) -> Info:
     the forward path a layer takes (shown when given)."""
     model = wf.model
     rows = []
+    counted: dict[tuple[int, str], int] = {}  # non-zeros per stored weights array
     for layer in model.layers:
         present = layer.index < wf.layers_present
         weights = nonzero_ = macs = 0
         for slot in wf.slots_of(layer.index) if present else []:
             if slot.param.role in PRUNABLE_ROLES:
-                count = nonzero(wf, slot)
+                count = counted[slot.key] = nonzero(wf, slot)
                 weights += slot.param.count
                 nonzero_ += count
                 macs += count * slot.param.macs
+        for param in layer.borrowed if present else ():  # a shared layer computes with its source's zeros
+            if param.role in PRUNABLE_ROLES:
+                macs += counted.get((layer.shares, param.name), param.count) * param.macs
         dense = model.layer_flops(layer)
-        effective = 2 * macs if layer.shares is None else dense  # shared layers: see their source
+        effective = 2 * macs
         density = nonzero_ / weights if weights else 1.0
         rows.append(InfoRow(layer.index, layer.type, _shape(layer.input), _shape(layer.output),
                             layer.param_count, weights, nonzero_, dense / 1e9, effective / 1e9,
