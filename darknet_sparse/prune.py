@@ -16,8 +16,8 @@ import numpy as np
 from . import policies
 from .errors import WeightsFormatError
 from .layout import PRUNABLE_ROLES, OPTIONAL_PRUNABLE_ROLES
-from .stats import INF_BITS, Moments, abs_bits
-from .weightsfile import Slot, WeightsFile, check_output, write
+from .stats import INF_BITS, SIGN_OFF, Moments
+from .weightsfile import Edit, Slot, WeightsFile, check_output, write
 
 
 @dataclass
@@ -71,28 +71,33 @@ class PruneResult:
         return self.zeros_after / self.count if self.count else 0.0
 
 
-def _threshold_edit(t: float, result: ArrayResult):
+def _threshold_edit(t: float, result: ArrayResult) -> Edit:
     """An edit setting ``0 < |w| < t`` to +0.0 and counting as it goes.
 
     Exact zeros of either sign are left as they are, so bytes that need no
-    change stay unchanged.  Zeroing is a bitwise AND with a keep-mask: a
-    masked store is several times slower than three branch-free passes.
+    change stay unchanged.  The work is done on ``bits(|w|) - 1`` as unsigned
+    integers, where exact zeros wrap to the top: one comparison then finds
+    the values to keep, and zeros and non-finite values are all at or above
+    ``INF_BITS - 1``, so one max tells whether a chunk has any to count.
+    Zeroing multiplies by the keep flags (a masked store is slower).  A
+    chunk costs about five passes over memory that stays in cache.
     """
-    limit = np.uint32(np.array([t], np.float32).view(np.uint32)[0])
+    keep_from = np.uint32(max(int(np.float32(t).view(np.uint32)), 1) - 1)
 
     def edit(slot: Slot, piece: np.ndarray) -> None:
-        bits = abs_bits(piece)
-        zeros = int(np.count_nonzero(bits == 0))
+        words = piece.view(np.uint32)
+        bits = np.bitwise_and(words, SIGN_OFF)
+        bits -= np.uint32(1)
+        zeros = 0
+        if bits.max() >= INF_BITS - 1:
+            zeros = int(np.count_nonzero(bits == np.uint32(0xFFFFFFFF)))
+            result.nonfinite += int(np.count_nonzero(bits >= np.uint32(INF_BITS - 1))) - zeros
         result.zeros_before += zeros
-        result.nonfinite += int(np.count_nonzero(bits >= INF_BITS))
-        if limit > 1:
-            bits -= np.uint32(1)  # exact zeros wrap to the top and are kept
-            keep = bits >= limit - np.uint32(1)
+        if keep_from:
+            keep = bits >= keep_from
             pruned = piece.size - int(np.count_nonzero(keep))
             if pruned:
-                mask = keep.astype(np.uint32)
-                np.negative(mask, out=mask)  # True -> 0xFFFFFFFF, False -> 0
-                np.bitwise_and(piece.view(np.uint32), mask, out=piece.view(np.uint32))
+                np.multiply(words, keep, out=words)
             zeros += pruned
         result.zeros_after += zeros
     return edit
