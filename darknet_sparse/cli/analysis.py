@@ -1,3 +1,137 @@
 """Commands that analyse a model through the binding: ``sensitivity``,
 ``plan`` and ``recalibrate``."""
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .. import find_cfg, images, load_model, reports
+from .. import plan as plan_
+from .. import recalibrate as recalibrate_
+from .. import sensitivity as sensitivity_
+from ..weightsfile import check_output
+from . import cfg_option, cli, domain_errors, json_option
+
+weights_option = click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                              help="The model's .weights; only read.")
+resize_option = click.option("--resize", type=click.Choice(images.RESIZE), default="crop", show_default=True,
+                             help="How images are fitted to the network: crop (as `classifier valid`) or "
+                                  "letterbox (as `detector test`).")
+max_images_option = click.option("--max-images", type=click.IntRange(min=1),
+                                 help="Use at most this many of the images (a seeded random choice).")
+
+
+def _levels(ctx: click.Context, param: click.Parameter, value: str) -> list[float]:
+    try:
+        return [float(item) for item in value.split(",") if item.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+
+
+def _sample(source: Path, max_images: int | None) -> list[Path]:
+    return images.sample(images.image_paths(source), max_images)
+
+
+@cli.command()
+@weights_option
+@cfg_option
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
+              help="A classifier's Darknet .data file: measure top-1 on its valid= list.")
+@click.option("--images", "image_source", type=click.Path(path_type=Path),
+              help="A folder (or list file) of sample images: measure how far the outputs move "
+                   "(mean relative L2; KL divergence where the net ends in softmax).")
+@click.option("--levels", default="0.3,0.5,0.7,0.8,0.9,0.95", show_default=True, callback=_levels,
+              help="Sparsities to prune each layer to, comma-separated (0 is always added).")
+@click.option("--layers", help="Only these layers: indices, a-b ranges or types, comma-separated.")
+@resize_option
+@max_images_option
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write every measurement as CSV (what `plan` reads).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw the curves into this image (needs matplotlib: the plot extra).")
+@json_option
+@domain_errors
+def sensitivity(weights: Path, cfg: Path | None, data: Path | None, image_source: Path | None,
+                levels: list[float], layers: str | None, resize: str, max_images: int | None,
+                csv_path: Path | None, plot: Path | None, as_json: bool) -> None:
+    """Prune one layer at a time to each level and measure the network,
+    in-process through the binding; the weights file is only read."""
+    from ..darknet import Network
+
+    if (data is None) == (image_source is None):
+        raise click.UsageError("give --data (classifier top-1) or --images (output deviation), not both")
+    cfg = cfg or find_cfg(weights)
+    model = load_model(cfg, "pjreddie", weights)
+    chosen = sensitivity_.select_layers(model, layers)
+    levels = sensitivity_.check_levels(levels)
+    net = Network(cfg, weights)
+    if data is not None:
+        measure = sensitivity_.top1(net, data, resize)
+    else:
+        x = images.load_batch(_sample(image_source, max_images), net.input_shape, resize)
+        measure = sensitivity_.deviation(net, x, sensitivity_.ends_in_softmax(model))
+    with click.progressbar(length=len(chosen) * len(levels), label="layers x levels", file=sys.stderr) as bar:
+        result = sensitivity_.sweep(net, model, levels, measure, chosen,
+                                    on_progress=lambda done: bar.update(done - bar.pos))
+    if csv_path:
+        sensitivity_.write_csv(result, csv_path)
+    if plot:
+        from .. import plots
+        plots.sensitivity(result, plot)
+    click.echo(reports.to_json(result) if as_json else sensitivity_.table(result))
+
+
+@cli.command()
+@click.argument("sensitivity_csv", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target-sparsity", type=float,
+              help="Share of the swept layers' weights to set to 0, in (0, 1).")
+@click.option("--target-flops", type=float,
+              help="Share of the swept layers' dense FLOPs the zeros must remove (1 - effective/dense), "
+                   "in (0, 1).")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The spec file to write (YAML, or TOML for a .toml name).")
+@click.option("--metric", type=click.Choice(("top1", "kl", "rel_l2")),
+              help="What to lose least of (default: top1, else kl, else rel_l2, as measured).")
+@json_option
+@domain_errors
+def plan(sensitivity_csv: Path, target_sparsity: float | None, target_flops: float | None, output: Path,
+         metric: str | None, as_json: bool) -> None:
+    """Choose each layer's level from a sensitivity CSV so the total reaches
+    the target with the least predicted loss; write it as a spec for
+    `threshold --spec` and `loop --spec`."""
+    if (target_sparsity is None) == (target_flops is None):
+        raise click.UsageError("give --target-sparsity or --target-flops, not both")
+    target, value = ("sparsity", target_sparsity) if target_flops is None else ("flops", target_flops)
+    result = plan_.make_plan(sensitivity_.read_csv(sensitivity_csv), target, value, metric)
+    plan_.write_spec(result, output, str(sensitivity_csv))
+    click.echo(reports.to_json(result) if as_json else plan_.table(result) + f"\n\nspec: {output}")
+
+
+@cli.command()
+@weights_option
+@cfg_option
+@click.option("--images", "image_source", required=True, type=click.Path(path_type=Path),
+              help="A folder (or list file) of calibration images, e.g. a training list.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the recalibrated weights.")
+@resize_option
+@max_images_option
+@json_option
+@domain_errors
+def recalibrate(weights: Path, cfg: Path | None, image_source: Path, output: Path, resize: str,
+                max_images: int | None, as_json: bool) -> None:
+    """Re-estimate batch-norm rolling mean and variance on calibration
+    images after pruning; weights, biases and scales stay as they are."""
+    cfg = cfg or find_cfg(weights)
+    check_output(weights, output)
+    paths = _sample(image_source, max_images)
+    net = recalibrate_.calibration_network(cfg, weights)
+    x = images.load_batch(paths, net.input_shape, resize)
+    passes = len(x) // recalibrate_.pass_size(len(x), net.batch)
+    with click.progressbar(length=passes, label="calibration passes", file=sys.stderr) as bar:
+        result = recalibrate_.recalibrate(net, load_model(cfg, "pjreddie", weights), x,
+                                          on_progress=lambda done: bar.update(done - bar.pos))
+    net.save(output)
+    click.echo(reports.to_json(result) if as_json else recalibrate_.table(result) + f"\n\nwritten: {output}")

@@ -1,0 +1,197 @@
+"""Batch-norm recalibration: the rolling statistics of a pruned network,
+re-estimated on calibration images through the binding.
+
+Pruning shifts the activations every batch-norm layer sees, but inference
+still normalises them with the rolling mean and variance of the dense
+network.  Re-estimating those two arrays, and nothing else, recovers much of
+what one-shot pruning loses (the BN-statistics correction of Li et al.,
+"EagleEye", 2020; PyTorch's ``update_bn``).
+
+Darknet's training-mode forward pass (``forward_batchnorm_layer``) updates
+them as an exponential average, ``rolling = .99 * rolling + .01 * batch``:
+after 50 batches 60% of the old value is still there.  So before each pass
+the rolling arrays are set to 0 through the views; after it they hold
+exactly ``.01`` times that batch's mean and (unbiased) variance, which are
+collected; at the end the arrays get the mean and variance of the whole
+calibration set, pooled over the passes, whatever their number or order.
+Each layer normalises with its batch's statistics during the passes, as in
+training, so a layer is calibrated on inputs normalised the same way.
+Dropout, which a training pass would also switch on, stays off
+(:func:`calibration_network`): the statistics are those of the inputs
+inference sees, and the result is the same on every run.
+
+Only ``[convolutional]``, ``[deconvolutional]``, ``[connected]`` and
+``[batchnorm]`` layers are recalibrated: they update their statistics once
+per pass.  The batch-norm sublayers of rnn, gru, lstm and crnn update once
+per time step and are left as they are.  The views show host memory, so
+this needs a CPU build of the binding.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import load
+from .errors import CfgError, PolicyError
+from .layout import Layer, Model
+
+if TYPE_CHECKING:
+    from .darknet import Network
+
+#: The weight of a batch in Darknet's rolling average (batchnorm_layer.c).
+EMA_RATE = np.float32(0.01)
+CALIBRATED_TYPES = ("convolutional", "deconvolutional", "connected", "batchnorm")
+#: What Darknet adds to the standard deviation it divides by (normalize_cpu).
+STD_EPSILON = 1e-6
+
+
+@dataclass
+class LayerChange:
+    """How far one layer's statistics moved."""
+
+    layer: int
+    type: str
+    channels: int
+    mean_shift: float  # mean |new - old| of the rolling mean, in old standard deviations
+    std_ratio: float  # geometric mean of new / old standard deviation
+
+
+@dataclass
+class Recalibration:
+    """What :func:`recalibrate` did."""
+
+    images: int  # images used (a multiple of the pass size)
+    passes: int
+    batch: int
+    layers: list[LayerChange]
+    skipped: list[int]  # layers with batch norm this cannot recalibrate
+
+
+def without_dropout(text: str) -> str:
+    """cfg text whose ``[dropout]`` layers drop nothing: ``probability=0``
+    becomes each one's first option, and Darknet reads the first."""
+    lines = []
+    for line in text.splitlines():
+        lines.append(line)
+        if re.sub(r"[ \t\r]", "", line) == "[dropout]":
+            lines.append("probability=0")
+    return "\n".join(lines) + "\n"
+
+
+def calibration_network(cfg: str | Path, weights: str | Path) -> Network:
+    """The network of ``cfg`` and ``weights`` with dropout off (parsed from a
+    temporary copy of the cfg; the weights are read as they are)."""
+    from .darknet import Network
+
+    load(cfg, weights, fork="pjreddie")  # errors name the user's files
+    try:
+        text = Path(cfg).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise CfgError(f"{cfg}: cannot read: {exc.strerror}") from None
+    with tempfile.TemporaryDirectory(prefix="darknet-sparse-") as folder:
+        copy = Path(folder) / Path(cfg).name
+        copy.write_text(without_dropout(text), encoding="utf-8", errors="surrogateescape")
+        return Network(copy, weights)
+
+
+def batchnorm_layers(net: Network) -> tuple[list[int], list[int]]:
+    """Indices of the layers with rolling statistics: those recalibrated,
+    and those left alone (batch norm inside recurrent layers)."""
+    calibrated, skipped = [], []
+    for index in range(net.num_layers):
+        names = net.params(index)
+        if "rolling_mean" in names and net.layer_type(index) in CALIBRATED_TYPES:
+            calibrated.append(index)
+        elif any(name.endswith("rolling_mean") for name in names):
+            skipped.append(index)
+    return calibrated, skipped
+
+
+def pass_size(images: int, batch: int) -> int:
+    """Images per pass: as even as the passes allow, at most ``batch``."""
+    if images < 2:
+        raise PolicyError(f"recalibration needs at least 2 images, got {images}")
+    return images // -(-images // batch)
+
+
+def recalibrate(net: Network, model: Model, x: np.ndarray,
+                on_progress: Callable[[int], None] | None = None) -> Recalibration:
+    """Set every recalibrated layer's rolling mean and variance to those of
+    the calibration images ``x`` (N, C, H, W); nothing else changes.
+
+    ``model`` is the cfg's layout (for each layer's output size);
+    ``on_progress(n)`` is told how many passes are done.  Fewer than one
+    image per pass may be left out, so that every pass has the same size.
+    """
+    layers, skipped = batchnorm_layers(net)
+    if not layers:
+        raise PolicyError("the network has no batch-norm statistics to recalibrate")
+    original_batch = net.batch
+    size = pass_size(len(x), original_batch)
+    passes = len(x) // size
+    views = {index: net.params(index) for index in layers}
+    old = {index: (v["rolling_mean"].copy(), v["rolling_variance"].copy()) for index, v in views.items()}
+    sums = {index: np.zeros((3, v["rolling_mean"].size)) for index, v in views.items()}
+    net.set_batch(size)
+    try:
+        for step in range(passes):
+            for v in views.values():
+                v["rolling_mean"][:] = 0
+                v["rolling_variance"][:] = 0
+            net.forward_train(x[step * size:(step + 1) * size])
+            for index, v in views.items():
+                mean = v["rolling_mean"] / np.float64(EMA_RATE)
+                sums[index] += (mean, mean * mean, v["rolling_variance"] / np.float64(EMA_RATE))
+            if on_progress:
+                on_progress(step + 1)
+    except BaseException:
+        for index, (mean, variance) in old.items():
+            views[index]["rolling_mean"][:] = mean
+            views[index]["rolling_variance"][:] = variance
+        raise
+    finally:
+        net.set_batch(original_batch)
+    changes = []
+    for index, v in views.items():
+        _, h, w = model.layers[index].output
+        mean, variance = pooled(sums[index], passes, size * h * w)
+        v["rolling_mean"][:] = mean
+        v["rolling_variance"][:] = variance
+        changes.append(_change(model.layers[index], *old[index], v["rolling_mean"], v["rolling_variance"]))
+    return Recalibration(passes * size, passes, size, changes, skipped)
+
+
+def pooled(sums: np.ndarray, passes: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased variance of ``passes * count`` values per channel,
+    from the sums over passes of each pass's mean, squared mean and unbiased
+    variance over ``count`` values (the law of total variance)."""
+    sum_mean, sum_square, sum_variance = sums
+    mean = sum_mean / passes
+    squares = (count - 1) * sum_variance + count * np.maximum(sum_square - passes * mean * mean, 0)
+    return mean, squares / max(passes * count - 1, 1)
+
+
+def _change(layer: Layer, old_mean: np.ndarray, old_variance: np.ndarray, mean: np.ndarray,
+            variance: np.ndarray) -> LayerChange:
+    old_std = np.sqrt(np.maximum(old_variance, 0).astype(np.float64)) + STD_EPSILON
+    std = np.sqrt(np.maximum(variance, 0).astype(np.float64)) + STD_EPSILON
+    return LayerChange(layer.index, layer.type, mean.size, float(np.mean(np.abs(mean - old_mean) / old_std)),
+                       float(np.exp(np.mean(np.log(std / old_std)))))
+
+
+def table(result: Recalibration) -> str:
+    """One line per recalibrated layer: how far its statistics moved."""
+    lines = [f"recalibrated {len(result.layers)} layers on {result.images} images "
+             f"({result.passes} passes of {result.batch})",
+             f"{'layer':>5}  {'type':<16}{'channels':>8}  {'mean shift':>10}  {'std ratio':>9}"]
+    lines += [f"{c.layer:>5}  {c.type:<16}{c.channels:>8}  {c.mean_shift:>10.4f}  {c.std_ratio:>9.4f}"
+              for c in result.layers]
+    if result.skipped:
+        lines.append(f"left as they were (batch norm inside recurrent layers): {result.skipped}")
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""Batch-norm recalibration on the example digits model: exact statistics,
+only the rolling arrays change, and it repairs a one-shot-pruned model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from darknet_sparse import images, load, load_model, recalibrate, sensitivity, threshold
+from darknet_sparse.cli import cli
+from darknet_sparse.darknet import Network
+from darknet_sparse.errors import PolicyError
+from darknet_sparse.examples import write_digits
+
+REPO = Path(__file__).resolve().parent.parent
+CFG = REPO / "cfg" / "digits.cfg"
+WEIGHTS = REPO / "cfg" / "digits.weights"
+ROLLING = ("rolling_mean", "rolling_variance")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    return write_digits(tmp_path_factory.mktemp("digits") / "digits")
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory) -> Path:
+    """The digits model one-shot pruned to 80% (magnitude): top-1 collapses."""
+    out = tmp_path_factory.mktemp("pruned") / "digits80.weights"
+    threshold(load(CFG, WEIGHTS), out, mode="magnitude", sparsity=0.8)
+    return out
+
+
+def _train_images(digits: Path, count: int | None = None) -> np.ndarray:
+    paths = images.sample(images.image_paths(digits.parent / "train.list"), count)
+    return images.load_batch(paths, (3, 16, 16))
+
+
+def test_pooled_statistics_are_those_of_all_values():
+    rng = np.random.default_rng(1)
+    values = rng.normal(3.0, 2.0, (4, 50, 3)) + rng.normal(0, 1, (4, 1, 3))  # 4 passes that differ
+    sums = np.array([values.mean(1).sum(0), (values.mean(1) ** 2).sum(0), values.var(1, ddof=1).sum(0)])
+    mean, variance = recalibrate.pooled(sums, 4, 50)
+    flat = values.reshape(-1, 3)
+    np.testing.assert_allclose(mean, flat.mean(0))
+    np.testing.assert_allclose(variance, flat.var(0, ddof=1))
+
+
+def test_dropout_is_switched_off_by_a_first_option():
+    text = "[net]\nbatch=1\n[ dropout ]\nprobability=.3\n[dropout]\n[connected]\noutput=2\n"
+    assert recalibrate.without_dropout(text) == ("[net]\nbatch=1\n[ dropout ]\nprobability=0\nprobability=.3\n"
+                                                 "[dropout]\nprobability=0\n[connected]\noutput=2\n")
+
+
+def test_the_first_layers_statistics_are_exactly_its_outputs(digits):
+    """Layer 0 sees the images themselves: its recalibrated mean and variance
+    must be those of the convolution over all calibration images (numpy)."""
+    x = _train_images(digits, 100)  # two passes of 50
+    net = recalibrate.calibration_network(CFG, WEIGHTS)
+    result = recalibrate.recalibrate(net, load_model(CFG, "pjreddie"), x)
+    assert (result.images, result.passes, result.batch) == (100, 2, 50)
+    kernels = net.params(0)["weights"].reshape(16, 3, 3, 3).astype(np.float64)
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))  # N, C, 16, 16, 3, 3
+    outputs = np.einsum("nchwij,fcij->fnhw", windows, kernels).reshape(16, -1)
+    np.testing.assert_allclose(net.params(0)["rolling_mean"], outputs.mean(1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(net.params(0)["rolling_variance"], outputs.var(1, ddof=1), rtol=1e-4, atol=1e-6)
+
+
+def test_only_the_rolling_statistics_change(tmp_path, digits, pruned):
+    out = tmp_path / "recalibrated.weights"
+    result = CliRunner().invoke(cli, ["recalibrate", "--cfg", str(CFG), "-w", str(pruned), "--images",
+                                      str(digits.parent / "train"), "--max-images", "256", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "recalibrated 4 layers on 256 images (4 passes of 64)" in result.output
+    before, after = load(CFG, pruned), load(CFG, out)
+    changed = set()
+    for slot in before.slots:
+        old, new = before.array(slot), after.array(slot)
+        if slot.param.role in ROLLING:
+            if not np.array_equal(old, new):
+                changed.add((slot.layer.index, slot.param.role))
+        else:
+            assert old.tobytes() == new.tobytes(), (slot.layer.index, slot.param.name)
+    assert changed == {(i, role) for i in (0, 2, 4, 6) for role in ROLLING}
+    assert out.read_bytes()[:20] == pruned.read_bytes()[:20]  # the header too
+    again = tmp_path / "again.weights"
+    CliRunner().invoke(cli, ["recalibrate", "--cfg", str(CFG), "-w", str(pruned), "--images",
+                             str(digits.parent / "train"), "--max-images", "256", "-o", str(again)])
+    assert again.read_bytes() == out.read_bytes()  # no dropout, no randomness
+
+
+def test_recalibration_repairs_a_one_shot_pruned_model(digits, pruned):
+    net = recalibrate.calibration_network(CFG, pruned)
+    top1 = sensitivity.top1(net, digits)
+    before = top1(net)["top1"]
+    passes = []
+    recalibrate.recalibrate(net, load_model(CFG, "pjreddie"), _train_images(digits), on_progress=passes.append)
+    after = top1(net)["top1"]
+    assert passes == list(range(1, 24))  # 1438 images: 23 passes of 62
+    assert before < 0.5 and after > 0.9
+
+
+def test_errors(tmp_path, digits):
+    net = recalibrate.calibration_network(CFG, WEIGHTS)
+    model = load_model(CFG, "pjreddie")
+    with pytest.raises(PolicyError, match="at least 2 images, got 1"):
+        recalibrate.recalibrate(net, model, _train_images(digits, 1))
+    plain = tmp_path / "plain.cfg"
+    plain.write_text("[net]\nbatch=2\nheight=8\nwidth=8\nchannels=3\n"
+                     "[convolutional]\nfilters=2\nsize=3\nstride=1\npad=1\nactivation=leaky\n")
+    with pytest.raises(PolicyError, match="no batch-norm statistics"):
+        recalibrate.recalibrate(Network(plain), load_model(plain, "pjreddie"), np.zeros((4, 3, 8, 8)))
+    same = CliRunner().invoke(cli, ["recalibrate", "-w", str(WEIGHTS), "--images", str(digits.parent / "train"),
+                                    "-o", str(WEIGHTS)])
+    assert same.exit_code == 2 and "output is the input file" in same.output

@@ -1,0 +1,205 @@
+"""Sensitivity sweeps through the binding, on the example digits model, and
+the image preparation they rest on (checked against stock Darknet's own
+functions in Debian's libdarknet.so)."""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from darknet_sparse import images, load, load_model, sensitivity, threshold
+from darknet_sparse.cli import cli
+from darknet_sparse.darknet import Network
+from darknet_sparse.errors import CfgError, PolicyError
+from darknet_sparse.examples import classifier_top1, write_digits
+
+REPO = Path(__file__).resolve().parent.parent
+CFG = REPO / "cfg" / "digits.cfg"
+WEIGHTS = REPO / "cfg" / "digits.weights"
+PATCHED = REPO / "build" / "darknet" / "darknet"
+LIBDARKNET = "/usr/lib/darknet/libdarknet.so"
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    return write_digits(tmp_path_factory.mktemp("digits") / "digits")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(CFG, "pjreddie", WEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory) -> Path:
+    """The digits model one-shot pruned to 70% (magnitude): top-1 falls."""
+    out = tmp_path_factory.mktemp("pruned") / "digits70.weights"
+    threshold(load(CFG, WEIGHTS), out, mode="magnitude", sparsity=0.7)
+    return out
+
+
+def _all_params(net: Network) -> dict[str, bytes]:
+    return {f"{i}:{name}": view.tobytes() for i in range(net.num_layers) for name, view in net.params(i).items()}
+
+
+class _Image(ctypes.Structure):
+    _fields_ = [("w", ctypes.c_int), ("h", ctypes.c_int), ("c", ctypes.c_int),
+                ("data", ctypes.POINTER(ctypes.c_float))]
+
+
+@pytest.fixture(scope="module")
+def stock_images():
+    """Darknet's load_image_color, center_crop_image and letterbox_image."""
+    lib = ctypes.CDLL(LIBDARKNET)
+    for name in ("load_image_color", "center_crop_image", "letterbox_image"):
+        getattr(lib, name).restype = _Image
+    lib.load_image_color.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+    lib.center_crop_image.argtypes = lib.letterbox_image.argtypes = [_Image, ctypes.c_int, ctypes.c_int]
+    lib.free_image.argtypes = [_Image]
+
+    def pixels(image: _Image) -> np.ndarray:
+        array = np.ctypeslib.as_array(image.data, (image.c, image.h, image.w)).copy()
+        lib.free_image(image)
+        return array
+    return lib, pixels
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
+def test_images_are_prepared_bit_for_bit_as_darknet_prepares_them(tmp_path, stock_images, mode):
+    lib, pixels = stock_images
+    rng = np.random.default_rng(len(mode))
+    for n in range(6):
+        width, height = (int(v) for v in rng.integers(6, 50, 2))
+        path = tmp_path / f"{n}.png"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode).save(path)
+        loaded = images.read_pixels(path, 3)
+        assert np.array_equal(loaded, pixels(lib.load_image_color(str(path).encode(), 0, 0)))
+        for w, h in [(16, 16), (13, 29), (40, 7), (width, height)]:
+            stock = lib.load_image_color(str(path).encode(), 0, 0)
+            assert np.array_equal(images.center_crop(loaded, w, h), pixels(lib.center_crop_image(stock, w, h)))
+            # Darknet divides by zero when the letterbox is under 2 pixels wide or high.
+            if min(height * w // width, width * h // height) >= 2:
+                assert np.array_equal(images.letterbox(loaded, w, h), pixels(lib.letterbox_image(stock, w, h)))
+            lib.free_image(stock)
+
+
+def test_top1_through_the_binding_equals_the_binarys(digits, pruned):
+    for weights in (WEIGHTS, pruned):
+        net = Network(CFG, weights)
+        mine = sensitivity.top1(net, digits)(net)["top1"]
+        assert mine == pytest.approx(classifier_top1(PATCHED, digits, CFG, weights), abs=1e-6)
+    assert mine < 0.99  # the pruned model is measurably worse, so the match is not trivial
+
+
+def test_first_max_breaks_ties_and_nans_as_darknets_top_k():
+    outputs = np.array([[0.1, 0.5, 0.5], [np.nan, 0.2, 0.1], [0.3, np.nan, 0.4], [2, 2, 2]], np.float32)
+    assert sensitivity.first_max(outputs).tolist() == [1, 0, 2, 0]
+
+
+def test_sweep_prunes_each_layer_alone_and_restores_it(digits, model):
+    net = Network(CFG, WEIGHTS)
+    before = _all_params(net)
+    measure = sensitivity.top1(net, digits)
+    dense = measure(net)
+    seen = []
+    result = sensitivity.sweep(net, model, [0.9, 0.5], measure, sensitivity.select_layers(model, "4,connected"),
+                               on_progress=seen.append)
+    assert _all_params(net) == before
+    assert seen == list(range(1, 10))
+    assert result.levels == [0.0, 0.5, 0.9] and result.layers == [4, 6, 7]
+    assert [(r.layer, r.level) for r in result.rows] == [(i, s) for i in (4, 6, 7) for s in (0.0, 0.5, 0.9)]
+    assert result.baseline == dense
+    rows = {(r.layer, r.level): r for r in result.rows}
+    for index, weights in ((4, 18432), (6, 98304), (7, 960)):
+        assert rows[(index, 0.0)].metrics == dense
+        assert rows[(index, 0.0)].nonzero == weights == rows[(index, 0.9)].weights
+        assert rows[(index, 0.9)].nonzero == weights - round(0.9 * weights)
+    assert rows[(4, 0.9)].metrics["top1"] < dense["top1"]
+    assert rows[(4, 0.5)].effective_flops == rows[(4, 0.5)].flops // 2
+    table = sensitivity.table(result).splitlines()
+    assert len(table) == 5 and table[1].split()[-3:] == ["0", "0.5", "0.9"]
+
+
+def test_a_sweep_level_prunes_as_threshold_magnitude_does(tmp_path, model):
+    """The sweep's rule and the spec's per-layer sparsity zero the same weights."""
+    out = tmp_path / "half.weights"
+    threshold(load(CFG, WEIGHTS), out, mode="magnitude", sparsity=0.37)
+    dense, pruned = load(CFG, WEIGHTS), load(CFG, out)
+    for layer in sensitivity.select_layers(model):
+        array = np.array(dense.arrays(layer.index)["weights"])
+        sensitivity.prune_array(array, 0.37)
+        assert np.array_equal(array == 0, pruned.arrays(layer.index)["weights"] == 0)
+
+
+def test_deviation_is_zero_unpruned_and_grows_with_the_level(digits, model):
+    net = Network(CFG, WEIGHTS)
+    x = images.load_batch(images.sample(images.image_paths(digits.parent / "valid"), 64), net.input_shape)
+    measure = sensitivity.deviation(net, x, sensitivity.ends_in_softmax(model))
+    result = sensitivity.sweep(net, model, [0.5, 0.95], measure, sensitivity.select_layers(model, "2"))
+    assert result.metrics == ("rel_l2", "kl")
+    values = [(r.metrics["rel_l2"], r.metrics["kl"]) for r in result.rows]
+    assert values[0] == (0.0, 0.0)
+    assert 0 < values[1][0] < values[2][0] and 0 < values[1][1] < values[2][1]
+
+
+def test_csv_round_trip(tmp_path, digits, model):
+    net = Network(CFG, WEIGHTS)
+    result = sensitivity.sweep(net, model, [0.8], sensitivity.top1(net, digits),
+                               sensitivity.select_layers(model, "0,7"))
+    path = tmp_path / "sens.csv"
+    sensitivity.write_csv(result, path)
+    assert path.read_text().splitlines()[0] == "layer,type,weights,flops,level,nonzero,sparsity,effective_flops,top1"
+    assert sensitivity.read_csv(path) == result
+
+
+@pytest.mark.parametrize("text, message", [
+    ("layer,type\n0,convolutional\n", "not a sensitivity CSV"),
+    ("layer,type,weights,flops,level,nonzero,sparsity,effective_flops,top1\n0,conv,10,20,0.5,5,0.5,10\n",
+     r"sens\.csv:2: expected 9 values"),
+    ("layer,type,weights,flops,level,nonzero,sparsity,effective_flops,top1\n0,conv,10,20,1.5,5,0.5,10,1\n",
+     r"sens\.csv:2: level, nonzero or a metric is out of range"),
+])
+def test_bad_csv_says_where(tmp_path, text, message):
+    path = tmp_path / "sens.csv"
+    path.write_text(text)
+    with pytest.raises(PolicyError, match=message):
+        sensitivity.read_csv(path)
+
+
+def test_an_unlabelled_validation_image_is_an_error(tmp_path, digits):
+    listed = tmp_path / "valid.list"
+    listed.write_text("/nowhere/unlabelled.png\n")
+    data = tmp_path / "bad.data"
+    data.write_text(digits.read_text().replace(f"valid={digits.parent / 'valid.list'}", f"valid={listed}"))
+    with pytest.raises(CfgError, match="1 images match no label, e.g. /nowhere/unlabelled.png"):
+        images.labelled_list(data)
+
+
+def test_cli_sensitivity_writes_table_csv_and_plot(tmp_path, digits):
+    csv_path, plot = tmp_path / "sens.csv", tmp_path / "sens.png"
+    result = CliRunner().invoke(cli, ["sensitivity", "-w", str(WEIGHTS), "--data", str(digits), "--levels", "0.5,0.9",
+                                      "--layers", "6-7", "--csv", str(csv_path), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert "top1 with one layer pruned to each level (dense: 1.0000)" in result.output
+    assert len(sensitivity.read_csv(csv_path).rows) == 6
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_sensitivity_on_images_and_its_errors(tmp_path, digits):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["sensitivity", "-w", str(WEIGHTS), "--images", str(digits.parent / "valid"),
+                                 "--max-images", "20", "--levels", "0.9", "--layers", "7", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"metrics": [\n    "rel_l2",\n    "kl"\n  ]' in result.output
+    both = runner.invoke(cli, ["sensitivity", "-w", str(WEIGHTS), "--images", str(tmp_path), "--data", str(digits)])
+    assert both.exit_code == 2 and "not both" in both.output
+    empty = runner.invoke(cli, ["sensitivity", "-w", str(WEIGHTS), "--images", str(tmp_path)])
+    assert empty.exit_code == 2 and f"Error: {tmp_path}: no images" in empty.output
+    level = runner.invoke(cli, ["sensitivity", "-w", str(WEIGHTS), "--data", str(digits), "--levels", "1.0"])
+    assert level.exit_code == 2 and "level 1.0 outside [0, 1)" in level.output
+    layers = runner.invoke(cli, ["sensitivity", "-w", str(WEIGHTS), "--data", str(digits), "--layers", "maxpool"])
+    assert layers.exit_code == 2 and "'maxpool' names no prunable layer" in layers.output
