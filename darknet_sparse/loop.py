@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 
 from . import load_model, prune, reports, schedule
-from .errors import DarknetRunError, OutputError, PolicyError, WeightsFormatError
+from .errors import CfgError, DarknetRunError, OutputError, PolicyError, WeightsFormatError
 from .layout import PRUNABLE_ROLES, Model
 from .policies import MODES
 from .stats import nonzero
@@ -221,20 +221,7 @@ def _check(settings: LoopSettings) -> Model:
     if settings.learning_rate is not None and not (math.isfinite(settings.learning_rate)
                                                    and settings.learning_rate > 0):
         raise PolicyError(f"learning rate {settings.learning_rate!r} must be a number > 0")
-    for what, path in (("data file", settings.data), ("cfg", settings.cfg)):
-        if not path.is_file():
-            raise OutputError(f"{path}: no such {what}")
-    if not (settings.darknet.is_file() and os.access(settings.darknet, os.X_OK)):
-        raise DarknetRunError(f"{settings.darknet}: no Darknet binary there; build the patched one "
-                              "with `make darknet` or pass its path (--darknet)")
-    out = str(settings.out.resolve())
-    if re.search(r"\s", out) or len(out) > _MAX_OUT_CHARS:
-        raise OutputError(f"{out}: Darknet needs an output folder without whitespace and at most "
-                          f"{_MAX_OUT_CHARS} characters long")
-    try:
-        settings.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{settings.out}: cannot create the output folder: {exc.strerror}") from None
+    _check_paths(settings)
     model = load_model(settings.cfg, settings.fork, settings.weights)
     if not settings.weights.is_file():
         raise WeightsFormatError(f"{settings.weights}: no such weights file")
@@ -245,6 +232,31 @@ def _check(settings: LoopSettings) -> Model:
             raise PolicyError(f"mode {settings.mode} reaches at most {reach:.4f} total sparsity on "
                               f"{settings.weights} (with its spec, if any), not {settings.targets[-1]:g}")
     return model
+
+
+def _check_paths(settings: LoopSettings) -> None:
+    """Inputs exist and are not among the files the loop writes; Darknet
+    can use the output folder, which is created."""
+    for what, path in (("data file", settings.data), ("cfg", settings.cfg)):
+        if not path.is_file():
+            raise CfgError(f"{path}: no such {what}")
+    if not (settings.darknet.is_file() and os.access(settings.darknet, os.X_OK)):
+        raise DarknetRunError(f"{settings.darknet}: no Darknet binary there; build the patched one "
+                              "with `make darknet` or pass its path (--darknet)")
+    out = settings.out.resolve()
+    if re.search(r"\s", str(out)) or len(str(out)) > _MAX_OUT_CHARS:
+        raise OutputError(f"{out}: Darknet needs an output folder without whitespace and at most "
+                          f"{_MAX_OUT_CHARS} characters long")
+    for path in (settings.cfg, settings.data, settings.weights):
+        path = path.resolve()
+        if path.parent == out / "backup" or (path.parent == out and (
+                path.name in (TRAIN_CFG, "train.data", "final.weights", "log.jsonl")
+                or path.name.startswith("step-"))):
+            raise OutputError(f"{path}: the loop writes this file; copy it out of {out} first")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create the output folder: {exc.strerror}") from None
 
 
 def _step(settings: LoopSettings, model: Model, step: int, source: Path) -> StepRecord:

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from darknet_sparse import load
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
-from darknet_sparse.errors import DarknetRunError, OutputError, PolicyError
+from darknet_sparse.errors import CfgError, DarknetRunError, OutputError, PolicyError
 from darknet_sparse.examples import write_digits
 from darknet_sparse.loop import TOLERANCE, LoopSettings, private_data, prune_to, retrain_cfg, run, weight_sparsity
 from darknet_sparse.reports import diff
@@ -269,7 +269,7 @@ def test_resume_of_a_finished_loop_runs_nothing(tmp_path, digits, model_files, f
     ({"targets": (0.7, 0.5)}, PolicyError, "must not decrease: 0.7 then 0.5"),
     ({"mode": "random"}, PolicyError, "unknown mode 'random'"),
     ({"darknet": Path("/nonexistent/darknet")}, DarknetRunError, "build the patched one with `make darknet`"),
-    ({"data": Path("/nonexistent/x.data")}, OutputError, "no such data file"),
+    ({"data": Path("/nonexistent/x.data")}, CfgError, "no such data file"),
     ({"mode": "triangle", "targets": (0.8,)}, PolicyError, "mode triangle reaches at most 0.6922 total sparsity"),
 ])
 def test_bad_settings_fail_before_darknet_runs(tmp_path, digits, model_files, fake, changes, error, message):
@@ -281,6 +281,14 @@ def test_bad_settings_fail_before_darknet_runs(tmp_path, digits, model_files, fa
 def test_an_output_folder_darknet_cannot_use_is_refused(tmp_path, digits, model_files, fake):
     with pytest.raises(OutputError, match="without whitespace"):
         run(_settings(tmp_path, digits, model_files, fake, out=tmp_path / "my run"))
+
+
+def test_the_loop_never_writes_over_its_inputs(tmp_path, digits, model_files, fake):
+    settings = _settings(tmp_path, digits, model_files, fake)
+    run(settings)
+    final = settings.out / "final.weights"
+    with pytest.raises(OutputError, match="final.weights: the loop writes this file; copy it out of"):
+        run(_settings(tmp_path, digits, model_files, fake, weights=final), resume=True)
 
 
 @pytest.mark.parametrize("args, message", [
