@@ -1,0 +1,52 @@
+"""``forward_driver.c`` compiled against the stock or the patched build
+(``make darknet-stock``, ``make darknet``), for the sparse forward tests and
+``benchmarks/bench_speed.py``.  Linked with ``-Ofast``, like Darknet's own
+binary, so denormals flush to zero the same way."""
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILDS = {"stock": ROOT / "build" / "darknet-stock", "patched": ROOT / "build" / "darknet"}
+SOURCE = Path(__file__).with_name("forward_driver.c")
+
+
+@dataclass(frozen=True)
+class Driver:
+    """One compiled driver; see ``forward_driver.c`` for its commands."""
+
+    name: str
+    binary: Path
+
+    def run(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run([str(self.binary), *map(str, args)], capture_output=True, text=True)
+        if check and done.returncode:
+            raise RuntimeError(f"{self.name} forward_driver {' '.join(map(str, args))} failed "
+                               f"({done.returncode}):\n{done.stderr[-2000:]}")
+        return done
+
+    def predict(self, cfg: Path, weights: Path, out: Path) -> np.ndarray:
+        """Every layer's output for the driver's fixed input, concatenated."""
+        self.run("predict", cfg, weights, out)
+        return np.fromfile(out, np.float32)
+
+    def seconds(self, cfg: Path, weights: Path, repeat: int) -> float:
+        """Median seconds of ``repeat`` forwards of one image."""
+        return float(self.run("time", cfg, weights, repeat).stdout)
+
+
+def compile_driver(name: str, folder: Path) -> Driver:
+    """The driver for build ``name`` (``stock`` or ``patched``), in ``folder``."""
+    build = BUILDS[name]
+    binary = folder / f"forward_driver-{name}"
+    flags = (build / "binding-cflags").read_text().split() + (["-DSPARSE_FORWARD"] if name == "patched" else [])
+    command = ["gcc", "-Ofast", "-Wall", *flags, f"-I{build / 'include'}", "-o", str(binary), str(SOURCE),
+               str(build / "libdarknet.a"), *(build / "link-flags").read_text().split()]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"cannot build the forward driver ({' '.join(command)}):\n{done.stderr}")
+    return Driver(name, binary)

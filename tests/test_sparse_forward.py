@@ -1,0 +1,257 @@
+"""The sparse forward pass (patches/0010-sparse-forward.patch) against stock.
+
+Every output must be byte-identical to the stock build's
+(``build/darknet-stock``) on the same weights: pruned to several levels,
+with the sparse path forced and chosen by ``auto``, for convolutions
+(groups, stride 2, 1x1, non-square input, no padding) and connected layers
+(every ``inputs % 4``, which decides how gcc vectorises upstream's dot
+product).  Training in the prune phase rebuilds the sparse copy after every
+update: it must train exactly as the dense path does, keep zeros at zero,
+and still match stock afterwards.  Both builds run
+``helpers/forward_driver.c``, compiled here against each ``libdarknet.a``;
+it writes every layer's output, so a difference cannot round away.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import darknet_sparse as ds
+from darknet_sparse.forward_path import forward_path, sparse_forward_mode
+from darknet_sparse.weightsfile import write_arrays
+from helpers.forward_driver import Driver, compile_driver
+from tiny_models import write_model
+
+SPARSITIES = (0.0, 0.5, 0.9, 0.99)
+
+
+@pytest.fixture(scope="module")
+def drivers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Driver]:
+    folder = tmp_path_factory.mktemp("forward_driver")
+    return {name: compile_driver(name, folder) for name in ("stock", "patched")}
+
+
+def outputs(drivers: dict[str, Driver], build: str, cfg: Path, weights: Path) -> np.ndarray:
+    return drivers[build].predict(cfg, weights, weights.with_suffix(f".{build}.{cfg.stem}.bin"))
+
+
+def with_mode(cfg: Path, mode: str) -> Path:
+    """A copy of ``cfg`` with ``[net] sparse_forward=mode``."""
+    target = cfg.with_name(f"{cfg.stem}-{mode}.cfg")
+    target.write_text(cfg.read_text().replace("[net]\n", f"[net]\nsparse_forward={mode}\n", 1))
+    return target
+
+
+def pruned(cfg: Path, weights: Path, sparsity: float) -> Path:
+    """Magnitude pruning: the ``round(sparsity * n)`` smallest ``|w|`` of
+    every weight array become 0 (all of them in a small enough array)."""
+    if sparsity == 0:
+        return weights
+    wf = ds.load(cfg, weights)
+    arrays = {}
+    for layer in wf.model.layers:
+        for param in layer.prunable():
+            values = np.array(wf.arrays(layer.index)[param.name])
+            values[np.argsort(np.abs(values), kind="stable")[:round(sparsity * values.size)]] = 0
+            arrays[(layer.index, param.name)] = values
+    target = weights.with_name(f"{weights.stem}-{sparsity}.weights")
+    write_arrays(wf, target, arrays)
+    return target
+
+
+def assert_same_bytes(stock: np.ndarray, patched: np.ndarray) -> None:
+    assert stock.size > 1 and np.isfinite(stock).all() and np.ptp(stock) > 0, "a vacuous comparison"
+    assert patched.tobytes() == stock.tobytes(), f"max |diff| {np.max(np.abs(patched - stock))}"
+
+
+_NET = "[net]\nbatch=1\nheight={h}\nwidth={w}\nchannels={c}\n"
+_CONV = "\n[convolutional]\nfilters={n}\nsize={size}\nstride={stride}\n{extra}activation=leaky\n"
+
+#: Small nets, each aimed at one way an index can go wrong.
+CFGS = {
+    # Non-square input, odd sizes, batch norm, 3x3 with padding, then 1x1.
+    "conv3x3_nonsquare": _NET.format(h=11, w=17, c=5)
+    + _CONV.format(n=7, size=3, stride=1, extra="batch_normalize=1\npad=1\n")
+    + _CONV.format(n=9, size=1, stride=1, extra=""),
+    # Stride 2 and groups, with and without padding; a 5x5 without padding.
+    "conv_groups_stride2": _NET.format(h=13, w=10, c=6)
+    + _CONV.format(n=8, size=3, stride=2, extra="groups=2\npad=1\n")
+    + _CONV.format(n=6, size=3, stride=1, extra="groups=2\n")
+    + _CONV.format(n=4, size=5, stride=1, extra="padding=1\n"),
+    # Depthwise, then 1x1 at stride 2 (upstream reads its input as if stride 1).
+    "conv_depthwise_1x1_stride2": _NET.format(h=9, w=12, c=4)
+    + _CONV.format(n=4, size=3, stride=1, extra="groups=4\npad=1\n")
+    + _CONV.format(n=5, size=1, stride=2, extra="")
+    + "\n[maxpool]\nsize=2\nstride=2\n",
+    # Connected layers with inputs % 4 == 0, 1, 2, 3 and inputs < 4.
+    "connected": _NET.format(h=1, w=1, c=300)
+    + "".join(f"\n[connected]\noutput={n}\n{'batch_normalize=1' if n == 61 else ''}\nactivation={act}\n"
+              for n, act in ((61, "leaky"), (42, "leaky"), (31, "linear"), (40, "leaky"), (3, "leaky"),
+                             (2, "linear"), (5, "leaky"))),
+    # A conv feeding a connected layer, as in a classifier.
+    "conv_connected": _NET.format(h=8, w=7, c=3)
+    + _CONV.format(n=6, size=3, stride=1, extra="pad=1\n")
+    + "\n[connected]\noutput=9\nactivation=leaky\n",
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    folder = tmp_path_factory.mktemp("models")
+    return {name: write_model(folder, name, text, seed=i) for i, (name, text) in enumerate(CFGS.items())}
+
+
+@pytest.mark.parametrize("name", CFGS)
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_outputs_equal_stock(drivers, models, name: str, sparsity: float):
+    cfg, weights = models[name]
+    weights = pruned(cfg, weights, sparsity)
+    stock = outputs(drivers, "stock", cfg, weights)
+    for mode in ("sparse", "auto"):
+        assert_same_bytes(stock, outputs(drivers, "patched", with_mode(cfg, mode), weights))
+
+
+@pytest.mark.parametrize("name", ["conv3x3_nonsquare", "connected"])
+def test_single_weight_at_the_last_position(drivers, models, name: str):
+    """Only the last weight of every layer is non-zero: an off-by-one in a
+    row, column or lane index loses or moves it."""
+    cfg, weights = models[name]
+    wf = ds.load(cfg, weights)
+    arrays = {}
+    for layer in wf.model.layers:
+        for param in layer.prunable():
+            values = np.zeros(param.count, np.float32)
+            values[-1] = 0.75
+            arrays[(layer.index, param.name)] = values
+    target = weights.with_name(f"{name}-last.weights")
+    write_arrays(wf, target, arrays)
+    stock = outputs(drivers, "stock", cfg, target)
+    assert_same_bytes(stock, outputs(drivers, "patched", with_mode(cfg, "sparse"), target))
+
+
+def test_yolov3_tiny_at_90_percent(drivers, tmp_path: Path):
+    """The benchmark's model, auto mode: every conv takes the sparse path."""
+    text = Path("/usr/share/darknet/cfg/yolov3-tiny.cfg").read_text()
+    cfg, weights = write_model(tmp_path, "yolov3-tiny", text)
+    weights = pruned(cfg, weights, 0.9)
+    assert set(drivers["patched"].run("paths", cfg, weights).stdout.split()) == {"0", "1"}
+    assert_same_bytes(outputs(drivers, "stock", cfg, weights), outputs(drivers, "patched", cfg, weights))
+
+
+def test_paths_follow_the_python_rule(drivers, tmp_path: Path):
+    """C's choice per layer, in every mode, equals forward_path's, also at
+    the exact density limits (50% conv, 30% connected) and one weight above."""
+    text = (_NET.format(h=5, w=5, c=2) + _CONV.format(n=4, size=1, stride=1, extra="") * 3
+            + "\n[maxpool]\nsize=2\nstride=2\n" + "\n[connected]\noutput=10\nactivation=leaky\n" * 3)
+    cfg, weights = write_model(tmp_path, "paths", text)
+    wf = ds.load(cfg, weights)
+    nonzero = {0: 4, 1: 9, 2: 8, 4: 108, 5: 31, 6: 100}  # of 8, 16, 16, 360, 100, 100 weights
+    arrays, counts = {}, {}
+    rng = np.random.default_rng(3)
+    for layer in wf.model.layers:
+        for param in layer.prunable():
+            keep = nonzero[layer.index]
+            values = np.zeros(param.count, np.float32)
+            values[rng.choice(param.count, keep, replace=False)] = rng.uniform(0.1, 1, keep)
+            arrays[(layer.index, param.name)] = values
+            counts[layer.index] = (keep, param.count)
+    target = tmp_path / "paths-set.weights"
+    write_arrays(wf, target, arrays)
+    for mode in ("auto", "dense", "sparse"):
+        got = drivers["patched"].run("paths", with_mode(cfg, mode), target).stdout.split()
+        want = [forward_path(layer.type, *counts.get(layer.index, (0, 0)), mode)
+                for layer in wf.model.layers]
+        assert got == ["1" if path == "sparse" else "0" for path in want], mode
+    assert [forward_path(layer.type, *counts[layer.index]) for layer in wf.model.layers
+            if layer.index in counts] == ["sparse", "dense", "sparse", "sparse", "dense", "dense"]
+
+
+TRAIN_CFG = """
+[net]
+batch=4
+subdivisions=1
+height=6
+width=5
+channels=3
+learning_rate=0.05
+momentum=0.9
+decay=0.001
+prune=1
+prune_threshold={threshold}
+
+[convolutional]
+batch_normalize=1
+filters=6
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+filters=5
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[connected]
+output=4
+activation=linear
+
+[softmax]
+"""
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.15])
+def test_prune_phase_training_with_the_sparse_copy(drivers, tmp_path: Path, threshold: float):
+    """Six updates with prune=1: the sparse path (its copy rebuilt after
+    each update, and after the save that zeroes |w| < prune_threshold) trains
+    byte for byte as the dense path does; the pruned zeros stay zero, the
+    other weights move, and the saved net still predicts as stock does."""
+    cfg, weights = write_model(tmp_path, "train", TRAIN_CFG.format(threshold=threshold))
+    start = pruned(cfg, weights, 0.7)
+    trained = {}
+    for mode in ("dense", "sparse"):
+        out, prediction = tmp_path / f"trained-{mode}.weights", tmp_path / f"after-save-{mode}.bin"
+        drivers["patched"].run("train", with_mode(cfg, mode), start, out, 6, prediction)
+        trained[mode] = out
+        # The copy was rebuilt after the save: the net in memory predicts as
+        # stock does from the saved file.
+        assert_same_bytes(outputs(drivers, "stock", cfg, out), np.fromfile(prediction, np.float32))
+    assert trained["sparse"].read_bytes() == trained["dense"].read_bytes()
+    before, after = ds.load(cfg, start), ds.load(cfg, trained["sparse"])
+    for layer in before.model.layers:
+        for param in layer.prunable():
+            old, new = before.arrays(layer.index)[param.name], after.arrays(layer.index)[param.name]
+            assert np.all(new[old == 0] == 0), f"layer {layer.index}: a pruned weight came back"
+            assert np.any(new[old != 0] != old[old != 0]), f"layer {layer.index}: nothing trained"
+
+
+def test_unknown_mode_is_refused(drivers, models, tmp_path: Path):
+    cfg, weights = models["connected"]
+    done = drivers["patched"].run("predict", with_mode(cfg, "fast"), weights, tmp_path / "out.bin", check=False)
+    assert done.returncode != 0
+    assert "sparse_forward=fast: expected auto, dense or sparse" in done.stderr
+
+
+def test_forward_path_rule():
+    assert forward_path("convolutional", 50, 100) == "sparse"
+    assert forward_path("convolutional", 51, 100) == "dense"
+    assert forward_path("connected", 30, 100) == "sparse"
+    assert forward_path("connected", 31, 100) == "dense"
+    assert forward_path("connected", 100, 100, "sparse") == "sparse"
+    assert forward_path("convolutional", 0, 100, "dense") == "dense"
+    assert forward_path("convolutional", 0, 100, "sparse", binary=True) == "dense"
+    assert forward_path("maxpool", 0, 0) is None
+    with pytest.raises(ds.CfgError, match="expected auto, dense, sparse"):
+        forward_path("convolutional", 0, 1, "fast")
+
+
+def test_sparse_forward_mode():
+    net = ds.parse_cfg("[net]\nsparse_forward=dense\n")[0]
+    assert sparse_forward_mode(net) == "dense"
+    assert sparse_forward_mode(ds.parse_cfg("[net]\n")[0]) == "auto"
+    with pytest.raises(ds.CfgError, match="sparse_forward=fast"):
+        sparse_forward_mode(ds.parse_cfg("[net]\nsparse_forward=fast\n")[0])
