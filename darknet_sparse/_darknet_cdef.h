@@ -15,3 +15,4 @@ float *ds_param(ds_net *net, int index, int k, const char **sub, const char **na
 int ds_get_prune(ds_net *net, int index, float *threshold);
 int ds_set_prune(ds_net *net, int prune);
 int ds_set_threshold(ds_net *net, int index, float threshold);
+int ds_on_gpu(ds_net *net);

@@ -215,3 +215,15 @@ int ds_set_threshold(ds_net *h, int index, float threshold)
     return 0;
 }
 #endif
+
+/* Whether the network computes on a GPU: the parameter views are then host
+ * copies that its passes neither read nor update. */
+int ds_on_gpu(ds_net *h)
+{
+#ifdef GPU
+    return h->net->gpu_index >= 0;
+#else
+    (void)h;
+    return 0;
+#endif
+}

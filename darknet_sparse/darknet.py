@@ -302,3 +302,9 @@ class Network:
             raise BindingError(f"{what} must be (N, {width}) or (N, C, H, W) with C*H*W = {width}, "
                                f"not an array of shape {a.shape}")
         return a.reshape(len(a), width)
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether Darknet computes on a GPU, where the views are host copies
+        its passes neither read nor update."""
+        return bool(self._backend.lib.ds_on_gpu(self._net))
