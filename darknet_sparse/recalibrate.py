@@ -24,7 +24,7 @@ Only ``[convolutional]``, ``[deconvolutional]``, ``[connected]`` and
 ``[batchnorm]`` layers are recalibrated: they update their statistics once
 per pass.  The batch-norm sublayers of rnn, gru, lstm and crnn update once
 per time step and are left as they are.  The views show host memory, so
-this needs a CPU build of the binding.
+this needs a CPU build of the binding (:func:`sensitivity.check_host`).
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ import numpy as np
 from . import load
 from .errors import CfgError, PolicyError
 from .layout import Layer, Model
+from .sensitivity import check_host
 
 if TYPE_CHECKING:
     from .darknet import Network
@@ -129,6 +130,7 @@ def recalibrate(net: Network, model: Model, x: np.ndarray,
     ``on_progress(n)`` is told how many passes are done.  Fewer than one
     image per pass may be left out, so that every pass has the same size.
     """
+    check_host(net)
     layers, skipped = batchnorm_layers(net)
     if not layers:
         raise PolicyError("the network has no batch-norm statistics to recalibrate")

@@ -24,6 +24,9 @@ Two measures, each a ``Network -> {name: value}`` function:
 
 The CSV (:func:`write_csv`, :func:`read_csv`) holds one row per layer and
 level with the layer's weight count and FLOPs, so ``plan`` needs no cfg.
+
+The views are host memory, which a network on a GPU does not compute with:
+a sweep needs a CPU build of the binding (:func:`check_host`).
 """
 from __future__ import annotations
 
@@ -158,6 +161,13 @@ def prune_array(a: np.ndarray, sparsity: float) -> None:
         a[magnitude < np.partition(magnitude, k)[k]] = 0
 
 
+def check_host(net: Network) -> None:
+    """Refuse a network on a GPU, whose passes would ignore edited views."""
+    if net.on_gpu:
+        raise BindingError("the network runs on a GPU, where edits of its parameter views do not reach the "
+                           "passes: use a CPU build of the binding (make darknet binding GPU=0)")
+
+
 def sweep(net: Network, model: Model, levels: Sequence[float], measure: Measure,
           layers: Sequence[Layer] | None = None, on_progress: Callable[[int], None] | None = None) -> Sensitivity:
     """Prune each layer alone to each level, measure, restore.
@@ -166,6 +176,7 @@ def sweep(net: Network, model: Model, levels: Sequence[float], measure: Measure,
     ``on_progress(n)`` is told how many measurements are done.  The weights
     are written back from copies, so the network ends bit-identical.
     """
+    check_host(net)
     levels = check_levels(levels)
     layers = prunable_layers(model) if layers is None else list(layers)
     baseline = measure(net)

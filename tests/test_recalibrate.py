@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from darknet_sparse import images, load, load_model, recalibrate, sensitivity, threshold
 from darknet_sparse.cli import cli
 from darknet_sparse.darknet import Network
-from darknet_sparse.errors import PolicyError
+from darknet_sparse.errors import BindingError, PolicyError
 from darknet_sparse.examples import write_digits
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,3 +116,9 @@ def test_errors(tmp_path, digits):
     same = CliRunner().invoke(cli, ["recalibrate", "-w", str(WEIGHTS), "--images", str(digits.parent / "train"),
                                     "-o", str(WEIGHTS)])
     assert same.exit_code == 2 and "output is the input file" in same.output
+
+
+def test_a_network_on_a_gpu_is_refused(monkeypatch, digits):
+    monkeypatch.setattr(Network, "on_gpu", property(lambda self: True))
+    with pytest.raises(BindingError, match="runs on a GPU"):
+        recalibrate.recalibrate(Network(CFG, WEIGHTS), load_model(CFG, "pjreddie"), _train_images(digits, 8))

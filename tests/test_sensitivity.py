@@ -14,7 +14,7 @@ from PIL import Image
 from darknet_sparse import images, load, load_model, sensitivity, threshold
 from darknet_sparse.cli import cli
 from darknet_sparse.darknet import Network
-from darknet_sparse.errors import CfgError, PolicyError
+from darknet_sparse.errors import BindingError, CfgError, PolicyError
 from darknet_sparse.examples import classifier_top1, write_digits
 
 REPO = Path(__file__).resolve().parent.parent
@@ -203,3 +203,12 @@ def test_cli_sensitivity_on_images_and_its_errors(tmp_path, digits):
     assert level.exit_code == 2 and "level 1.0 outside [0, 1)" in level.output
     layers = runner.invoke(cli, ["sensitivity", "-w", str(WEIGHTS), "--data", str(digits), "--layers", "maxpool"])
     assert layers.exit_code == 2 and "'maxpool' names no prunable layer" in layers.output
+
+
+def test_a_network_on_a_gpu_is_refused(monkeypatch, model):
+    """On a GPU the views are host copies the passes never read: a sweep
+    there would measure the dense network at every level."""
+    monkeypatch.setattr(Network, "on_gpu", property(lambda self: True))
+    net = Network(CFG, WEIGHTS)
+    with pytest.raises(BindingError, match="runs on a GPU"):
+        sensitivity.sweep(net, model, [0.5], lambda network: {"top1": 1.0})
