@@ -216,7 +216,7 @@ def thresholds(wf: WeightsFile, levels: Mapping[int, Level],
     if global_slots:
         level = levels[global_slots[0].layer.index]
         total = sum(s.param.count for s in global_slots)
-        t = kth_smallest_abs(wf, global_slots, round(level.value * total)) if level.value else 0.0
+        t = _magnitude_threshold(wf, global_slots, level.value, total)
         result.update({s.key: (level, t) for s in global_slots})
     for slot in slots:
         level = levels[slot.layer.index]
@@ -231,5 +231,13 @@ def _threshold_for(wf: WeightsFile, slot: Slot, level: Level) -> float:
         return level.value
     if level.kind == "std":
         return level.value * moments(wf, slot).std
-    k = round(level.value * slot.param.count)
-    return kth_smallest_abs(wf, [slot], k) if k else 0.0
+    return _magnitude_threshold(wf, [slot], level.value, slot.param.count)
+
+
+def _magnitude_threshold(wf: WeightsFile, slots: list[Slot], sparsity: float, count: int) -> float:
+    """The threshold zeroing ``round(sparsity * count)`` weights (up to ties);
+    when that rounds to all of them, every finite weight goes."""
+    k = round(sparsity * count)
+    if k >= count:
+        return math.inf
+    return kth_smallest_abs(wf, slots, k) if k else 0.0

@@ -18,9 +18,11 @@ from .stats import abs_bits, nonzero
 from .weightsfile import WeightsFile
 
 
-def _shape(dims: tuple[int, int, int]) -> str:
+def _shape(dims: tuple[int, int, int], values: int) -> str:
+    """``WxHxC`` as Darknet prints it; just the value count for layers that
+    leave Darknet's dims unset (softmax, cost, ...)."""
     c, h, w = dims
-    return f"{w}x{h}x{c}"
+    return f"{w}x{h}x{c}" if c or h or w else str(values)
 
 
 @dataclass
@@ -86,7 +88,8 @@ def info(wf: WeightsFile, path_of=None) -> Info:
         dense = model.layer_flops(layer)
         effective = 2 * macs
         density = nonzero_ / weights if weights else 1.0
-        rows.append(InfoRow(layer.index, layer.type, _shape(layer.input), _shape(layer.output),
+        inputs = model.layers[layer.index - 1].outputs if layer.index else model.net.int("inputs", 0) or 0
+        rows.append(InfoRow(layer.index, layer.type, _shape(layer.input, inputs), _shape(layer.output, layer.outputs),
                             layer.param_count, weights, nonzero_, dense / 1e9, effective / 1e9,
                             path_of(layer, density) if path_of and weights else ""))
     notes = list(model.notes)
@@ -170,6 +173,11 @@ def _columns(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _bflops(value: float) -> str:
+    """Darknet's 3 decimals, or 3 significant digits for small layers."""
+    return f"{value:.3f}" if value >= 0.1 or value == 0 else f"{value:.3g}"
+
+
 def info_table(report: Info) -> str:
     show_path = any(r.path for r in report.rows)
     headers = ["layer", "type", "input", "output", "params", "non-zero", "sparsity", "BFLOPs", "eff.BFLOPs"]
@@ -178,11 +186,11 @@ def info_table(report: Info) -> str:
     for r in report.rows:
         row = [str(r.index), r.type, r.input, "->" + r.output, f"{r.params:,}",
                f"{r.nonzero:,}" if r.weights else "", f"{100 * r.sparsity:.1f}%" if r.weights else "",
-               f"{r.bflops:.3f}" if r.bflops else "", f"{r.effective_bflops:.3f}" if r.bflops else ""]
+               _bflops(r.bflops) if r.bflops else "", _bflops(r.effective_bflops) if r.bflops else ""]
         rows.append(row + ([r.path] if show_path else []))
     t = report.totals
     rows.append(["total", "", "", "", f"{t['params']:,}", f"{t['nonzero']:,}", f"{100 * t['sparsity']:.1f}%",
-                 f"{t['bflops']:.3f}", f"{t['effective_bflops']:.3f}"] + ([""] if show_path else []))
+                 _bflops(t["bflops"]), _bflops(t["effective_bflops"])] + ([""] if show_path else []))
     head = [f"{report.weights}: cfg {report.cfg}, fork {report.fork}, header {report.header}, seen {report.seen}"]
     ratio = t["bflops"] / t["effective_bflops"] if t["effective_bflops"] else float("inf")
     tail = [f"weights {t['weights']:,}, non-zero {t['nonzero']:,} ({100 * t['sparsity']:.2f}% sparse, "

@@ -219,3 +219,10 @@ def test_streamed_result_equals_numpy_reference(tmp_path_factory, seed, t, s):
                 limit = np.sort(np.abs(old))[k] if k else np.float32(0)
             expected = np.where(np.abs(old) < limit, np.float32(0), old)
             assert np.array_equal(new, expected)
+
+
+def test_a_sparsity_that_rounds_to_every_weight_prunes_them_all(small, tmp_path):
+    """round(0.9995 * 216) == 216 for the first conv: all of it goes, no error."""
+    result, out = pruned(small, tmp_path, mode="magnitude", sparsity=0.9995)
+    assert not np.any(out.arrays(0)["weights"])
+    assert result.arrays[0].zeros_after == result.arrays[0].count
