@@ -162,3 +162,11 @@ def test_debug_shows_the_traceback(model, tmp_path):
     _, weights = model
     result = run("--debug", "threshold", weights, "-t", "0.1", "-o", weights)
     assert result.exit_code != 0 and isinstance(result.exception, ds.OutputError)
+
+
+def test_build_names_the_patched_binary_and_its_options():
+    result = run("build", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["exists"] and info["binding"] and info["binary"].endswith("build/darknet/darknet")
+    assert info["options"] == ["prune", "prune_threshold"]

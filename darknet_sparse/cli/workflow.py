@@ -2,6 +2,7 @@
 analysis, per-layer plans, batch-norm recalibration, and the build."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -102,3 +103,25 @@ def _summary(result: loop_.LoopResult) -> str:
                      f"{r.zeros_revived:>7}  {r.seconds:>8.1f}  {r.weights}{resumed}")
     lines.append(f"final: {result.final}" if result.final else "final: none")
     return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def build(as_json: bool) -> None:
+    """Where the patched Darknet is and which new cfg options it understands.
+
+    Build it (and the Python binding) with `make darknet binding`; pass
+    GPU=1 ARCH=... or DARKNET_SRC=/path/to/checkout to make as needed.
+    """
+    from ..darknet import build_info
+    info = build_info()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    state = "built" if info["exists"] else "not built: run `make darknet binding`"
+    click.echo(f"patched darknet: {info['binary']} ({state})")
+    if info["exists"]:
+        click.echo("new options: " + ", ".join(f"{name}=" for name in info["options"])
+                   + "  ([net] prune=1 freezes zero weights; prune_threshold=T zeroes |w| < T on save,"
+                   " also per [convolutional]/[deconvolutional]/[connected] section)")
+    click.echo(f"python binding: {'built' if info['binding'] else 'not built: run `make binding`'}")
