@@ -18,7 +18,10 @@ Each layer normalises with its batch's statistics during the passes, as in
 training, so a layer is calibrated on inputs normalised the same way.
 Dropout, which a training pass would also switch on, stays off
 (:func:`calibration_network`): the statistics are those of the inputs
-inference sees, and the result is the same on every run.
+inference sees, and the result is the same on every run.  The pass size is
+the cfg's batch unless given: deployment cfgs often say ``batch=1``, and a
+layer's batch statistics need at least 2 images (more is steadier for the
+layers downstream, at the memory of that many images).
 
 Only ``[convolutional]``, ``[deconvolutional]``, ``[connected]`` and
 ``[batchnorm]`` layers are recalibrated: they update their statistics once
@@ -74,22 +77,28 @@ class Recalibration:
     skipped: list[int]  # layers with batch norm this cannot recalibrate
 
 
-def without_dropout(text: str) -> str:
-    """cfg text whose ``[dropout]`` layers drop nothing: ``probability=0``
-    becomes each one's first option, and Darknet reads the first."""
+def calibration_cfg(text: str, batch: int | None = None) -> str:
+    """cfg text whose ``[dropout]`` layers drop nothing (``probability=0``)
+    and, with ``batch``, whose passes take ``batch`` images (``batch=``,
+    ``subdivisions=1``): each set as its section's first option, the one
+    Darknet reads."""
+    first = {"[dropout]": ["probability=0"]}
+    if batch is not None:
+        first["[net]"] = first["[network]"] = [f"batch={batch}", "subdivisions=1"]
     lines = []
     for line in text.splitlines():
-        lines.append(line)
-        if re.sub(r"[ \t\r]", "", line) == "[dropout]":
-            lines.append("probability=0")
+        lines += [line] + first.get(re.sub(r"[ \t\r]", "", line), [])
     return "\n".join(lines) + "\n"
 
 
-def calibration_network(cfg: str | Path, weights: str | Path) -> Network:
-    """The network of ``cfg`` and ``weights`` with dropout off (parsed from a
-    temporary copy of the cfg; the weights are read as they are)."""
+def calibration_network(cfg: str | Path, weights: str | Path, batch: int | None = None) -> Network:
+    """The network of ``cfg`` and ``weights`` with dropout off, and passes of
+    ``batch`` images if given (parsed from a temporary copy of the cfg; the
+    weights are read as they are)."""
     from .darknet import Network
 
+    if batch is not None and batch < 2:
+        raise PolicyError(f"calibration passes need at least 2 images, not {batch}")
     load(cfg, weights, fork="pjreddie")  # errors name the user's files
     try:
         text = Path(cfg).read_text(encoding="utf-8", errors="surrogateescape")
@@ -97,7 +106,7 @@ def calibration_network(cfg: str | Path, weights: str | Path) -> Network:
         raise CfgError(f"{cfg}: cannot read: {exc.strerror}") from None
     with tempfile.TemporaryDirectory(prefix="darknet-sparse-") as folder:
         copy = Path(folder) / Path(cfg).name
-        copy.write_text(without_dropout(text), encoding="utf-8", errors="surrogateescape")
+        copy.write_text(calibration_cfg(text, batch), encoding="utf-8", errors="surrogateescape")
         return Network(copy, weights)
 
 
@@ -118,6 +127,9 @@ def pass_size(images: int, batch: int) -> int:
     """Images per pass: as even as the passes allow, at most ``batch``."""
     if images < 2:
         raise PolicyError(f"recalibration needs at least 2 images, got {images}")
+    if batch < 2:
+        raise PolicyError(f"the network takes {batch} image per pass, too few for batch statistics: "
+                          "load it with a larger batch (calibration_network, recalibrate --batch)")
     return images // -(-images // batch)
 
 

@@ -48,10 +48,20 @@ def test_pooled_statistics_are_those_of_all_values():
     np.testing.assert_allclose(variance, flat.var(0, ddof=1))
 
 
-def test_dropout_is_switched_off_by_a_first_option():
+def test_dropout_off_and_the_batch_are_first_options():
     text = "[net]\nbatch=1\n[ dropout ]\nprobability=.3\n[dropout]\n[connected]\noutput=2\n"
-    assert recalibrate.without_dropout(text) == ("[net]\nbatch=1\n[ dropout ]\nprobability=0\nprobability=.3\n"
+    assert recalibrate.calibration_cfg(text) == ("[net]\nbatch=1\n[ dropout ]\nprobability=0\nprobability=.3\n"
                                                  "[dropout]\nprobability=0\n[connected]\noutput=2\n")
+    assert recalibrate.calibration_cfg(text, 8).startswith("[net]\nbatch=8\nsubdivisions=1\nbatch=1\n[ dropout ]")
+
+
+def test_darknet_reads_the_first_options(tmp_path):
+    cfg = tmp_path / "digits.cfg"
+    cfg.write_text(CFG.read_text().replace("batch=64", "batch=1"))
+    assert recalibrate.calibration_network(cfg, WEIGHTS, 5).batch == 5
+    net = recalibrate.calibration_network(cfg, WEIGHTS)
+    with pytest.raises(PolicyError, match="takes 1 image per pass, too few"):
+        recalibrate.recalibrate(net, load_model(cfg, "pjreddie"), np.zeros((4, 3, 16, 16), np.float32))
 
 
 def test_the_first_layers_statistics_are_exactly_its_outputs(digits):
@@ -72,9 +82,10 @@ def test_the_first_layers_statistics_are_exactly_its_outputs(digits):
 def test_only_the_rolling_statistics_change(tmp_path, digits, pruned):
     out = tmp_path / "recalibrated.weights"
     result = CliRunner().invoke(cli, ["recalibrate", "--cfg", str(CFG), "-w", str(pruned), "--images",
-                                      str(digits.parent / "train"), "--max-images", "256", "-o", str(out)])
+                                      str(digits.parent / "train"), "--max-images", "256", "--batch", "128",
+                                      "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "recalibrated 4 layers on 256 images (4 passes of 64)" in result.output
+    assert "recalibrated 4 layers on 256 images (2 passes of 128)" in result.output
     before, after = load(CFG, pruned), load(CFG, out)
     changed = set()
     for slot in before.slots:
@@ -88,7 +99,7 @@ def test_only_the_rolling_statistics_change(tmp_path, digits, pruned):
     assert out.read_bytes()[:20] == pruned.read_bytes()[:20]  # the header too
     again = tmp_path / "again.weights"
     CliRunner().invoke(cli, ["recalibrate", "--cfg", str(CFG), "-w", str(pruned), "--images",
-                             str(digits.parent / "train"), "--max-images", "256", "-o", str(again)])
+                             str(digits.parent / "train"), "--max-images", "256", "--batch", "128", "-o", str(again)])
     assert again.read_bytes() == out.read_bytes()  # no dropout, no randomness
 
 

@@ -116,18 +116,20 @@ def plan(sensitivity_csv: Path, target_sparsity: float | None, target_flops: flo
               help="A folder (or list file) of calibration images, e.g. a training list.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the recalibrated weights.")
+@click.option("--batch", type=click.IntRange(min=2),
+              help="Images per calibration pass (default: the cfg's batch/subdivisions).")
 @resize_option
 @max_images_option
 @json_option
 @domain_errors
-def recalibrate(weights: Path, cfg: Path | None, image_source: Path, output: Path, resize: str,
-                max_images: int | None, as_json: bool) -> None:
+def recalibrate(weights: Path, cfg: Path | None, image_source: Path, output: Path, batch: int | None,
+                resize: str, max_images: int | None, as_json: bool) -> None:
     """Re-estimate batch-norm rolling mean and variance on calibration
     images after pruning; weights, biases and scales stay as they are."""
     cfg = cfg or find_cfg(weights)
     check_output(weights, output)
     paths = _sample(image_source, max_images)
-    net = recalibrate_.calibration_network(cfg, weights)
+    net = recalibrate_.calibration_network(cfg, weights, batch)
     x = images.load_batch(paths, net.input_shape, resize)
     passes = len(x) // recalibrate_.pass_size(len(x), net.batch)
     with click.progressbar(length=passes, label="calibration passes", file=sys.stderr) as bar:
