@@ -14,7 +14,19 @@ struct ds_net {
     network *net;
     int max_batch;   /* the batch the cfg sized every buffer for */
     float *scratch;  /* one batch of input, for a short last chunk */
+    int views;       /* ds_param handed out writable views of the weights */
 };
+
+/* Weights written through the views are invisible to the sparse forward
+ * pass's compressed copy: once views exist, rebuild it before using the net. */
+static void sync_weights(ds_net *h)
+{
+#ifdef DARKNET_SPARSE_FORWARD
+    if (h->views) invalidate_sparse_forward_network(h->net);
+#else
+    (void)h;
+#endif
+}
 
 ds_net *ds_load(const char *cfg, const char *weights, int clear)
 {
@@ -86,6 +98,7 @@ int ds_forward(ds_net *h, const float *x, float *out, int n, int train)
     network *net = h->net;
     int b = net->batch, i;
     if (n < 0 || (train && n % b)) return -1;
+    sync_weights(h);
     for (i = 0; i < n; i += b) {
         int k = n - i < b ? n - i : b;
         float *in = (float *)x + (size_t)i * net->inputs;
@@ -109,6 +122,7 @@ int ds_train(ds_net *h, const float *x, const float *y, int n, int iterations, f
     data d = {0};
     int i;
     if (n < 1 || n % net->batch) return -1;
+    sync_weights(h);
     d.X.rows = d.y.rows = n;
     d.X.cols = net->inputs;
     d.y.cols = net->truths;
@@ -185,6 +199,7 @@ float *ds_param(ds_net *h, int index, int k, const char **sub, const char **name
     }
     *name = names[k];
     *count = counts[k];
+    h->views = 1;
     return ptr[k];
 }
 

@@ -89,6 +89,23 @@ def test_views_are_the_file_arrays_and_write_through(tmp_path: Path, classifier)
     assert file_arrays(cfg, tmp_path / "edited.weights")["3:biases"][1][0] == views["3:biases"][0]
 
 
+def test_weight_writes_through_views_reach_the_sparse_forward_pass(tmp_path: Path) -> None:
+    """A 90%-zero net runs the sparse path from a compressed copy of its
+    weights; a write through a view must still change the next prediction
+    exactly as reloading the edited file would."""
+    cfg = write_cfg(tmp_path / "classifier.cfg", CLASSIFIER)
+    net = darknet.Network(cfg, sparse_start(cfg, tmp_path / "sparse.weights", fraction=0.9))
+    x = np.random.default_rng(1).random((2, 3, 8, 8), dtype=np.float32)
+    before = net.predict(x)
+    weights = net.params(0)["weights"]
+    weights[np.flatnonzero(weights)[:3]] *= -4
+    after = net.predict(x)  # before any save: saving also rebuilds the copy
+    net.save(tmp_path / "edited.weights")
+    expected = darknet.Network(cfg, tmp_path / "edited.weights").predict(x)
+    assert not np.array_equal(after, before)
+    np.testing.assert_array_equal(after, expected)
+
+
 def test_a_view_keeps_its_network_alive(classifier) -> None:
     weights = darknet.Network(*classifier).params(0)["weights"]  # the Network is gone here
     np.testing.assert_array_equal(weights, file_arrays(*classifier)["0:weights"][1])
