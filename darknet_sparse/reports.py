@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import WeightsFormatError
+from .forward_path import forward_path, sparse_forward_mode
 from .layout import PRUNABLE_ROLES
 from .prune import PruneResult
 from .stats import abs_bits, nonzero
@@ -67,10 +68,12 @@ class Info:
                 "effective_bflops": sum(r.effective_bflops for r in self.rows)}
 
 
-def info(wf: WeightsFile, path_of=None) -> Info:
-    """Per-layer report of a weights file; ``path_of(layer, density)`` names
-    the forward path a layer takes (shown when given)."""
+def info(wf: WeightsFile) -> Info:
+    """Per-layer report of a weights file.  For pjreddie models, ``path`` is
+    the CPU forward path the patched Darknet takes for each conv/connected
+    layer (:mod:`forward_path`)."""
     model = wf.model
+    mode = sparse_forward_mode(model.net) if model.fork == "pjreddie" else None
     rows = []
     counted: dict[tuple[int, str], int] = {}  # non-zeros per stored weights array
     for layer in model.layers:
@@ -87,11 +90,13 @@ def info(wf: WeightsFile, path_of=None) -> Info:
                 macs += counted.get((layer.shares, param.name), param.count) * param.macs
         dense = model.layer_flops(layer)
         effective = 2 * macs
-        density = nonzero_ / weights if weights else 1.0
+        section = layer.section
+        path = mode and weights and forward_path(layer.type, nonzero_, weights, mode,
+                                                 bool(section.int("xnor", 0) or section.int("binary", 0)))
         inputs = model.layers[layer.index - 1].outputs if layer.index else model.net.int("inputs", 0) or 0
         rows.append(InfoRow(layer.index, layer.type, _shape(layer.input, inputs), _shape(layer.output, layer.outputs),
                             layer.param_count, weights, nonzero_, dense / 1e9, effective / 1e9,
-                            path_of(layer, density) if path_of and weights else ""))
+                            path or ""))
     notes = list(model.notes)
     if wf.partial:
         notes.append(f"partial file: holds layers 0..{wf.layers_present - 1} of {len(model.layers)}")

@@ -40,6 +40,9 @@ def test_threshold_finds_cfg_beside_weights_and_writes_sparse_weights(model):
     assert report["fork"] == "pjreddie"
     conv = report["rows"][0]
     assert conv["type"] == "convolutional" and conv["effective_bflops"] < conv["bflops"]
+    # Half the weights non-zero: sparse for convolutions (<= 50%), dense for connected (> 30%).
+    assert {r["type"]: r["path"] for r in report["rows"] if r["path"]} == {
+        "convolutional": "sparse", "connected": "dense"}
 
 
 def test_threshold_json_lists_every_array(model):
