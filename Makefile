@@ -1,7 +1,7 @@
 # darknet-sparse: every target installs what it needs first.
 #   make test    set-up, patched + stock Darknet, the binding, then every test
 #   make demo    set-up, then info / threshold / a short loop on the example model
-#   make bench   the speed/memory benchmarks of the core (ratios, one run)
+#   make bench   threshold against cp (time, memory); prune=1 training overhead
 
 PYTHON ?= python3
 VENV   := .venv
@@ -54,8 +54,9 @@ test: setup darknet darknet-stock binding
 demo: setup darknet binding
 	scripts/demo.sh
 
-bench: setup
+bench: setup darknet binding
 	$(VPY) benchmarks/bench_threshold.py
+	$(VPY) benchmarks/bench_prune_overhead.py
 
 bench-speed: setup darknet darknet-stock
 	$(VPY) benchmarks/bench_speed.py
