@@ -212,3 +212,17 @@ def test_a_network_on_a_gpu_is_refused(monkeypatch, model):
     net = Network(CFG, WEIGHTS)
     with pytest.raises(BindingError, match="runs on a GPU"):
         sensitivity.sweep(net, model, [0.5], lambda network: {"top1": 1.0})
+
+
+def test_a_sweep_of_a_sparse_model_measures_each_level(digits, pruned):
+    """At 70% the layers take Darknet's sparse forward path, which computes
+    from a copy of the weights: edits through the views must reach it."""
+    net = Network(CFG, pruned)
+    measure = sensitivity.top1(net, digits)
+    dense = measure(net)
+    model = load_model(CFG, "pjreddie", pruned)
+    result = sensitivity.sweep(net, model, [0.97], measure, sensitivity.select_layers(model, "2,6"))
+    by_level = {(r.layer, r.level): r.metrics["top1"] for r in result.rows}
+    assert by_level[(2, 0.0)] == by_level[(6, 0.0)] == dense["top1"]
+    assert by_level[(2, 0.97)] < dense["top1"] - 0.1 and by_level[(6, 0.97)] < dense["top1"] - 0.1
+    assert measure(net) == dense
