@@ -110,15 +110,21 @@ def threshold(wf: WeightsFile, output: str | Path | None, mode: str = "absolute"
               backup: bool = False, dry_run: bool = False, strict: bool = False) -> PruneResult:
     """Prune the prunable arrays of ``wf`` into ``output``.
 
-    ``output=None`` or ``dry_run`` computes and counts without writing.  With
+    With a ``spec`` and no level of the mode's own, only the layers the spec
+    names are pruned.  ``output=None`` or ``dry_run`` computes and counts
+    without writing.  With
     ``in_place`` the output may be the input; ``backup`` first copies it to
     ``NAME.bak``.  ``strict`` makes NaN or Inf in any array an error (no
     output is left behind); otherwise they are counted and reported.
     """
     roles = PRUNABLE_ROLES + (OPTIONAL_PRUNABLE_ROLES if include_optional else ())
     model = wf.model
-    levels = policies.mode_levels(model, mode, threshold=threshold, sparsity=sparsity,
-                                  start=start, end=end, roles=roles)
+    if spec and all(value is None for value in (threshold, sparsity, start, end)):
+        # A spec alone (a plan): layers it does not name are left alone.
+        levels = {layer.index: policies.Level("skip") for layer in policies.prunable_layers(model, roles)}
+    else:
+        levels = policies.mode_levels(model, mode, threshold=threshold, sparsity=sparsity,
+                                      start=start, end=end, roles=roles)
     if spec:
         levels = policies.apply_spec(levels, spec, model, roles=roles)
     levels = policies.apply_exclude(levels, policies.parse_exclude(exclude, model), model)

@@ -226,3 +226,8 @@ def test_a_sparsity_that_rounds_to_every_weight_prunes_them_all(small, tmp_path)
     result, out = pruned(small, tmp_path, mode="magnitude", sparsity=0.9995)
     assert not np.any(out.arrays(0)["weights"])
     assert result.arrays[0].zeros_after == result.arrays[0].count
+
+
+def test_a_spec_alone_prunes_only_the_layers_it_names(small, tmp_path):
+    result, _ = pruned(small, tmp_path, mode="absolute", spec={"layers": {"2": 0.5, "4": {"threshold": 0.05}}})
+    assert {a.layer: a.level for a in result.arrays} == {0: "skip", 2: "sparsity 0.5", 3: "skip", 4: "|w| < 0.05"}

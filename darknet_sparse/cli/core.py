@@ -36,7 +36,8 @@ def info(weights: Path, cfg: Path | None, fork: str, as_json: bool) -> None:
 @click.option("--start", type=float, help="triangle: sparsity of the first prunable layer (default 0).")
 @click.option("--end", type=float, help="triangle: sparsity of the last prunable layer.")
 @click.option("--spec", type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML or TOML file of per-layer levels (index, a-b range or type -> level or skip).")
+              help="YAML or TOML file of per-layer levels (index, a-b range or type -> level or skip); "
+                   "given alone, only the layers it names are pruned.")
 @click.option("--exclude", help="Comma-separated layers to leave alone: indices, a-b ranges, types, "
                                 "'first' (first prunable layer), 'heads' (layers feeding yolo/region).")
 @click.option("--include-shortcut", is_flag=True,
