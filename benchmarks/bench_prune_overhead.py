@@ -6,7 +6,9 @@ through the binding on the same random batch, interleaved round by round
 (the order rotates).  One iteration is one weight update: a pass of
 Darknet's ``train_network`` over batch x subdivisions images.  Times are
 this process's CPU time (Darknet runs on one thread here, so other load on a
-shared machine inflates neither side), the median per iteration over the
+shared machine inflates neither side), with ``[net] sparse_forward=dense``
+so that only the prune phase differs (without it, prune=1 keeps the layers
+sparse enough for the faster sparse forward pass, and wins), the median per iteration over the
 rounds; a ratio is the median of each round's own ratio.  A second prune=0
 network, timed the same way, shows how large a ratio noise alone makes (on
 a busy 2-core machine, about 1-2%).  The prune phase adds one vectorised
@@ -61,8 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        start = sparse_copy(args.cfg, args.weights, Path(tmp) / "start.weights")
-        nets = {name: darknet.Network(args.cfg, start) for name in RUNS}
+        cfg = Path(tmp) / args.cfg.name
+        cfg.write_text(args.cfg.read_text().replace("[net]\n", "[net]\nsparse_forward=dense\n", 1))
+        start = sparse_copy(cfg, args.weights, Path(tmp) / "start.weights")
+        nets = {name: darknet.Network(cfg, start) for name in RUNS}
     nets["prune=1"].set_prune(True)
     net = nets["prune=0"]
     rows = net.batch * net.subdivisions
