@@ -124,6 +124,7 @@ class DiffRow:
 class Diff:
     a: str
     b: str
+    fork: str
     rows: list[DiffRow]
 
     @property
@@ -158,7 +159,7 @@ def diff(a: WeightsFile, b: WeightsFile, all_arrays: bool = False) -> Diff:
                     row.max_abs_change = max(row.max_abs_change,
                                              float(np.nanmax(np.abs(x[changed].astype(np.float64) - y[changed]))))
         rows.append(row)
-    return Diff(str(a.path), str(b.path), rows)
+    return Diff(str(a.path), str(b.path), a.model.fork, rows)
 
 
 def _copies(pieces):
@@ -222,7 +223,7 @@ def diff_table(report: Diff) -> str:
     t = report.totals
     rows.append(["total", "", "", f"{t['count']:,}", f"{t['changed']:,}", f"{t['zeros_added']:,}",
                  f"{t['zeros_revived']:,}", ""])
-    return "\n".join([f"{report.a} -> {report.b}", _columns(headers, rows)])
+    return "\n".join([f"{report.a} -> {report.b} (fork {report.fork})", _columns(headers, rows)])
 
 
 def to_json(report) -> str:
