@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from . import load, load_model
-from .errors import BindingError, OutputError
+from .errors import BindingError
+from .weightsfile import atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The patched binary that ``make darknet`` builds.
@@ -212,18 +212,8 @@ class Network:
     def save(self, path: str | Path) -> None:
         """Save the weights with Darknet's ``save_weights`` (so a prune
         threshold applies), atomically: a temporary file renamed over ``path``."""
-        path = Path(path)
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        except OSError as exc:
-            raise OutputError(f"{path}: cannot write there: {exc.strerror}") from None
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             self._backend.lib.ds_save(self._net, os.fsencode(tmp))
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
 
     # Parameters and the prune options: patched Darknet only.
 

@@ -224,27 +224,33 @@ def check_output(source: Path, target: Path, in_place: bool = False) -> None:
 
 
 @contextmanager
-def atomic_output(target: str | Path) -> Iterator:
-    """A binary file object that replaces ``target`` only if all went well."""
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``target`` that replaces it, with the mode a
+    new file (or the old one) would have, only if the block succeeds."""
     target = Path(target)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     except OSError as exc:
         raise OutputError(f"{target}: cannot write in {target.parent}: {exc.strerror}") from None
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb", buffering=0) as fp:
-            yield fp
-        if target.exists():
-            os.chmod(tmp, target.stat().st_mode & 0o777)
-        else:
-            os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp
+        os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask())
         os.replace(tmp, target)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise OutputError(f"{target}: cannot write: {exc.strerror}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_output(target: str | Path) -> Iterator:
+    """A binary file object that replaces ``target`` only if all went well."""
+    with atomic_path(target) as tmp, open(tmp, "wb", buffering=0) as fp:
+        yield fp
 
 
 def _umask() -> int:

@@ -2,6 +2,8 @@
 Darknet's prune phase and save-time threshold."""
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -225,7 +227,7 @@ def test_threshold_reaches_sub_layers(tmp_path: Path, name: str) -> None:
 def test_save_is_atomic(tmp_path: Path, classifier) -> None:
     net = darknet.Network(*classifier)
     target = tmp_path / "out" / "net.weights"
-    with pytest.raises(OutputError, match="cannot write there"):
+    with pytest.raises(OutputError, match="cannot write in"):
         net.save(target)
     target.parent.mkdir()
     target.write_bytes(b"old")
@@ -239,3 +241,14 @@ def test_build_info_reads_the_patched_binary() -> None:
     assert info["binary"].endswith("build/darknet/darknet")
     assert info["exists"] and info["binding"]
     assert info["options"] == ["prune", "prune_threshold"]
+
+
+def test_saved_weights_get_the_mode_of_a_new_file(tmp_path: Path, classifier) -> None:
+    """Saving goes through a private temporary file; the result is readable
+    like any file the user creates (umask 022 -> 0644), not 0600."""
+    old = os.umask(0o022)
+    try:
+        darknet.Network(*classifier).save(tmp_path / "saved.weights")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "saved.weights").stat().st_mode) == 0o644

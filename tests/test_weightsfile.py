@@ -293,7 +293,10 @@ def test_a_short_write_never_replaces_the_target(model, tmp_path, monkeypatch):
     path, target = tmp_path / "a.weights", tmp_path / "b.weights"
     new_file(model, path, _random_arrays(model))
     target.write_bytes(b"the old target")
-    monkeypatch.setattr(weightsfile.os, "fdopen", lambda fd, mode, buffering: ShortWrites(fd, "wb"))
+    def short_open(file, mode="r", buffering=-1):
+        return ShortWrites(file, "wb") if mode == "wb" else open(file, mode, buffering)
+
+    monkeypatch.setattr(weightsfile, "open", short_open, raising=False)
     with pytest.raises(OutputError, match=r"b.weights: wrote \d+ bytes instead of \d+"):
         write(WeightsFile(path, model), target, {(3, "weights"): lambda slot, piece: piece.fill(0)})
     with pytest.raises(OutputError, match=r"c.weights: wrote \d+ bytes instead of \d+"):
