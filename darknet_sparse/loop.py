@@ -71,7 +71,7 @@ from .errors import CfgError, DarknetRunError, OutputError, PolicyError, Weights
 from .layout import PRUNABLE_ROLES, Model
 from .policies import MODES
 from .stats import nonzero
-from .weightsfile import WeightsFile
+from .weightsfile import WeightsFile, atomic_path
 
 #: The patched build ``make darknet`` makes (``scripts/build_darknet.sh``).
 DEFAULT_DARKNET = Path(__file__).resolve().parent.parent / "build" / "darknet" / "darknet"
@@ -486,9 +486,8 @@ def _floor_message(failed: StepRecord, accepted: list[StepRecord], settings: Loo
 
 def _copy(source: Path, target: Path) -> None:
     """Copy via a temporary file, so ``target`` is never half written."""
-    partial = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
+    with atomic_path(target) as partial:
+        shutil.copyfile(source, partial)
 
 
 def _status(code: int) -> str:
