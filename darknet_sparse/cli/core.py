@@ -9,7 +9,7 @@ from .. import load
 from .. import prune as prune_
 from .. import reports
 from ..policies import MODES, read_spec
-from . import ToolError, cfg_option, cli, domain_errors, fork_option, json_option, weights_argument
+from . import cfg_option, cli, domain_errors, fork_option, json_option, weights_argument
 
 
 @cli.command()
