@@ -212,6 +212,20 @@ def check_thresholded(cfg: Path, plain: Path, thresholded: Path, thresholds: dic
         assert not np.any((small > 0) & (small < t)), key
 
 
+def check_zeros_frozen(before: dict[str, np.ndarray], frozen: dict[str, np.ndarray],
+                       reviving: dict[str, dict[str, np.ndarray]]) -> None:
+    """Every weight that was 0 in ``before`` is still 0 in ``frozen`` (trained
+    with prune=1), the live weights did train, and each run in ``reviving``
+    (prune=0, stock Darknet) moved some zero: proof the check can fail."""
+    for key, w0 in before.items():
+        zero = w0 == 0
+        assert 0 < zero.sum() < zero.size, key
+        assert np.all(frozen[key][zero] == 0), f"{key}: a zero weight moved under prune=1"
+        assert np.mean(frozen[key][~zero] != w0[~zero]) > 0.9, f"{key}: the live weights did not train"
+        for name, trained in reviving.items():
+            assert np.any(trained[key][zero] != 0), f"{key}: {name} kept every zero too; the test proves nothing"
+
+
 def one_hot_data(net: darknet.Network, rows: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Random inputs and one-hot targets for ``rows`` rows."""
     rng = np.random.default_rng(seed)
