@@ -19,6 +19,8 @@ setup(
         # Per-layer spec files may be YAML; TOML needs no dependency on 3.11+.
         "pyyaml>=6.0",
         "tomli>=2.0; python_version < '3.11'",
+        # `eval`: mAP@0.5 and mAP@0.5:0.95 by COCO's own evaluator, not a re-implementation.
+        "pycocotools>=2.0.6",
     ],
     extras_require={
         # Optional charts (sensitivity curves); imported only when a plot is asked for.
