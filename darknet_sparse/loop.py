@@ -66,7 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import load_model, prune, reports, schedule
+from . import darknet_text, load_model, prune, reports, schedule
 from .errors import CfgError, DarknetRunError, OutputError, PolicyError, WeightsFormatError
 from .layout import PRUNABLE_ROLES, Model
 from .policies import MODES
@@ -373,7 +373,7 @@ def private_data(text: str, backup: Path) -> str:
 
 def _key(line: str) -> str:
     """A cfg or data line as Darknet reads it: every space and tab removed."""
-    return re.sub(r"[ \t\r]", "", line)
+    return darknet_text.strip(line)
 
 
 def retrain(settings: LoopSettings, weights: Path, step: int) -> Path:
