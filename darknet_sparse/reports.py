@@ -1,11 +1,14 @@
 """Analyses that return data (info, diff) and renderers for text and JSON.
 
-Analysis functions return plain dataclasses; :func:`table` and
-:func:`to_json` render them.  Nothing here prints or imports click.
+Analysis functions return plain dataclasses; :func:`info_table`,
+:func:`diff_table` and :func:`prune_table` lay them out with
+:func:`render_table`, the table renderer every text report shares, and
+:func:`to_json` writes them as JSON.  Nothing here prints or imports click.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
@@ -172,11 +175,23 @@ def _copies(pieces):
 # Rendering.
 
 
-def _columns(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[object]], align: str = "") -> str:
+    """Rows under headers in columns two spaces apart, each as wide as its
+    widest cell; the one table layout of every text report.
+
+    Cells are shown with ``str`` (``None`` as an empty cell), so format
+    numbers before passing them.  ``align`` has one character per column,
+    ``<`` (left) or ``>`` (right); columns it does not cover are right-aligned.
+    Trailing blanks are trimmed from every line.
+    """
+    table = [list(headers)] + [["" if cell is None else str(cell) for cell in row] for row in rows]
+    if any(len(row) != len(headers) for row in table):
+        raise ValueError(f"every row needs {len(headers)} cells")
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    sides = align.ljust(len(headers), ">")
+    return "\n".join("  ".join(cell.ljust(width) if side == "<" else cell.rjust(width)
+                               for cell, width, side in zip(row, widths, sides)).rstrip()
+                     for row in table)
 
 
 def _bflops(value: float) -> str:
@@ -201,7 +216,7 @@ def info_table(report: Info) -> str:
     ratio = t["bflops"] / t["effective_bflops"] if t["effective_bflops"] else float("inf")
     tail = [f"weights {t['weights']:,}, non-zero {t['nonzero']:,} ({100 * t['sparsity']:.2f}% sparse, "
             f"{t['weights'] / max(t['nonzero'], 1):.2f}x fewer); FLOPs {ratio:.2f}x fewer"]
-    return "\n".join(head + [_columns(headers, rows)] + tail + [f"note: {n}" for n in report.notes])
+    return "\n".join(head + [render_table(headers, rows)] + tail + [f"note: {n}" for n in report.notes])
 
 
 def prune_table(result: PruneResult) -> str:
@@ -213,7 +228,7 @@ def prune_table(result: PruneResult) -> str:
                  f"{100 * result.sparsity:.1f}%", ""])
     where = "dry run, nothing written" if result.output is None else f"wrote {result.output}"
     head = [f"{result.source}: mode {result.mode}, fork {result.fork}; {where}"]
-    return "\n".join(head + [_columns(headers, rows)] + [f"note: {n}" for n in result.notes])
+    return "\n".join(head + [render_table(headers, rows)] + [f"note: {n}" for n in result.notes])
 
 
 def diff_table(report: Diff) -> str:
@@ -223,7 +238,7 @@ def diff_table(report: Diff) -> str:
     t = report.totals
     rows.append(["total", "", "", f"{t['count']:,}", f"{t['changed']:,}", f"{t['zeros_added']:,}",
                  f"{t['zeros_revived']:,}", ""])
-    return "\n".join([f"{report.a} -> {report.b} (fork {report.fork})", _columns(headers, rows)])
+    return "\n".join([f"{report.a} -> {report.b} (fork {report.fork})", render_table(headers, rows)])
 
 
 def to_json(report) -> str:
