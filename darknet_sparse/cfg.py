@@ -1,11 +1,12 @@
 """Darknet ``.cfg`` text -> ordered sections with line numbers (syntax only).
 
-Parsing follows Darknet's ``read_cfg`` (parser.c): every space, tab, CR and
-newline anywhere in a line is removed first, so ``batch = 64`` reads as
-``batch=64``; lines starting with ``#`` or ``;`` and empty lines are skipped;
-a line starting with ``[`` opens a section named by the whole stripped line;
-any other line is ``key=value`` split at the first ``=``.  When a key appears
-twice in a section Darknet's ``option_find`` takes the first, and so do we.
+Parsing follows Darknet's ``read_cfg`` (parser.c): lines are cut and
+stripped by :mod:`darknet_text` (every blank anywhere in a line is deleted,
+so ``batch = 64`` reads as ``batch=64``); lines starting with ``#`` or ``;``
+and empty lines are skipped; a line starting with ``[`` opens a section named
+by the whole stripped line; any other line is ``key=value`` split at the first
+``=``.  When a key appears twice in a section Darknet's ``option_find`` takes
+the first, and so do we.
 
 Values are converted the way Darknet's ``atoi``/``atof`` would read them,
 including a trailing ``#comment`` (``groups=40#32`` is 40), but a value that
@@ -18,11 +19,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import darknet_text
 from .errors import CfgError
 
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-_WHITESPACE = str.maketrans("", "", " \t\r\n")
 
 
 @dataclass
@@ -52,15 +53,16 @@ class Section:
             raise CfgError(f"{self.where(key)}: {key}={text!r} is not {what}")
         return convert(number)
 
-    def int(self, key: str, default: int | None = 0) -> int:
+    def get_int(self, key: str, default: int | None = 0) -> int:
         """An integer option (``atoi`` semantics, but strict about garbage)."""
         return self._number(key, default, _INT, int, "an integer")
 
-    def float(self, key: str, default: float | None = 0.0) -> float:
+    def get_float(self, key: str, default: float | None = 0.0) -> float:
         """A floating-point option (``atof`` semantics, strict about garbage)."""
         return self._number(key, default, _FLOAT, float, "a number")
 
-    def str(self, key: str, default: str | None = None) -> str | None:
+    def get_str(self, key: str, default: str | None = None) -> str | None:
+        """A text option as written (blanks already deleted)."""
         return self.options.get(key, default)
 
     def ints(self, key: str, default: list[int] | None = None) -> list[int]:
@@ -74,11 +76,6 @@ class Section:
         if None in values:
             raise CfgError(f"{self.where(key)}: {key}={text!r} is not a list of integers")
         return [int(value) for value in values]
-
-    def require(self, key: str) -> str:
-        if key not in self.options:
-            raise CfgError(f"{self.where()}: missing required option {key}=")
-        return self.options[key]
 
     def error(self, message: str, key: str | None = None) -> CfgError:
         """A :class:`CfgError` located at this section (or one of its keys)."""
@@ -97,8 +94,8 @@ def _leading(pattern: re.Pattern, text: str) -> str | None:
 def parse_cfg(text: str, path: str = "<cfg>") -> list[Section]:
     """Split cfg text into sections; the first must be ``[net]``/``[network]``."""
     sections: list[Section] = []
-    for number, raw in enumerate(text.split("\n"), start=1):  # fgetl splits at \n only
-        line = raw.translate(_WHITESPACE)
+    for number, raw in enumerate(darknet_text.lines(text), start=1):
+        line = darknet_text.strip(raw)
         if not line or line[0] in "#;":
             continue
         if line[0] == "[":

@@ -30,7 +30,7 @@ MAX_DENSITY_PCT = {"convolutional": 50, "connected": 30}
 def sparse_forward_mode(net: Section) -> str:
     """``[net] sparse_forward`` (``auto`` when absent); Darknet refuses any
     other value, and so does this."""
-    mode = net.str("sparse_forward", "auto")
+    mode = net.get_str("sparse_forward", "auto")
     if mode not in MODES:
         raise net.error(f"sparse_forward={mode}: expected {', '.join(MODES)}", "sparse_forward")
     return mode

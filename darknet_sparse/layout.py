@@ -98,11 +98,7 @@ class Model:
 
     @property
     def flops(self) -> int:
-        return sum(self.layer_flops(layer) for layer in self.layers)
-
-    def layer_flops(self, layer: Layer) -> int:
-        """Dense FLOPs of one layer, a shared layer's borrowed weights included."""
-        return layer.flops
+        return sum(layer.flops for layer in self.layers)
 
 
 # --------------------------------------------------------------------------
@@ -139,7 +135,7 @@ def _relative(section: Section, index: int, value: int, count: int, key: str) ->
 
 
 def _positive(section: Section, key: str, default: int) -> int:
-    value = section.int(key, default)
+    value = section.get_int(key, default)
     if value <= 0:
         raise section.error(f"{key}={value} must be positive", key)
     return value
@@ -169,9 +165,9 @@ def _groups(s: Section, ctx: _Context, *channels: int) -> int:
     """``groups`` of a convolution, which must divide every channel count
     given; AlexeyAB's ``make_convolutional_layer`` turns it off for ``xnor``
     and clamps it to at least 1."""
-    groups = s.int("groups", 1)
+    groups = s.get_int("groups", 1)
     if ctx.fork == "alexeyab":
-        groups = 1 if s.int("xnor", 0) or groups < 1 else groups
+        groups = 1 if s.get_int("xnor", 0) or groups < 1 else groups
     elif groups < 1:
         raise s.error(f"groups={groups} must be positive", "groups")
     if any(c % groups for c in channels):
@@ -183,7 +179,7 @@ def _conv_geometry(s: Section, ctx: _Context) -> tuple[int, int, int, int]:
     """(filters, size, groups, padding) of a convolution."""
     n = _positive(s, "filters", 1)
     size = _positive(s, "size", 1)
-    padding = size // 2 if s.int("pad", 0) else s.int("padding", 0)
+    padding = size // 2 if s.get_int("pad", 0) else s.get_int("padding", 0)
     return n, size, _groups(s, ctx, ctx.c, n), padding
 
 
@@ -200,14 +196,14 @@ def _strides(s: Section, ctx: _Context) -> tuple[int, int]:
     stride = _positive(s, "stride", 1)
     if ctx.fork == "pjreddie":
         return stride, stride
-    stride_x, stride_y = s.int("stride_x", -1), s.int("stride_y", -1)
+    stride_x, stride_y = s.get_int("stride_x", -1), s.get_int("stride_y", -1)
     return stride_x if stride_x >= 1 else stride, stride_y if stride_y >= 1 else stride
 
 
 def _antialiasing(s: Section, ctx: _Context) -> int:
     """AlexeyAB ``antialiasing``: the layer runs with stride 1 and a fixed
     blur sublayer applies the stride (see :func:`_blurred`)."""
-    return s.int("antialiasing", 0) if ctx.fork == "alexeyab" else 0
+    return s.get_int("antialiasing", 0) if ctx.fork == "alexeyab" else 0
 
 
 def _blurred(s: Section, ctx: _Context, output: tuple[int, int, int]) -> tuple[tuple[int, int, int], int]:
@@ -225,10 +221,10 @@ def _convolutional(s: Section, ctx: _Context) -> _Result:
     stride_x, stride_y = (1, 1) if _antialiasing(s, ctx) else _strides(s, ctx)
     out_h = _out_size(s, ctx.h, padding, size, stride_y, "convolution")
     out_w = _out_size(s, ctx.w, padding, size, stride_x, "convolution")
-    bn = s.int("batch_normalize", 0) != 0 or (ctx.fork == "alexeyab" and s.int("cbn", 0) != 0)
-    load_scales = not s.int("dontloadscales", 0)
+    bn = s.get_int("batch_normalize", 0) != 0 or (ctx.fork == "alexeyab" and s.get_int("cbn", 0) != 0)
+    load_scales = not s.get_int("dontloadscales", 0)
     # pjreddie's loader reads only the first numload filters (0 = all).
-    filters = (ctx.fork == "pjreddie" and s.int("numload", 0)) or n
+    filters = (ctx.fork == "pjreddie" and s.get_int("numload", 0)) or n
     params = _conv_block("", ctx.c, filters, size, groups, bn, out_h * out_w, load_scales)
     return (n, out_h, out_w), n * out_h * out_w, params
 
@@ -237,26 +233,26 @@ def _deconvolutional(s: Section, ctx: _Context) -> _Result:
     n = _positive(s, "filters", 1)
     size = _positive(s, "size", 1)
     stride = _positive(s, "stride", 1)
-    padding = size // 2 if s.int("pad", 0) else s.int("padding", 0)
+    padding = size // 2 if s.get_int("pad", 0) else s.get_int("padding", 0)
     out_h = (ctx.h - 1) * stride + size - 2 * padding
     out_w = (ctx.w - 1) * stride + size - 2 * padding
-    bn = s.int("batch_normalize", 0) != 0
+    bn = s.get_int("batch_normalize", 0) != 0
     # Each weight of a transposed convolution is used once per input pixel.
-    params = _conv_block("", ctx.c, n, size, 1, bn, ctx.h * ctx.w, not s.int("dontloadscales", 0))
+    params = _conv_block("", ctx.c, n, size, 1, bn, ctx.h * ctx.w, not s.get_int("dontloadscales", 0))
     return (n, out_h, out_w), n * out_h * out_w, params
 
 
 def _connected(s: Section, ctx: _Context) -> _Result:
     out = _positive(s, "output", 1)
-    bn = s.int("batch_normalize", 0) != 0
-    return (out, 1, 1), out, _connected_block("", ctx.inputs, out, bn, not s.int("dontloadscales", 0))
+    bn = s.get_int("batch_normalize", 0) != 0
+    return (out, 1, 1), out, _connected_block("", ctx.inputs, out, bn, not s.get_int("dontloadscales", 0))
 
 
 def _local(s: Section, ctx: _Context) -> _Result:
     n = _positive(s, "filters", 1)
     size = _positive(s, "size", 1)
     stride = _positive(s, "stride", 1)
-    pad = s.int("pad", 0)
+    pad = s.get_int("pad", 0)
     out_h = ((ctx.h - 1) if pad else (ctx.h - size)) // stride + 1
     out_w = ((ctx.w - 1) if pad else (ctx.w - size)) // stride + 1
     if out_h <= 0 or out_w <= 0:
@@ -279,14 +275,14 @@ def _pool(s: Section, ctx: _Context) -> _Result:
     stride = _positive(s, "stride", 1)
     stride_x = stride_y = stride
     if ctx.fork == "alexeyab":
-        stride_x, stride_y = s.int("stride_x", stride), s.int("stride_y", stride)
+        stride_x, stride_y = s.get_int("stride_x", stride), s.get_int("stride_y", stride)
         if stride_x < 1 or stride_y < 1:
             raise s.error(f"stride_x={stride_x}, stride_y={stride_y} must be positive")
     size = _positive(s, "size", stride)
-    padding = s.int("padding", size - 1)
+    padding = s.get_int("padding", size - 1)
     if s.type in ("max", "maxpool") and _antialiasing(s, ctx):
         stride_x = stride_y = 1
-    if s.type in ("max", "maxpool") and ctx.fork == "alexeyab" and s.int("maxpool_depth", 0):
+    if s.type in ("max", "maxpool") and ctx.fork == "alexeyab" and s.get_int("maxpool_depth", 0):
         c = _positive(s, "out_channels", 1)
         return (c, ctx.h, ctx.w), c * ctx.h * ctx.w, ()
     out_h = (ctx.h + padding - size) // stride_y + 1
@@ -311,7 +307,7 @@ def _flat(s: Section, ctx: _Context) -> _Result:
 
 
 def _upsample(s: Section, ctx: _Context) -> _Result:
-    stride = s.int("stride", 2)
+    stride = s.get_int("stride", 2)
     if stride == 0:
         raise s.error("stride=0 is not allowed", "stride")
     if stride > 0:
@@ -323,9 +319,9 @@ def _upsample(s: Section, ctx: _Context) -> _Result:
 
 def _reorg(s: Section, ctx: _Context) -> _Result:
     stride = _positive(s, "stride", 1)
-    if ctx.fork == "pjreddie" and s.int("extra", 0):
-        return (0, 0, 0), ctx.inputs + s.int("extra", 0), ()
-    if s.int("reverse", 0):
+    if ctx.fork == "pjreddie" and s.get_int("extra", 0):
+        return (0, 0, 0), ctx.inputs + s.get_int("extra", 0), ()
+    if s.get_int("reverse", 0):
         c, h, w = ctx.c // (stride * stride), ctx.h * stride, ctx.w * stride
     else:
         c, h, w = ctx.c * stride * stride, ctx.h // stride, ctx.w // stride
@@ -344,7 +340,7 @@ def _route(s: Section, ctx: _Context) -> _Result:
             c = h = w = 0
     if ctx.fork == "alexeyab":
         groups = _positive(s, "groups", 1)
-        group_id = s.int("group_id", 0)
+        group_id = s.get_int("group_id", 0)
         if not 0 <= group_id < groups:
             raise s.error(f"group_id={group_id} outside 0..{groups - 1}", "group_id")
         c //= groups
@@ -358,7 +354,7 @@ def _shortcut(s: Section, ctx: _Context) -> _Result:
         raise s.error("pjreddie's [shortcut] takes exactly one from= layer", "from")
     params: tuple[Param, ...] = ()
     if ctx.fork == "alexeyab":
-        kind = s.str("weights_type", "none")
+        kind = s.get_str("weights_type", "none")
         per = {"none": 0, "per_feature": 1, "per_layer": 1, "per_channel": ctx.c}
         if kind not in per:
             raise s.error(f"weights_type={kind} is not one of {', '.join(per)}", "weights_type")
@@ -369,13 +365,13 @@ def _shortcut(s: Section, ctx: _Context) -> _Result:
 
 def _from_layer_shape(s: Section, ctx: _Context) -> _Result:
     """AlexeyAB [sam] and [scale_channels]: the shape of the ``from`` layer."""
-    source = ctx.layers[_relative(s, ctx.index, s.int("from", None) if s.has("from") else -1,
+    source = ctx.layers[_relative(s, ctx.index, s.get_int("from", None) if s.has("from") else -1,
                                   ctx.index, "from")]
     return source.output, source.outputs, ()
 
 
 def _crop(s: Section, ctx: _Context) -> _Result:
-    h, w = s.int("crop_height", 1), s.int("crop_width", 1)
+    h, w = s.get_int("crop_height", 1), s.get_int("crop_width", 1)
     return (ctx.c, h, w), ctx.c * h * w, ()
 
 
@@ -391,27 +387,27 @@ def _head(s: Section, ctx: _Context, c: int, what: str) -> _Result:
 def _yolo(s: Section, ctx: _Context) -> _Result:
     """[yolo]/[Gaussian_yolo]: 4 (or 8) coords + 1 + classes per anchor of
     ``mask`` (all ``num`` anchors without a mask)."""
-    classes = s.int("classes", 20)
-    mask = s.str("mask")
-    anchors = len(mask.split("#")[0].split(",")) if mask else s.int("num", 1)
+    classes = s.get_int("classes", 20)
+    mask = s.get_str("mask")
+    anchors = len(mask.split("#")[0].split(",")) if mask else s.get_int("num", 1)
     coords = 8 if s.type == "Gaussian_yolo" else 4
     return _head(s, ctx, anchors * (coords + 1 + classes), f"{anchors} anchors x ({coords}+1+{classes})")
 
 
 def _region(s: Section, ctx: _Context) -> _Result:
-    num, coords, classes = s.int("num", 1), s.int("coords", 4), s.int("classes", 20)
+    num, coords, classes = s.get_int("num", 1), s.get_int("coords", 4), s.get_int("classes", 20)
     return _head(s, ctx, num * (coords + 1 + classes), f"num={num} x ({coords}+1+{classes})")
 
 
 def _iseg(s: Section, ctx: _Context) -> _Result:
-    classes, ids = s.int("classes", 20), s.int("ids", 32)
+    classes, ids = s.get_int("classes", 20), s.get_int("ids", 32)
     return _head(s, ctx, classes + ids, f"classes={classes} + ids={ids}")
 
 
 def _detection(s: Section, ctx: _Context) -> _Result:
     """YOLOv1's [detection]: side^2 cells of num boxes and the classes."""
-    side, num = s.int("side", 7), s.int("num", 1)
-    coords, classes = s.int("coords", 1), s.int("classes", 1)
+    side, num = s.get_int("side", 7), s.get_int("num", 1)
+    coords, classes = s.get_int("coords", 1), s.get_int("classes", 1)
     need = side * side * ((1 + coords) * num + classes)
     if need != ctx.inputs:
         raise s.error(f"needs {need} inputs (side={side}, num={num}, coords={coords}, classes={classes}) "
@@ -422,7 +418,7 @@ def _detection(s: Section, ctx: _Context) -> _Result:
 def _rnn(s: Section, ctx: _Context) -> _Result:
     out = _positive(s, "output", 1)
     hidden = _positive(s, "hidden", 1) if ctx.fork == "alexeyab" else out
-    bn = s.int("batch_normalize", 0) != 0
+    bn = s.get_int("batch_normalize", 0) != 0
     params = (_connected_block("input_layer.", ctx.inputs, hidden, bn)
               + _connected_block("self_layer.", hidden, hidden, bn)
               + _connected_block("output_layer.", hidden, out, bn))
@@ -440,7 +436,7 @@ def _gated(order: dict[str, tuple[str, ...]]) -> Callable[[Section, _Context], _
 
     def rule(s: Section, ctx: _Context) -> _Result:
         out = _positive(s, "output", 1)
-        bn = s.int("batch_normalize", 0) != 0
+        bn = s.get_int("batch_normalize", 0) != 0
         params: tuple[Param, ...] = ()
         for name in order[ctx.fork]:
             params += _connected_block(name + ".", ctx.inputs if name[0] == "u" else out, out, bn)
@@ -450,15 +446,15 @@ def _gated(order: dict[str, tuple[str, ...]]) -> Callable[[Section, _Context], _
 
 
 def _crnn(s: Section, ctx: _Context) -> _Result:
-    bn = s.int("batch_normalize", 0) != 0
+    bn = s.get_int("batch_normalize", 0) != 0
     if ctx.fork == "pjreddie":
-        out_c, hidden = s.int("output_filters", 1), s.int("hidden_filters", 1)
+        out_c, hidden = s.get_int("output_filters", 1), s.get_int("hidden_filters", 1)
         size, stride, groups, padding = 3, 1, 1, 1
     else:
         out_c, hidden = _positive(s, "output", 1), _positive(s, "hidden", 1)
         size, stride = _positive(s, "size", 3), _positive(s, "stride", 1)
         groups = _groups(s, ctx, ctx.c, hidden, out_c)
-        padding = size // 2 if s.int("pad", 0) else s.int("padding", 0)
+        padding = size // 2 if s.get_int("pad", 0) else s.get_int("padding", 0)
     out_h = _out_size(s, ctx.h, padding, size, stride, "crnn input")
     out_w = _out_size(s, ctx.w, padding, size, stride, "crnn input")
     hw = out_h * out_w
@@ -474,15 +470,15 @@ def _conv_lstm(s: Section, ctx: _Context) -> _Result:
     out = _positive(s, "output", 1)
     size, stride = _positive(s, "size", 3), _positive(s, "stride", 1)
     groups = _groups(s, ctx, ctx.c, out)
-    padding = size // 2 if s.int("pad", 0) else s.int("padding", 0)
-    bn = s.int("batch_normalize", 0) != 0
+    padding = size // 2 if s.get_int("pad", 0) else s.get_int("padding", 0)
+    bn = s.get_int("batch_normalize", 0) != 0
     out_h = _out_size(s, ctx.h, padding, size, stride, "conv_lstm input")
     out_w = _out_size(s, ctx.w, padding, size, stride, "conv_lstm input")
     hw = out_h * out_w
     blocks: list[tuple[str, int]] = []
-    if s.int("peephole", 0):
+    if s.get_int("peephole", 0):
         blocks += [("vf", out), ("vi", out), ("vo", out)]
-    if s.int("bottleneck", 0):
+    if s.get_int("bottleneck", 0):
         blocks.append(("wf", 2 * out))
     else:
         blocks += [("wf", out), ("wi", out), ("wg", out), ("wo", out)]
@@ -596,7 +592,7 @@ _NO_SHARE = -1000000000
 def _shared_source(section: Section, index: int, layers: list[Layer], params: tuple[Param, ...]) -> int:
     """The layer whose arrays an AlexeyAB conv with ``share_index`` uses; a
     chain of shares ends at the layer that stores them."""
-    value = section.int("share_index")
+    value = section.get_int("share_index")
     source = layers[_relative(section, index, value, index, "share_index")]
     if source.shares is not None:
         source = layers[source.shares]
@@ -612,8 +608,8 @@ def build_model(sections: list[Section], fork: str) -> Model:
     if fork not in FORKS:
         raise CfgError(f"unknown fork {fork!r}: expected one of {', '.join(FORKS)}")
     net = sections[0]
-    c, h, w = net.int("channels", 0), net.int("height", 0), net.int("width", 0)
-    inputs = net.int("inputs", c * h * w)
+    c, h, w = net.get_int("channels", 0), net.get_int("height", 0), net.get_int("width", 0)
+    inputs = net.get_int("inputs", c * h * w)
     layers: list[Layer] = []
     for index, section in enumerate(sections[1:]):
         entry = _TYPES.get(section.type)
@@ -628,9 +624,9 @@ def build_model(sections: list[Section], fork: str) -> Model:
             raise section.error(f"layer {index} ({kind}) has no inputs")
         output, outputs, params = rule(section, ctx)
         shares, borrowed, passes = None, (), None
-        if kind == "convolutional" and fork == "alexeyab" and section.int("share_index", _NO_SHARE) != _NO_SHARE:
+        if kind == "convolutional" and fork == "alexeyab" and section.get_int("share_index", _NO_SHARE) != _NO_SHARE:
             shares, borrowed, params = _shared_source(section, index, layers, params), params, ()
-        if section.int("dontload", 0):  # Darknet then reads nothing for it
+        if section.get_int("dontload", 0):  # Darknet then reads nothing for it
             params = ()
         if kind in ("convolutional", "maxpool") and _antialiasing(section, ctx):
             passes = _blurred(section, ctx, output)

@@ -91,12 +91,12 @@ def info(wf: WeightsFile) -> Info:
         for param in layer.borrowed if present else ():  # a shared layer computes with its source's zeros
             if param.role in PRUNABLE_ROLES:
                 macs += counted.get((layer.shares, param.name), param.count) * param.macs
-        dense = model.layer_flops(layer)
+        dense = layer.flops
         effective = 2 * macs
         section = layer.section
         path = mode and weights and forward_path(layer.type, nonzero_, weights, mode,
-                                                 bool(section.int("xnor", 0) or section.int("binary", 0)))
-        inputs = model.layers[layer.index - 1].outputs if layer.index else model.net.int("inputs", 0) or 0
+                                                 bool(section.get_int("xnor", 0) or section.get_int("binary", 0)))
+        inputs = model.layers[layer.index - 1].outputs if layer.index else model.net.get_int("inputs", 0) or 0
         rows.append(InfoRow(layer.index, layer.type, _shape(layer.input, inputs), _shape(layer.output, layer.outputs),
                             layer.param_count, weights, nonzero_, dense / 1e9, effective / 1e9,
                             path or ""))

@@ -37,7 +37,8 @@ def test_sections_options_and_lines():
     assert [(s.type, s.line) for s in sections] == [("net", 1), ("convolutional", 7), ("route", 13)]
     conv = sections[1]
     assert conv.options == {"batch_normalize": "1", "filters": "16", "size": "3", "activation": "leaky"}
-    assert (conv.int("filters"), conv.option_lines["filters"], conv.where("size")) == (16, 9, "t.cfg:10 [convolutional]")
+    assert (conv.get_int("filters"), conv.option_lines["filters"], conv.where("size")) == (
+        16, 9, "t.cfg:10 [convolutional]")
     assert sections[2].ints("layers") == [-1, 0]
 
 
@@ -57,7 +58,7 @@ def test_only_newline_ends_a_line():
 
 def test_first_key_wins():
     sections = parse_cfg("[net]\nbatch=1\nbatch=2\n[maxpool]\nsize=2\nsize=3\n", "t.cfg")
-    assert sections[0].int("batch") == 1 and sections[1].int("size") == 2
+    assert sections[0].get_int("batch") == 1 and sections[1].get_int("size") == 2
     assert sections[1].option_lines["size"] == 5
 
 
@@ -69,12 +70,12 @@ def test_network_is_net():
 
 def test_values_are_read_like_atoi_and_atof():
     section = parse_cfg("[net]\ngroups=40#32\nscale=1.5e-1\nlr=.001\nsteps=-1,61#x\nneg=-3\n", "t.cfg")[0]
-    assert section.int("groups") == 40
-    assert section.float("scale") == pytest.approx(0.15)
-    assert section.float("lr") == pytest.approx(0.001)
+    assert section.get_int("groups") == 40
+    assert section.get_float("scale") == pytest.approx(0.15)
+    assert section.get_float("lr") == pytest.approx(0.001)
     assert section.ints("steps") == [-1, 61]
-    assert section.int("neg") == -3
-    assert section.int("missing", 7) == 7 and section.float("missing", 0.5) == 0.5
+    assert section.get_int("neg") == -3
+    assert section.get_int("missing", 7) == 7 and section.get_float("missing", 0.5) == 0.5
 
 
 @pytest.mark.parametrize("line,message", [
@@ -86,13 +87,13 @@ def test_values_are_read_like_atoi_and_atof():
 ])
 def test_bad_values_name_file_line_and_section(line, message):
     with pytest.raises(CfgError, match=re.escape(message)):
-        parse_cfg(f"[net]\n[convolutional]\n{line}\n", "t.cfg")[1].int("filters")
+        parse_cfg(f"[net]\n[convolutional]\n{line}\n", "t.cfg")[1].get_int("filters")
 
 
 def test_bad_floats_and_lists():
     section = parse_cfg("[net]\nlr=fast\nlayers=-1,x\n", "t.cfg")[0]
     with pytest.raises(CfgError, match=re.escape("t.cfg:2 [net]: lr='fast' is not a number")):
-        section.float("lr")
+        section.get_float("lr")
     with pytest.raises(CfgError, match=re.escape("t.cfg:3 [net]: layers='-1,x' is not a list of integers")):
         section.ints("layers")
     with pytest.raises(CfgError, match=re.escape("t.cfg:1 [net]: missing required option from=")):

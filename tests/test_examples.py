@@ -74,7 +74,7 @@ def test_images_are_3_channel_grey_at_the_cfg_size(digits):
         red, green, blue = image.split()
         assert red.tobytes() == green.tobytes() == blue.tobytes()
     net = load_model(CFG, "pjreddie").net
-    assert (net.int("width"), net.int("height"), net.int("channels")) == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert (net.get_int("width"), net.get_int("height"), net.get_int("channels")) == (IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 def test_writing_again_gives_the_same_bytes(digits):

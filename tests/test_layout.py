@@ -137,8 +137,8 @@ def test_share_index():
         assert [p.count for p in layer.borrowed] == [p.count for p in stored.params]
     # FLOPs of a shared layer: the borrowed weights at its own output size.
     weights = stored.params[-1].count
-    assert model.layer_flops(model.layers[2]) == 2 * weights * 4 * 4
-    assert model.layer_flops(stored) == 2 * weights * 8 * 8
+    assert model.layers[2].flops == 2 * weights * 4 * 4
+    assert stored.flops == 2 * weights * 8 * 8
     assert model.layers[3].output == (4, 4, 4)  # dilation does not change it
     assert model.param_count == sum(p.count for layer in model.layers[:2] for p in layer.params)
 

@@ -99,7 +99,7 @@ def test_flops_and_shapes_equal_what_stock_prints(cfg, stock_saved):
         assert printed_bflops(printed[layer.index]) == ours, f"layer {layer.index} ({layer.type})"
         shape = printed_output(printed[layer.index])
         assert shape in (None, layer.output), f"layer {layer.index} ({layer.type})"
-    assert model.flops == sum(model.layer_flops(layer) for layer in model.layers)
+    assert model.flops == sum(layer.flops for layer in model.layers)
 
 
 @pytest.mark.parametrize("cfg", LOADABLE, ids=_ids)
