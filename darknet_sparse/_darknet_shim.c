@@ -78,16 +78,40 @@ int ds_set_batch(ds_net *h, int batch)
     return 0;
 }
 
+/* Layers whose training-mode forward computes a loss against net->truth
+ * without checking that there is one (forward_yolo_layer reads it at once).
+ * Their outputs are the same in either mode. */
+static int is_loss_layer(LAYER_TYPE type)
+{
+    return type == YOLO || type == REGION || type == DETECTION || type == ISEG;
+}
+
 /* network_predict, but in training mode: batch norm uses batch statistics
- * and updates its rolling ones; no gradient, no update. */
+ * and updates its rolling ones; no truth, no gradient, no update.  The loop
+ * is forward_network's, with the loss layers in inference mode: there is no
+ * truth to compare with. */
 static void forward_train(network *net, float *input)
 {
     network orig = *net;
+    int i;
+#ifdef GPU
+    if (net->gpu_index >= 0) {  /* the callers refuse a GPU net (check_host) */
+        net->input = input, net->truth = 0, net->train = 1, net->delta = 0;
+        forward_network(net);
+        *net = orig;
+        return;
+    }
+#endif
     net->input = input;
     net->truth = 0;
-    net->train = 1;
     net->delta = 0;
-    forward_network(net);
+    for (i = 0; i < net->n; ++i) {
+        layer l = net->layers[i];
+        net->index = i;
+        net->train = !is_loss_layer(l.type);
+        l.forward(l, *net);
+        net->input = l.output;
+    }
     *net = orig;
 }
 

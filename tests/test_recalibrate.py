@@ -2,6 +2,8 @@
 only the rolling arrays change, and it repairs a one-shot-pruned model."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,10 @@ REPO = Path(__file__).resolve().parent.parent
 CFG = REPO / "cfg" / "digits.cfg"
 WEIGHTS = REPO / "cfg" / "digits.weights"
 ROLLING = ("rolling_mean", "rolling_variance")
+#: The official COCO yolov3-tiny (`make models`) and Debian's cfg and photos.
+YOLO_CFG = Path("/usr/share/darknet/cfg/yolov3-tiny.cfg")
+YOLO_WEIGHTS = REPO / "models" / "yolov3-tiny.weights"
+PHOTOS = sorted(Path("/usr/share/darknet/data").glob("*.jpg"))
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +139,33 @@ def test_a_network_on_a_gpu_is_refused(monkeypatch, digits):
     monkeypatch.setattr(Network, "on_gpu", property(lambda self: True))
     with pytest.raises(BindingError, match="runs on a GPU"):
         recalibrate.recalibrate(Network(CFG, WEIGHTS), load_model(CFG, "pjreddie"), _train_images(digits, 8))
+
+
+def test_a_detector_is_recalibrated_and_only_its_rolling_statistics_change(tmp_path):
+    """yolov3-tiny, 50% pruned, through the CLI in a child process (a crash
+    in Darknet, as the [yolo] layers' training-mode loss without a truth
+    was, is then a failed exit, not a dead test run)."""
+    assert YOLO_WEIGHTS.is_file(), f"{YOLO_WEIGHTS} is missing: run `make models`"
+    pruned, out, photos = tmp_path / "y50.weights", tmp_path / "recalibrated.weights", tmp_path / "photos.list"
+    made = CliRunner().invoke(cli, ["threshold", str(YOLO_WEIGHTS), "--cfg", str(YOLO_CFG), "--mode", "magnitude", "-s", "0.5",
+                                    "-o", str(pruned)])
+    assert made.exit_code == 0, made.output
+    photos.write_text("".join(f"{path}\n" for path in PHOTOS))
+    run = subprocess.run([sys.executable, "-m", "darknet_sparse", "recalibrate", "--cfg", str(YOLO_CFG),
+                          "-w", str(pruned), "--images", str(photos), "--resize", "letterbox", "--batch", "4",
+                          "-o", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "recalibrated 11 layers on 6 images (2 passes of 3)" in run.stdout
+    before, after = load(YOLO_CFG, pruned), load(YOLO_CFG, out)
+    changed = set()
+    for index, layer in enumerate(load_model(YOLO_CFG, "pjreddie").layers):
+        old, new = before.arrays(index), after.arrays(index)
+        assert old.keys() == new.keys()
+        for name in old:
+            if name in ROLLING:
+                changed |= {(index, name)} if not np.array_equal(old[name], new[name]) else set()
+            else:
+                assert old[name].tobytes() == new[name].tobytes(), (index, name)
+    batchnorm = (0, 2, 4, 6, 8, 10, 12, 13, 14, 18, 21)  # every convolution but the two before the heads
+    assert changed == {(i, name) for i in batchnorm for name in ROLLING}
+    assert out.read_bytes()[:20] == pruned.read_bytes()[:20]
