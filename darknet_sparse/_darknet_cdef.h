@@ -16,3 +16,5 @@ int ds_get_prune(ds_net *net, int index, float *threshold);
 int ds_set_prune(ds_net *net, int prune);
 int ds_set_threshold(ds_net *net, int index, float threshold);
 int ds_on_gpu(ds_net *net);
+/* outputs (_shim_outputs.c): any layer's output from the last pass */
+const float *ds_layer_output(ds_net *net, int index, int *count);

@@ -266,3 +266,5 @@ int ds_on_gpu(ds_net *h)
     return 0;
 #endif
 }
+
+#include "_shim_outputs.c"  /* ds_layer_output: any layer's output, e.g. every [yolo] head */

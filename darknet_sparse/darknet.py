@@ -298,3 +298,25 @@ class Network:
         """Whether Darknet computes on a GPU, where the views are host copies
         its passes neither read nor update."""
         return bool(self._backend.lib.ds_on_gpu(self._net))
+
+    def layer_outputs(self, x: np.ndarray, layers: list[int]) -> list[np.ndarray]:
+        """The outputs of ``layers`` for N inputs (N, C, H, W) or (N, inputs),
+        in inference mode: one (N, values) array per layer, such as every
+        ``[yolo]`` head of a detector, where :meth:`predict` gives the last."""
+        for index in layers:
+            self._check_layer(index)
+        x = self._rows(x, "x", self.inputs)
+        ffi, lib = self._sparse()
+        batch, count = self.batch, ffi.new("int *")
+
+        def output(index: int) -> np.ndarray:
+            ptr = lib.ds_layer_output(self._net, index, count)
+            return np.frombuffer(ffi.buffer(ptr, 4 * count[0]), np.float32).reshape(batch, -1)
+
+        found = [[output(index)[:0].copy()] for index in layers]
+        for start in range(0, len(x), batch):
+            rows = x[start:start + batch]
+            self._forward(rows, None, train=False)
+            for arrays, index in zip(found, layers):
+                arrays.append(output(index)[:len(rows)].copy())
+        return [np.concatenate(arrays) for arrays in found]

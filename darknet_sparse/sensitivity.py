@@ -16,11 +16,15 @@ Two measures, each a ``Network -> {name: value}`` function:
                    file, images prepared as ``darknet classifier valid``
                    prepares them, so it equals the binary's top-1.
 :func:`deviation`  for any network, against its outputs before pruning on
-                   sample images: ``rel_l2``, the mean over images of
+                   sample images, at every output layer
+                   (:func:`output_layers`: each ``[yolo]``, ``[region]`` and
+                   ``[detection]`` head of a detector, else the last layer):
+                   ``rel_l2``, the mean over heads and images of
                    ``|y - y0| / |y0|``, and, where the last layer is
                    ``[softmax]``, ``kl``, the mean KL divergence of the
                    pruned outputs from the dense ones (summed over softmax
-                   groups).
+                   groups).  A layer that feeds only one head moves only
+                   that head's outputs, so every head is measured.
 
 The CSV (:func:`write_csv`, :func:`read_csv`) holds one row per layer and
 level with the layer's weight count and FLOPs, so ``plan`` needs no cfg.
@@ -53,6 +57,8 @@ Measure = Callable[["Network"], dict]
 HIGHER_IS_BETTER = ("top1",)
 #: Probabilities below this count as this in the KL divergence.
 KL_FLOOR = 1e-12
+#: Layer types whose outputs are a detector's results: its heads.
+HEAD_TYPES = ("yolo", "region", "detection")
 FIELDS = ("layer", "type", "weights", "flops", "level", "nonzero", "sparsity", "effective_flops")
 
 
@@ -113,21 +119,34 @@ def first_max(outputs: np.ndarray) -> np.ndarray:
     return best
 
 
-def deviation(net: Network, x: np.ndarray, softmax: bool) -> Measure:
-    """Distance of the outputs on ``x`` from the network's outputs now."""
-    reference = net.predict(x).astype(np.float64)
-    norms = np.linalg.norm(reference, axis=1)
-    norms[norms == 0] = 1.0
-    p = np.clip(reference, KL_FLOOR, None)
+def deviation(net: Network, x: np.ndarray, heads: Sequence[int], softmax: bool = False) -> Measure:
+    """Distance of the outputs of layers ``heads`` on ``x`` from their
+    outputs now (``rel_l2``: each head's mean relative L2, averaged over the
+    heads); with ``softmax``, also the KL divergence at the last head."""
+    heads = list(heads)
+    if not heads:
+        raise PolicyError("deviation needs at least one output layer")
+    reference = [y.astype(np.float64) for y in net.layer_outputs(x, heads)]
+    norms = [np.linalg.norm(y, axis=1) for y in reference]
+    for norm in norms:
+        norm[norm == 0] = 1.0
+    p = np.clip(reference[-1], KL_FLOOR, None)
 
     def measure(network: Network) -> dict:
-        y = network.predict(x).astype(np.float64)
-        result = {"rel_l2": float(np.mean(np.linalg.norm(y - reference, axis=1) / norms))}
+        outputs = [y.astype(np.float64) for y in network.layer_outputs(x, heads)]
+        result = {"rel_l2": float(np.mean([np.mean(np.linalg.norm(y - y0, axis=1) / norm)
+                                           for y, y0, norm in zip(outputs, reference, norms)]))}
         if softmax:
-            q = np.clip(y, KL_FLOOR, None)
-            result["kl"] = float(np.mean(np.sum(reference * (np.log(p) - np.log(q)), axis=1)))
+            q = np.clip(outputs[-1], KL_FLOOR, None)
+            result["kl"] = float(np.mean(np.sum(reference[-1] * (np.log(p) - np.log(q)), axis=1)))
         return result
     return measure
+
+
+def output_layers(model: Model) -> list[int]:
+    """The layers whose outputs a user reads: every detector head, or the last layer."""
+    heads = [layer.index for layer in model.layers if layer.type in HEAD_TYPES]
+    return heads or [len(model.layers) - 1]
 
 
 def ends_in_softmax(model: Model) -> bool:

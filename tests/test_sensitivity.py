@@ -16,12 +16,15 @@ from darknet_sparse.cli import cli
 from darknet_sparse.darknet import Network
 from darknet_sparse.errors import BindingError, CfgError, PolicyError
 from darknet_sparse.examples import classifier_top1, write_digits
+from tiny_models import write_model
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = REPO / "cfg" / "digits.cfg"
 WEIGHTS = REPO / "cfg" / "digits.weights"
 PATCHED = REPO / "build" / "darknet" / "darknet"
 LIBDARKNET = "/usr/lib/darknet/libdarknet.so"
+#: A detector with two [yolo] heads (7 and 14); layer 6 feeds only the first.
+TWO_HEADS = Path(__file__).resolve().parent / "cfgs" / "two_heads.cfg"
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +141,7 @@ def test_a_sweep_level_prunes_as_threshold_magnitude_does(tmp_path, model):
 def test_deviation_is_zero_unpruned_and_grows_with_the_level(digits, model):
     net = Network(CFG, WEIGHTS)
     x = images.load_batch(images.sample(images.image_paths(digits.parent / "valid"), 64), net.input_shape)
-    measure = sensitivity.deviation(net, x, sensitivity.ends_in_softmax(model))
+    measure = sensitivity.deviation(net, x, sensitivity.output_layers(model), sensitivity.ends_in_softmax(model))
     result = sensitivity.sweep(net, model, [0.5, 0.95], measure, sensitivity.select_layers(model, "2"))
     assert result.metrics == ("rel_l2", "kl")
     values = [(r.metrics["rel_l2"], r.metrics["kl"]) for r in result.rows]
@@ -226,3 +229,57 @@ def test_a_sweep_of_a_sparse_model_measures_each_level(digits, pruned):
     assert by_level[(2, 0.0)] == by_level[(6, 0.0)] == dense["top1"]
     assert by_level[(2, 0.97)] < dense["top1"] - 0.1 and by_level[(6, 0.97)] < dense["top1"] - 0.1
     assert measure(net) == dense
+
+
+@pytest.fixture(scope="module")
+def two_heads(tmp_path_factory) -> tuple[Path, Path, np.ndarray]:
+    """The two-head detector with random weights, and 6 random inputs."""
+    cfg, weights = write_model(tmp_path_factory.mktemp("two_heads"), "two_heads", TWO_HEADS.read_text())
+    return cfg, weights, np.random.default_rng(0).random((6, 3, 32, 32), dtype=np.float32)
+
+
+def test_layer_outputs_give_every_head(two_heads):
+    cfg, weights, x = two_heads
+    net = Network(cfg, weights)  # batch 4: a full pass and a padded one
+    first, last = net.layer_outputs(x, [7, 14])
+    assert first.shape == (6, 21 * 8 * 8) and last.shape == (6, 21 * 16 * 16)
+    assert np.array_equal(last, net.predict(x))
+    assert np.array_equal(first[:4], net.layer_outputs(x[:4], [7])[0])  # rows are independent of the padding
+    assert not np.array_equal(first[0], first[1])
+    assert sensitivity.output_layers(load_model(cfg, "pjreddie")) == [7, 14]
+
+
+def test_deviation_sees_a_layer_that_feeds_only_the_first_head(two_heads):
+    """Layer 6 feeds only the [yolo] head 7: a measure of the last output
+    alone (as before) reports 0 for it, the measure of every head does not."""
+    cfg, weights, x = two_heads
+    model = load_model(cfg, "pjreddie", weights)
+    net = Network(cfg, weights)
+    layers = sensitivity.select_layers(model, "6,13")
+    every = sensitivity.sweep(net, model, [0.9], sensitivity.deviation(net, x, sensitivity.output_layers(model)),
+                              layers)
+    last = sensitivity.sweep(net, model, [0.9], sensitivity.deviation(net, x, [14]), layers)
+    heads = {r.layer: r.metrics["rel_l2"] for r in every.rows if r.level == 0.9}
+    blind = {r.layer: r.metrics["rel_l2"] for r in last.rows if r.level == 0.9}
+    assert blind[6] == 0.0 and heads[6] > 1e-3
+    assert heads[13] == pytest.approx(blind[13] / 2)  # the mean over two heads, one unmoved
+    assert every.baseline == {"rel_l2": 0.0}
+
+
+def test_cli_sensitivity_and_plan_on_a_detector(tmp_path, two_heads):
+    cfg, weights, x = two_heads
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(x):
+        Image.fromarray((image.transpose(1, 2, 0) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    csv_path, spec = tmp_path / "sens.csv", tmp_path / "plan.yaml"
+    runner = CliRunner()
+    swept = runner.invoke(cli, ["sensitivity", "-w", str(weights), "--cfg", str(cfg), "--images", str(folder),
+                                "--resize", "letterbox", "--levels", "0.5,0.9", "--csv", str(csv_path)])
+    assert swept.exit_code == 0, swept.output
+    rows = {(r.layer, r.level): r.metrics["rel_l2"] for r in sensitivity.read_csv(csv_path).rows}
+    assert sorted({layer for layer, _ in rows}) == [0, 2, 4, 5, 6, 9, 12, 13]
+    assert rows[(6, 0.9)] > rows[(6, 0.5)] > 0 and rows[(6, 0.0)] == 0
+    planned = runner.invoke(cli, ["plan", str(csv_path), "--target-sparsity", "0.3", "-o", str(spec)])
+    assert planned.exit_code == 0, planned.output
+    assert "least predicted rel_l2 loss" in planned.output and spec.is_file()

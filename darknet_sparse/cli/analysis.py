@@ -40,8 +40,9 @@ def _sample(source: Path, max_images: int | None) -> list[Path]:
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
               help="A classifier's Darknet .data file: measure top-1 on its valid= list.")
 @click.option("--images", "image_source", type=click.Path(path_type=Path),
-              help="A folder (or list file) of sample images: measure how far the outputs move "
-                   "(mean relative L2; KL divergence where the net ends in softmax).")
+              help="A folder (or list file) of sample images: measure how far the outputs of every "
+                   "[yolo]/[region] head (else the last layer) move (mean relative L2; KL divergence "
+                   "where the net ends in softmax).")
 @click.option("--levels", default="0.3,0.5,0.7,0.8,0.9,0.95", show_default=True, callback=_levels,
               help="Sparsities to prune each layer to, comma-separated (0 is always added).")
 @click.option("--layers", help="Only these layers: indices, a-b ranges or types, comma-separated.")
@@ -71,7 +72,8 @@ def sensitivity(weights: Path, cfg: Path | None, data: Path | None, image_source
         measure = sensitivity_.top1(net, data, resize)
     else:
         x = images.load_batch(_sample(image_source, max_images), net.input_shape, resize)
-        measure = sensitivity_.deviation(net, x, sensitivity_.ends_in_softmax(model))
+        measure = sensitivity_.deviation(net, x, sensitivity_.output_layers(model),
+                                         sensitivity_.ends_in_softmax(model))
     with click.progressbar(length=len(chosen) * len(levels), label="layers x levels", file=sys.stderr) as bar:
         result = sensitivity_.sweep(net, model, levels, measure, chosen,
                                     on_progress=lambda done: bar.update(done - bar.pos))
