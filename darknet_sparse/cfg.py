@@ -121,8 +121,4 @@ def parse_cfg(text: str, path: str = "<cfg>") -> list[Section]:
 
 def read_cfg(path: str | Path) -> list[Section]:
     """Read and parse a cfg file; a missing file is a :class:`CfgError`."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise CfgError(f"{path}: cannot read cfg: {exc.strerror}") from None
-    return parse_cfg(text, str(path))
+    return parse_cfg(darknet_text.read_text(path, "cfg", errors="replace"), str(path))

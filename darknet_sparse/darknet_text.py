@@ -59,18 +59,22 @@ def options(text: str, source: str = "<data>") -> dict[str, str]:
     return found
 
 
+def read_text(path: str | Path, what: str, errors: str = "surrogateescape") -> str:
+    """The text of the file at ``path`` with its line ends as they are (no
+    universal newlines: a CR stays a CR); an unreadable file is a
+    :class:`CfgError` that says it could not read ``what``."""
+    try:
+        with open(path, encoding="utf-8", errors=errors, newline="") as fp:
+            return fp.read()
+    except OSError as exc:
+        raise CfgError(f"{path}: cannot read {what}: {exc.strerror}") from None
+
+
 def read_lines(path: str | Path) -> list[str]:
-    """A list file's lines (``get_paths``); an unreadable file is a :class:`CfgError`."""
-    return lines(_read(path, "the list"))
+    """A list file's lines (``get_paths``)."""
+    return lines(read_text(path, "the list"))
 
 
 def read_options(path: str | Path) -> dict[str, str]:
     """The options of the ``.data`` file at ``path`` (see :func:`options`)."""
-    return options(_read(path, "the .data file"), str(path))
-
-
-def _read(path: str | Path, what: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError as exc:
-        raise CfgError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    return options(read_text(path, "the .data file"), str(path))

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import darknet_text
 from .errors import DarknetRunError, OutputError
 
 LABELS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -161,8 +162,4 @@ def classifier_top1(darknet_bin: str | Path, data_file: str | Path, cfg: str | P
 
 def _valid_list_length(data_file: Path) -> int:
     """How many images Darknet's ``valid=`` list names (read as Darknet reads it)."""
-    options = {}
-    for line in data_file.read_text().splitlines():
-        key, _, value = re.sub(r"[ \t]", "", line).partition("=")
-        options.setdefault(key, value)
-    return len(Path(options.get("valid", "data/train.list")).read_text().splitlines())
+    return len(darknet_text.read_lines(darknet_text.read_options(data_file).get("valid", "data/train.list")))

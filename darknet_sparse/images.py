@@ -16,19 +16,19 @@ repeats that operation for operation, so a classifier's outputs here equal
 those of the binary bit for bit on PNG images.  Pillow decodes the files:
 lossless formats give stb's bytes; JPEG decoders may differ by a grey level.
 
-A ``.data`` file and its lists are read as Darknet reads them (whitespace
-stripped from ``.data`` lines, the first of a repeated key wins; list lines
-kept whole), and an image's class is the first label, in labels-file order,
-found anywhere in its path (``strstr`` in ``validate_classifier_single``).
+A ``.data`` file and its lists are read as Darknet reads them
+(:mod:`darknet_text`), and an image's class is the first label, in
+labels-file order, found anywhere in its path (``strstr`` in
+``validate_classifier_single``).
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from . import darknet_text
 from .errors import CfgError, PolicyError
 
 RESIZE = ("crop", "letterbox")
@@ -123,49 +123,26 @@ def image_paths(source: str | Path) -> list[Path]:
         if not paths:
             raise PolicyError(f"{source}: no images ({', '.join(SUFFIXES)}) in this folder")
         return paths
-    paths = [Path(line) for line in read_list(source) if line]
+    paths = [Path(line) for line in darknet_text.read_lines(source) if line]
     if not paths:
         raise PolicyError(f"{source}: the list names no images")
     return paths
-
-
-def read_list(path: str | Path) -> list[str]:
-    """A Darknet list file's lines (``get_paths``: only the newline removed)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8", errors="surrogateescape").split("\n")
-    except OSError as exc:
-        raise CfgError(f"{path}: cannot read the list: {exc.strerror}") from None
-    return lines[:-1] if lines[-1] == "" else lines
-
-
-def read_data(path: str | Path) -> dict[str, str]:
-    """A ``.data`` file's options as ``read_data_cfg`` sees them."""
-    options: dict[str, str] = {}
-    for number, line in enumerate(read_list(path), 1):
-        line = re.sub(r"[ \t\n]", "", line)
-        if not line or line[0] in "#;":
-            continue
-        key, equals, value = line.partition("=")
-        if not equals or not value:
-            raise CfgError(f"{path}:{number}: not a key=value line: {line!r}")
-        options.setdefault(key, value)
-    return options
 
 
 def labelled_list(data: str | Path) -> tuple[list[str], np.ndarray]:
     """The ``valid=`` images of a classifier's ``.data`` file and their class
     indices, by Darknet's substring rule; an image no label names is an error
     (Darknet would silently count it as wrong)."""
-    options = read_data(data)
+    options = darknet_text.read_options(data)
     try:
         classes = int(options.get("classes", "2"))
     except ValueError:
         raise CfgError(f"{data}: classes={options['classes']!r} is not a number") from None
-    labels = read_list(options.get("labels", "data/labels.list"))
+    labels = darknet_text.read_lines(options.get("labels", "data/labels.list"))
     if len(labels) < classes or classes < 1:
         raise CfgError(f"{data}: classes={classes} but {options.get('labels', 'data/labels.list')} "
                        f"has {len(labels)} labels")
-    paths = [line for line in read_list(options.get("valid", "data/train.list")) if line]
+    paths = [line for line in darknet_text.read_lines(options.get("valid", "data/train.list")) if line]
     if not paths:
         raise CfgError(f"{data}: the valid= list names no images")
     truth = np.array([next((j for j in range(classes) if labels[j] in path), -1) for path in paths])

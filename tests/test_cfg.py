@@ -56,6 +56,14 @@ def test_only_newline_ends_a_line():
         ("net", 1, {"batch": "1\x0c", "height": "2width=3"})]
 
 
+def test_a_cfg_file_is_read_with_its_line_ends_as_they_are(tmp_path):
+    """No universal newlines: a lone CR in the file does not end a line either."""
+    cfg = tmp_path / "cr.cfg"
+    cfg.write_bytes(b"[net]\r\nbatch=1\r\nheight=2\r\rwidth=3\n")
+    assert [(s.type, s.line, s.options) for s in read_cfg(cfg)] == [
+        ("net", 1, {"batch": "1", "height": "2width=3"})]
+
+
 def test_first_key_wins():
     sections = parse_cfg("[net]\nbatch=1\nbatch=2\n[maxpool]\nsize=2\nsize=3\n", "t.cfg")
     assert sections[0].get_int("batch") == 1 and sections[1].get_int("size") == 2
