@@ -31,7 +31,6 @@ this needs a CPU build of the binding (:func:`sensitivity.check_host`).
 """
 from __future__ import annotations
 
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import load
+from . import darknet_text, load
 from .errors import CfgError, PolicyError
 from .layout import Layer, Model
 from .sensitivity import check_host
@@ -87,7 +86,7 @@ def calibration_cfg(text: str, batch: int | None = None) -> str:
         first["[net]"] = first["[network]"] = [f"batch={batch}", "subdivisions=1"]
     lines = []
     for line in text.splitlines():
-        lines += [line] + first.get(re.sub(r"[ \t\r]", "", line), [])
+        lines += [line] + first.get(darknet_text.strip(line), [])
     return "\n".join(lines) + "\n"
 
 
