@@ -3,6 +3,7 @@
  * _darknet_build.py against a built Darknet tree; the prune part needs the
  * patched darknet.h (DARKNET_SPARSE).  Arguments are checked in Python
  * first; the checks here only keep a bad call from corrupting memory. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "darknet.h"
@@ -167,8 +168,13 @@ int ds_train(ds_net *h, const float *x, const float *y, int n, int iterations, f
     return 0;
 }
 
+/* save_weights exit()s when it cannot open the file: open it here first,
+ * so a bad path is a -1 the caller reports. */
 int ds_save(ds_net *h, const char *path)
 {
+    FILE *fp = fopen(path, "wb");
+    if (!fp) return -1;
+    fclose(fp);
     save_weights(h->net, (char *)path);
     return 0;
 }

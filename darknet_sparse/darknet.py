@@ -1,8 +1,11 @@
 """Darknet in-process, through the cffi binding to the patched build.
 
-The only importer of the compiled module (``darknet_sparse._darknet``, built
-by ``make binding``).  Importing this module always works; using a
-:class:`Network` where the binding was not built raises :class:`BindingError`.
+The only importer of the compiled module (``_darknet``, built by
+``darknet-sparse build`` into the per-user folder, or by ``make binding`` in a
+checkout; :func:`darknet_sparse.home.find_binding` says which is used).
+Importing this module always works; using a :class:`Network` where the
+binding was not built raises :class:`BindingError`.  Every return code of a
+``ds_*`` call goes through :func:`_check`.
 
 Darknet calls ``exit()`` on bad input, so everything is checked here before C
 sees it: the cfg and weights by the core reader (:func:`darknet_sparse.load`,
@@ -19,7 +22,6 @@ when it saves; everything else works the same.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -29,16 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from . import load, load_model
+from . import home, load, load_model
 from .errors import BindingError
 from .weightsfile import atomic_path
 
-ROOT = Path(__file__).resolve().parent.parent
-#: The patched binary that ``make darknet`` builds.
-DARKNET_BINARY = ROOT / "build" / "darknet" / "darknet"
 #: cfg options the patches add: ``[net]`` prune, prune_threshold; per layer prune_threshold.
 NEW_OPTIONS = ("prune", "prune_threshold")
-NOT_BUILT = "the Darknet binding is not built: run `make darknet binding`"
+NOT_BUILT = f"the Darknet binding is not built: run `{home.BUILD_COMMAND}`"
 
 
 @dataclass(frozen=True)
@@ -55,23 +54,32 @@ class Backend:
         return hasattr(self.lib, "ds_param")
 
 
-@lru_cache(maxsize=None)
 def backend(path: str | Path | None = None) -> Backend:
-    """The package's binding, or the extension module file at ``path``."""
+    """The binding :func:`darknet_sparse.home.find_binding` finds, or the
+    extension module file at ``path`` (such as a stock build's)."""
+    return _load(str(home.find_binding() if path is None else path))
+
+
+@lru_cache(maxsize=None)
+def _load(path: str) -> Backend:
+    name = Path(path).name.split(".")[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or not Path(path).is_file():
+        raise BindingError(f"{NOT_BUILT} ({path} not found)")
+    module = importlib.util.module_from_spec(spec)
     try:
-        if path is None:
-            module = importlib.import_module("darknet_sparse._darknet")
-        else:
-            name = Path(path).name.split(".")[0]
-            spec = importlib.util.spec_from_file_location(name, path)
-            if spec is None or not Path(path).is_file():
-                raise ImportError(path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+        spec.loader.exec_module(module)
     except ImportError as exc:
-        where = f" ({path} not found)" if path is not None else ""
-        raise BindingError(NOT_BUILT + where) from exc
+        raise BindingError(f"{path}: cannot load the binding ({exc}); rebuild it: {home.BUILD_COMMAND}") from None
     return Backend(module.ffi, module.lib)
+
+
+def _check(rc: int, message: str) -> int:
+    """The one check of a ``ds_*`` return code: negative is a failure (a
+    :class:`BindingError` saying ``message``), anything else is returned."""
+    if rc < 0:
+        raise BindingError(message)
+    return rc
 
 
 def seed(value: int, using: Backend | None = None) -> None:
@@ -80,21 +88,18 @@ def seed(value: int, using: Backend | None = None) -> None:
 
 
 def build_info() -> dict[str, Any]:
-    """The patched binary's path, whether it exists, the new cfg options it
-    understands (found in the binary itself), and whether the binding is built."""
-    exists = DARKNET_BINARY.is_file()
-    data = DARKNET_BINARY.read_bytes() if exists else b""
+    """Where each part is (:func:`darknet_sparse.home.status`), plus the new
+    cfg options the binary understands (found in the binary itself) and
+    whether the binding loads."""
+    info = home.status()
+    data = Path(info["binary"]).read_bytes() if info["exists"] else b""
     try:
         backend()
         binding = True
     except BindingError:
         binding = False
-    return {
-        "binary": str(DARKNET_BINARY),
-        "exists": exists,
-        "options": [name for name in NEW_OPTIONS if b"\0" + name.encode() + b"\0" in data],
-        "binding": binding,
-    }
+    return {**info, "options": [name for name in NEW_OPTIONS if b"\0" + name.encode() + b"\0" in data],
+            "binding": binding}
 
 
 def _check_files(cfg: str | Path, weights: str | Path | None) -> None:
@@ -147,8 +152,8 @@ class Network:
 
     def set_batch(self, batch: int) -> None:
         """Run ``batch`` images per pass; at most the batch the cfg was loaded with."""
-        if self._backend.lib.ds_set_batch(self._net, batch) != 0:
-            raise BindingError(f"batch must be 1..{self._info().max_batch} (the cfg's), not {batch}")
+        _check(self._backend.lib.ds_set_batch(self._net, batch),
+               f"batch must be 1..{self._info().max_batch} (the cfg's), not {batch}")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -184,9 +189,8 @@ class Network:
     def _forward(self, x: np.ndarray, out: np.ndarray | None, train: bool) -> None:
         ffi = self._backend.ffi
         out_ptr = ffi.NULL if out is None else ffi.from_buffer("float[]", out)
-        rc = self._backend.lib.ds_forward(self._net, ffi.from_buffer("float[]", x), out_ptr, len(x), int(train))
-        if rc != 0:
-            raise BindingError("Darknet refused the forward pass")
+        _check(self._backend.lib.ds_forward(self._net, ffi.from_buffer("float[]", x), out_ptr, len(x), int(train)),
+               "Darknet refused the forward pass")
 
     def train(self, x: np.ndarray, y: np.ndarray, iterations: int = 1) -> np.ndarray:
         """``iterations`` passes of Darknet's ``train_network`` over (x, y);
@@ -203,17 +207,16 @@ class Network:
             raise BindingError(f"iterations must be at least 1, not {iterations}")
         losses = np.empty(iterations, np.float32)
         ffi = self._backend.ffi
-        rc = self._backend.lib.ds_train(self._net, ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y),
-                                        len(x), iterations, ffi.from_buffer("float[]", losses))
-        if rc != 0:
-            raise BindingError("Darknet refused the training data")
+        _check(self._backend.lib.ds_train(self._net, ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y),
+                                          len(x), iterations, ffi.from_buffer("float[]", losses)),
+               "Darknet refused the training data")
         return losses
 
     def save(self, path: str | Path) -> None:
         """Save the weights with Darknet's ``save_weights`` (so a prune
         threshold applies), atomically: a temporary file renamed over ``path``."""
         with atomic_path(path) as tmp:
-            self._backend.lib.ds_save(self._net, os.fsencode(tmp))
+            _check(self._backend.lib.ds_save(self._net, os.fsencode(tmp)), f"{path}: Darknet could not write {tmp}")
 
     # Parameters and the prune options: patched Darknet only.
 
@@ -241,10 +244,10 @@ class Network:
     def prune(self) -> bool:
         """The prune phase: zero weights stay zero through every update."""
         ffi, lib = self._sparse()
-        return lib.ds_get_prune(self._net, -1, ffi.new("float *")) != 0
+        return _check(lib.ds_get_prune(self._net, -1, ffi.new("float *")), "Darknet refused the prune query") != 0
 
     def set_prune(self, on: bool) -> None:
-        self._sparse()[1].ds_set_prune(self._net, int(on))
+        _check(self._sparse()[1].ds_set_prune(self._net, int(on)), "Darknet refused the prune flag")
 
     def prune_threshold(self, layer: int | None = None) -> float:
         """The save-time threshold of the net, or of one layer."""
@@ -252,7 +255,8 @@ class Network:
         if layer is not None:
             self._check_layer(layer)
         value = ffi.new("float *")
-        lib.ds_get_prune(self._net, -1 if layer is None else layer, value)
+        _check(lib.ds_get_prune(self._net, -1 if layer is None else layer, value),
+               f"Darknet has no layer {layer}")
         return float(value[0])
 
     def set_prune_threshold(self, threshold: float, layer: int | None = None) -> None:
@@ -263,7 +267,8 @@ class Network:
             raise BindingError(f"threshold must be >= 0, not {threshold}")
         if layer is not None:
             self._check_layer(layer)
-        self._sparse()[1].ds_set_threshold(self._net, -1 if layer is None else layer, threshold)
+        _check(self._sparse()[1].ds_set_threshold(self._net, -1 if layer is None else layer, threshold),
+               f"Darknet has no layer {layer}")
 
     # Checks.
 

@@ -27,9 +27,24 @@ class OutputError(DarknetSparseError, ValueError):
     """An output path that would lose data or cannot be written."""
 
 
+class ArrayError(DarknetSparseError, ValueError):
+    """A call whose arguments do not fit a weights file's arrays: one it does
+    not hold or never edits, the wrong number of values, a rank past the end."""
+
+
+class NoSuchArrayError(ArrayError, KeyError):
+    """An array the weights file does not hold (also a :class:`KeyError`)."""
+
+    __str__ = Exception.__str__  # KeyError's would quote the message
+
+
 class BindingError(DarknetSparseError, RuntimeError):
     """The compiled Darknet binding is missing or Darknet failed inside it."""
 
 
 class DarknetRunError(DarknetSparseError, RuntimeError):
     """The patched ``darknet`` binary failed or printed something unexpected."""
+
+
+class BuildError(DarknetSparseError, RuntimeError):
+    """Building the patched Darknet or the binding (``darknet-sparse build``) failed."""

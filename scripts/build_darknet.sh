@@ -4,13 +4,19 @@
 #   scripts/build_darknet.sh patched   -> build/darknet/        (make darknet)
 #   scripts/build_darknet.sh stock     -> build/darknet-stock/  (make darknet-stock)
 #
+# DARKNET_SPARSE_BUILD_DIR=/path puts the trees (and the fetched tarball, in apt/) there
+# instead of build/: `darknet-sparse build` runs the copy of this script that
+# ships in the package (darknet_sparse/_upstream/, with the patches beside it)
+# with DARKNET_SPARSE_BUILD_DIR set to the per-user folder.  The patches are always the ones
+# in ../patches next to this script.
+#
 # Each result is an upstream tree built in place: darknet, libdarknet.a,
 # libdarknet.so and include/darknet.h, plus binding-cflags and link-flags (what
 # darknet_sparse/_darknet_build.py compiles and links the binding with).
 #
 # Source: Debian's source package `darknet` (pjreddie/darknet at 61c9d02e),
 # fetched once with `apt-get source --download-only` through a private deb-src
-# list in build/apt/ and checked against patches/upstream.sha256; or, with
+# list in DARKNET_SPARSE_BUILD_DIR/apt/ and checked against patches/upstream.sha256; or, with
 # DARKNET_SRC=/path/to/checkout, a copy of that tree.  `patched` applies
 # patches/series in order with `patch -p1`.
 #
@@ -18,11 +24,18 @@
 # OPENCV, OPENMP (default 0) and ARCH (default upstream's).  JOBS sets make -j
 # (default 2).
 #
+# Each stage prints one line starting with "==> " on stderr (fetch,
+# unpack+patch, compile).
+#
 # Rerunning is cheap: the tree is re-made only when the source, series or a
 # patch changed, and then only files whose content changed are rewritten, so
 # upstream's make recompiles just those.  A change of flags cleans the objects.
 set -euo pipefail
+# Paths given relative to the caller's folder, before moving to the root.
+if [ -n "${DARKNET_SRC:-}" ] && [ -d "$DARKNET_SRC" ]; then DARKNET_SRC=$(cd "$DARKNET_SRC" && pwd); fi
+if [ -n "${DARKNET_SPARSE_BUILD_DIR:-}" ]; then mkdir -p "$DARKNET_SPARSE_BUILD_DIR" && DARKNET_SPARSE_BUILD_DIR=$(cd "$DARKNET_SPARSE_BUILD_DIR" && pwd); fi
 cd "$(dirname "$0")/.."
+DARKNET_SPARSE_BUILD_DIR=${DARKNET_SPARSE_BUILD_DIR:-$PWD/build}
 
 DEB_VERSION=0.0.0+git20180914.61c9d02e-2
 TARBALL=darknet_${DEB_VERSION%-*}.orig.tar.xz
@@ -30,35 +43,44 @@ MIRROR=http://deb.debian.org/debian
 SUITE=bookworm
 
 die() { echo "build_darknet.sh: error: $*" >&2; exit 1; }
+stage() { echo "==> $*" >&2; }
 
 case "${1:-}" in
-  patched) dest=build/darknet ;;
-  stock) dest=build/darknet-stock ;;
+  patched) dest=$DARKNET_SPARSE_BUILD_DIR/darknet ;;
+  stock) dest=$DARKNET_SPARSE_BUILD_DIR/darknet-stock ;;
   *) die "usage: $0 patched|stock" ;;
 esac
 variant=$1
+# DARKNET_DEST_NAME=darknet-omp builds into that folder of the build dir instead
+# (a second build with other flags, e.g. OPENMP=1 for make bench-detector).
+if [ -n "${DARKNET_DEST_NAME:-}" ]; then
+  case "$DARKNET_DEST_NAME" in */*|.*) die "DARKNET_DEST_NAME=$DARKNET_DEST_NAME: a plain folder name" ;; esac
+  dest=$DARKNET_SPARSE_BUILD_DIR/$DARKNET_DEST_NAME
+fi
 
-# Two builds sharing build/ (the user and a test, or two make targets) take turns.
-mkdir -p build
-exec 9>build/.build_darknet.lock
+# Two builds sharing DARKNET_SPARSE_BUILD_DIR (the user and a test, or two make targets) take turns.
+mkdir -p "$DARKNET_SPARSE_BUILD_DIR"
+exec 9>"$DARKNET_SPARSE_BUILD_DIR/.build_darknet.lock"
 flock 9
 
-# Download the orig tarball into build/apt/ unless a verified copy is there.
+# Download the orig tarball into DARKNET_SPARSE_BUILD_DIR/apt/ unless a verified copy is there.
 fetch_tarball() {
-  local apt=build/apt expected
+  local apt=$DARKNET_SPARSE_BUILD_DIR/apt expected state=cached
   expected=$(awk -v f="$TARBALL" '$2 == f {print $1}' patches/upstream.sha256)
   [ -n "$expected" ] || die "patches/upstream.sha256 has no line for $TARBALL"
   if [ ! -f "$apt/$TARBALL" ] || ! sha256_matches "$apt/$TARBALL" "$expected"; then
     mkdir -p "$apt/lists/partial"
     printf 'deb-src %s %s main\n' "$MIRROR" "$SUITE" > "$apt/sources.list"
-    local opts=(-q -o "Dir::Etc::SourceList=$PWD/$apt/sources.list" -o Dir::Etc::SourceParts=/nonexistent -o APT::Sandbox::User=root
-                -o "Dir::State::Lists=$PWD/$apt/lists")
+    local opts=(-q -o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/nonexistent -o APT::Sandbox::User=root
+                -o "Dir::State::Lists=$apt/lists")
     apt-get "${opts[@]}" update >&2 || die "apt-get update of the deb-src list in $apt failed"
     (cd "$apt" && apt-get "${opts[@]}" source --download-only "darknet=$DEB_VERSION") >&2 \
       || die "apt-get source darknet=$DEB_VERSION failed (is $MIRROR reachable?)"
+    state=downloaded
   fi
   sha256_matches "$apt/$TARBALL" "$expected" \
     || die "$apt/$TARBALL: sha256 $(sha256sum < "$apt/$TARBALL" | cut -d' ' -f1), expected $expected (patches/upstream.sha256)"
+  stage "fetch: $apt/$TARBALL ($state, sha256 checked)"
   echo "$apt/$TARBALL"
 }
 
@@ -69,6 +91,7 @@ unpack_upstream() {
   if [ -n "${DARKNET_SRC:-}" ]; then
     [ -f "$DARKNET_SRC/Makefile" ] && [ -f "$DARKNET_SRC/src/parser.c" ] \
       || die "DARKNET_SRC=$DARKNET_SRC is not a Darknet checkout (no Makefile and src/parser.c)"
+    stage "fetch: copying DARKNET_SRC=$DARKNET_SRC"
     tar -C "$DARKNET_SRC" --exclude=.git --exclude=./obj --exclude='*.o' --exclude='*.a' --exclude='*.so' \
       --exclude=./darknet -cf - . | tar -C "$1" -xf -
   else
@@ -122,12 +145,20 @@ source_key() {
 
 key=$(source_key | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$dest/.source-key" 2>/dev/null)" != "$key" ]; then
-  stage=$(mktemp -d build/.stage.XXXXXX)
-  trap 'rm -rf "$stage" "$stage.files"' EXIT
-  unpack_upstream "$stage"
-  if [ "$variant" = patched ]; then apply_series "$stage"; fi
-  sync_tree "$stage" "$dest"
+  tree=$(mktemp -d "$DARKNET_SPARSE_BUILD_DIR/.stage.XXXXXX")
+  trap 'rm -rf "$tree" "$tree.files"' EXIT
+  unpack_upstream "$tree"
+  if [ "$variant" = patched ]; then
+    apply_series "$tree"
+    stage "unpack+patch: $(grep -cv '^[[:space:]]*\(#\|$\)' patches/series) patches applied, into $dest"
+  else
+    stage "unpack+patch: stock tree (no patches), into $dest"
+  fi
+  sync_tree "$tree" "$dest"
   echo "$key" > "$dest/.source-key"
+else
+  stage "fetch: not needed (the tree is up to date)"
+  stage "unpack+patch: $dest is up to date"
 fi
 
 flags=(GPU="${GPU:-0}" CUDNN="${CUDNN:-0}" OPENCV="${OPENCV:-0}" OPENMP="${OPENMP:-0}")
@@ -137,6 +168,7 @@ if [ "$(cat "$dest/.build-flags" 2>/dev/null)" != "${flags[*]}" ]; then
   printf '%s' "${flags[*]}" > "$dest/.build-flags"
 fi
 mkdir -p "$dest/obj"  # upstream's `obj` target races its compiles under -j
+stage "compile: make -j${JOBS:-2} ${flags[*]} in $dest"
 make -C "$dest" -j"${JOBS:-2}" "${flags[@]}"
 # What a program compiled against include/darknet.h and linked with
 # libdarknet.a needs, as upstream's Makefile computes it for these flags (the

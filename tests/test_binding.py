@@ -3,13 +3,16 @@ Darknet's prune phase and save-time threshold."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from darknet_sparse import darknet
+from darknet_sparse import darknet, home
 from darknet_sparse.errors import BindingError, OutputError
 from helpers.darknet_run import (CLASSIFIER, RECURRENT, TRAINABLE, check_thresholded, check_zeros_frozen,
                                  file_arrays, one_hot_data, sparse_start, stock_backend, weight_views, write_cfg)
@@ -22,20 +25,32 @@ def classifier(tmp_path: Path) -> tuple[Path, Path]:
     return cfg, sparse_start(cfg, tmp_path / "dense.weights", fraction=0)
 
 
-def test_missing_binding_says_how_to_build(monkeypatch: pytest.MonkeyPatch, classifier) -> None:
-    def not_built(name: str):
-        raise ImportError(name)
-
-    darknet.backend.cache_clear()
-    monkeypatch.setattr(darknet.importlib, "import_module", not_built)
-    try:
-        with pytest.raises(BindingError, match=r"run `make darknet binding`"):
-            darknet.Network(*classifier)
-        assert darknet.build_info()["binding"] is False
-    finally:
-        darknet.backend.cache_clear()
+def test_missing_binding_says_how_to_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, classifier) -> None:
+    """Outside a checkout with an empty per-user folder nothing is found, and
+    the error names the command that builds it."""
+    monkeypatch.setattr(home, "CHECKOUT", None)
+    monkeypatch.setenv("DARKNET_SPARSE_HOME", str(tmp_path / "home"))
+    with pytest.raises(BindingError, match=r"not built: run `darknet-sparse build`"):
+        darknet.Network(*classifier)
+    info = darknet.build_info()
+    assert info["binding"] is False and info["exists"] is False
+    assert info["binary"] == str(tmp_path / "home" / "darknet" / "darknet")
     with pytest.raises(BindingError, match="not found"):
         darknet.backend("/nonexistent/_darknet.so")
+    monkeypatch.setenv("DARKNET_SPARSE_BINDING", "/nonexistent/_darknet.so")
+    with pytest.raises(BindingError, match="DARKNET_SPARSE_BINDING"):
+        darknet.backend()
+
+
+def test_the_binding_is_found_in_the_per_user_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     classifier) -> None:
+    built = home.find_binding()
+    (tmp_path / "binding").mkdir()
+    shutil.copy(built, tmp_path / "binding" / built.name)
+    monkeypatch.setattr(home, "CHECKOUT", None)
+    monkeypatch.setenv("DARKNET_SPARSE_HOME", str(tmp_path))
+    assert home.find_binding() == tmp_path / "binding" / built.name
+    assert darknet.Network(*classifier).num_layers == 5
 
 
 def test_network_describes_its_cfg(classifier) -> None:
@@ -236,6 +251,39 @@ def test_build_info_reads_the_patched_binary() -> None:
     assert info["binary"].endswith("build/darknet/darknet")
     assert info["exists"] and info["binding"]
     assert info["options"] == ["prune", "prune_threshold"]
+
+
+SAVE_INTO_A_MISSING_FOLDER = """
+import contextlib, sys
+from darknet_sparse import darknet
+from darknet_sparse.errors import BindingError
+darknet.atomic_path = lambda path: contextlib.nullcontext(sys.argv[3])
+try:
+    darknet.Network(sys.argv[1], sys.argv[2]).save(sys.argv[3])
+except BindingError as exc:
+    print("BindingError:", exc)
+print("still running")
+"""
+
+
+def test_a_save_darknet_cannot_open_is_an_error_not_an_exit(tmp_path: Path, classifier) -> None:
+    """save_weights exit()s the process when fopen fails; the shim opens the
+    file first and returns -1, which Network.save reports."""
+    target = tmp_path / "missing" / "net.weights"
+    done = subprocess.run([sys.executable, "-c", SAVE_INTO_A_MISSING_FOLDER, *map(str, classifier), str(target)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"BindingError: {target}: Darknet could not write {target}", "still running"]
+
+
+def test_shim_return_codes_are_checked(monkeypatch: pytest.MonkeyPatch, classifier) -> None:
+    """A layer index the shim refuses is an error, not silently ignored."""
+    net = darknet.Network(*classifier)
+    monkeypatch.setattr(net, "_check_layer", lambda index: None)
+    with pytest.raises(BindingError, match="no layer 7"):
+        net.set_prune_threshold(0.1, layer=7)
+    with pytest.raises(BindingError, match="no layer 7"):
+        net.prune_threshold(7)
 
 
 def test_saved_weights_get_the_mode_of_a_new_file(tmp_path: Path, classifier) -> None:

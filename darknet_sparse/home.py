@@ -1,0 +1,203 @@
+"""Where the patched Darknet and the binding are, and building them there.
+
+Every command that needs the binary or the binding asks here.  The binary
+(:func:`find_darknet`) is, first found:
+
+1. the path given (``--darknet``), else ``$DARKNET_SPARSE_DARKNET``;
+2. a source checkout's ``build/darknet/darknet`` (``make darknet``);
+3. the per-user folder's ``darknet/darknet`` (``darknet-sparse build``).
+
+The binding (:func:`find_binding`) likewise: ``$DARKNET_SPARSE_BINDING`` (a
+compiled module file), the checkout's ``darknet_sparse/_darknet*.so`` (``make
+binding``), then the per-user folder's ``binding/_darknet*.so``.
+
+The per-user folder (:func:`home`) is ``$DARKNET_SPARSE_HOME``, else
+``$XDG_DATA_HOME/darknet-sparse``, else ``~/.local/share/darknet-sparse``.
+:func:`build` fills it with the same script as ``make darknet``
+(``scripts/build_darknet.sh``, shipped in the package as
+``_upstream/scripts/build_darknet.sh`` with the patches beside it), then
+compiles the binding there; the compiled module never goes into the package.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.machinery
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import BindingError, BuildError, DarknetRunError
+
+PACKAGE = Path(__file__).resolve().parent
+#: The command that builds what is missing, as error messages name it.
+BUILD_COMMAND = "darknet-sparse build"
+#: The binding's extension module name (``PyInit__darknet``).
+MODULE = "_darknet"
+
+
+def _checkout() -> Path | None:
+    """The repository root when the package runs from a source checkout."""
+    root = PACKAGE.parent
+    if (root / "setup.py").is_file() and (root / "patches" / "series").is_file():
+        return root
+    return None
+
+
+CHECKOUT = _checkout()
+
+
+def home() -> Path:
+    """The per-user folder ``darknet-sparse build`` builds into."""
+    if os.environ.get("DARKNET_SPARSE_HOME"):
+        return Path(os.environ["DARKNET_SPARSE_HOME"]).expanduser().resolve()
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data).expanduser().resolve() / "darknet-sparse"
+
+
+def upstream() -> Path:
+    """The folder holding ``scripts/build_darknet.sh`` and ``patches/``: the
+    checkout itself, or the copy setup.py put into the package."""
+    for root in (CHECKOUT, PACKAGE / "_upstream"):
+        if root is not None and (root / "scripts" / "build_darknet.sh").is_file():
+            return root
+    raise BuildError(f"{PACKAGE / '_upstream'} is missing: this installation of darknet-sparse has no build "
+                     "script and patches (reinstall it with pip)")
+
+
+def _trees() -> list[tuple[str, Path]]:
+    """The built Darknet trees to look in, with where each comes from."""
+    trees = [("checkout", CHECKOUT / "build")] if CHECKOUT is not None else []
+    return trees + [("home", home())]
+
+
+def _darknet_candidates() -> list[tuple[str, Path]]:
+    return [(source, folder / "darknet" / "darknet") for source, folder in _trees()]
+
+
+def find_darknet(path: str | Path | None = None) -> Path:
+    """The patched ``darknet`` binary: ``path`` if given, else the first found."""
+    if path is None and os.environ.get("DARKNET_SPARSE_DARKNET"):
+        path, given = os.environ["DARKNET_SPARSE_DARKNET"], "DARKNET_SPARSE_DARKNET"
+    else:
+        given = "--darknet"
+    if path is not None:
+        path = Path(path)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise DarknetRunError(f"{path}: no Darknet binary there ({given})")
+        return path
+    for _, candidate in _darknet_candidates():
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise DarknetRunError(f"the patched Darknet is not built: run `{BUILD_COMMAND}` (or pass --darknet)")
+
+
+def _module_file(folder: Path) -> Path | None:
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        if (folder / (MODULE + suffix)).is_file():
+            return folder / (MODULE + suffix)
+    return None
+
+
+def _binding_candidates() -> list[tuple[str, Path]]:
+    folders = [("checkout", PACKAGE)] if CHECKOUT is not None else []
+    return folders + [("home", home() / "binding")]
+
+
+def find_binding() -> Path:
+    """The compiled binding module file (see the module docstring for the order)."""
+    if os.environ.get("DARKNET_SPARSE_BINDING"):
+        path = Path(os.environ["DARKNET_SPARSE_BINDING"])
+        if not path.is_file():
+            raise BindingError(f"{path}: no compiled binding there (DARKNET_SPARSE_BINDING)")
+        return path
+    for _, folder in _binding_candidates():
+        found = _module_file(folder)
+        if found is not None:
+            return found
+    raise BindingError(f"the Darknet binding is not built: run `{BUILD_COMMAND}`")
+
+
+def status() -> dict[str, Any]:
+    """Where each part is: the binary, the binding, the per-user folder, the
+    build script and patches.  ``binary``/``binding_path`` are what commands
+    use; where nothing is built, ``binary`` is where a build would put it."""
+    try:
+        binary, binary_found = str(find_darknet()), True
+    except DarknetRunError:
+        binary, binary_found = str(home() / "darknet" / "darknet"), False
+    try:
+        binding: str | None = str(find_binding())
+    except BindingError:
+        binding = None
+    try:
+        script: str | None = str(upstream())
+    except BuildError:
+        script = None
+    return {"home": str(home()), "binary": binary, "exists": binary_found, "binding_path": binding,
+            "upstream": script, "log": str(home() / "build.log")}
+
+
+def _run_logged(command: list[str], env: dict[str, str], log: Any, progress: Callable[[str], None]) -> int:
+    """Run ``command`` with its output appended to ``log``; lines starting
+    with ``==> `` (the stages) also go to ``progress``."""
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace") as child:
+        for line in child.stdout:
+            log.write(line)
+            if line.startswith("==> "):
+                progress(line[4:].rstrip("\n"))
+    log.flush()
+    return child.returncode
+
+
+def _failure(what: str, log_path: Path) -> BuildError:
+    lines = log_path.read_text(errors="replace").splitlines()
+    named = [line for line in lines if "error:" in line.lower()]
+    last = named[-1] if named else (lines[-1] if lines else "no output")
+    return BuildError(f"{what} failed: {last.strip()} (full log: {log_path})")
+
+
+def _binding_key(tree: Path) -> str:
+    """What the compiled binding depends on: the Darknet it links, the shim
+    sources, the build code, and this Python's extension ABI."""
+    digest = hashlib.sha256(importlib.machinery.EXTENSION_SUFFIXES[0].encode())
+    inputs = [tree / "libdarknet.a", tree / "include" / "darknet.h", tree / "binding-cflags", tree / "link-flags",
+              PACKAGE / "_darknet_build.py", PACKAGE / "_darknet_cdef.h", PACKAGE / "_darknet_shim.c",
+              *sorted(PACKAGE.glob("_shim_*.c"))]
+    for path in inputs:
+        digest.update(path.name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"-") + b"\0")
+    return digest.hexdigest()
+
+
+def build(progress: Callable[[str], None], jobs: int | None = None) -> dict[str, Any]:
+    """Fetch, patch and compile Darknet into :func:`home`, then the binding;
+    each stage reports one line to ``progress``, and only what changed is
+    redone.  Returns :func:`status`.  Flags (GPU, OPENMP...) and DARKNET_SRC
+    come from the environment, as for ``make darknet``."""
+    root = home()
+    root.mkdir(parents=True, exist_ok=True)
+    script = upstream() / "scripts" / "build_darknet.sh"
+    log_path = root / "build.log"
+    env = dict(os.environ, DARKNET_SPARSE_BUILD_DIR=str(root))
+    if jobs is not None:
+        env["JOBS"] = str(jobs)
+    with open(root / ".build.lock", "w") as lock, open(log_path, "w") as log:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two builds into one folder take turns
+        if _run_logged(["bash", str(script), "patched"], env, log, progress) != 0:
+            raise _failure("building Darknet", log_path)
+        tree, out = root / "darknet", root / "binding"
+        key = _binding_key(tree)
+        if _module_file(out) is not None and (out / ".key").is_file() and (out / ".key").read_text() == key:
+            progress(f"binding: {_module_file(out)} is up to date")
+        else:
+            progress(f"binding: compiling {MODULE} against {tree}")
+            command = [sys.executable, "-m", "darknet_sparse._darknet_build", "--darknet", str(tree),
+                       "--out", str(out), "--work", str(out / "work")]
+            if _run_logged(command, env, log, progress) != 0:
+                raise _failure("compiling the binding", log_path)
+            (out / ".key").write_text(key)
+    return status()

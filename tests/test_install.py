@@ -1,0 +1,136 @@
+"""The package as a user gets it: an sdist of this repository, installed (not
+editable) into a fresh venv and run from another folder.
+
+The venv borrows the test environment's site-packages (numpy, click, cffi,
+Pillow, setuptools, wheel) through a ``.pth`` file, so installing needs no
+network; ``--ignore-installed`` keeps pip from touching the editable install
+it can see there.  Darknet itself is not refetched: the per-user folder is
+seeded with a copy of the checkout's built tree and fetched tarball, and the
+installed ``darknet-sparse build`` then brings it up to date and compiles the
+binding there.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CFG = REPO / "cfg" / "digits.cfg"
+WEIGHTS = REPO / "cfg" / "digits.weights"
+OVERRIDES = ("DARKNET_SPARSE_HOME", "DARKNET_SPARSE_DARKNET", "DARKNET_SPARSE_BINDING", "DARKNET_SRC")
+
+
+@dataclass
+class Installed:
+    venv: Path
+    work: Path  # a folder that is not the repository, to run from
+
+    def run(self, *args: str | Path, home: Path, check: bool = True) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k not in OVERRIDES and k != "PYTHONPATH"}
+        env["DARKNET_SPARSE_HOME"] = str(home)
+        done = subprocess.run([str(self.venv / "bin" / "darknet-sparse"), *map(str, args)], cwd=self.work,
+                              env=env, capture_output=True, text=True)
+        if check:
+            assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    def python(self, code: str) -> str:
+        return subprocess.run([str(self.venv / "bin" / "python"), "-c", code], cwd=self.work, check=True,
+                              capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    root = tmp_path_factory.mktemp("install")
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(root / "dist")], cwd=REPO, check=True,
+                   capture_output=True)
+    (sdist,) = (root / "dist").glob("darknet-sparse-*.tar.gz")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  check=True, capture_output=True, text=True).stdout.strip())
+    (purelib / "_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                    "--no-deps", "--no-build-isolation", "--no-index", "--ignore-installed", str(sdist)],
+                   check=True, capture_output=True, cwd=root)
+    (root / "work").mkdir()
+    return Installed(venv, root / "work")
+
+
+def test_the_installed_package_is_the_wheel_not_the_checkout(installed: Installed) -> None:
+    where = Path(installed.python("import darknet_sparse; print(darknet_sparse.__file__)").strip()).parent
+    assert where.is_relative_to(installed.venv)
+    series = [line.split()[0] for line in (REPO / "patches" / "series").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    shipped = where / "_upstream"
+    assert sorted(p.name for p in (shipped / "patches").glob("*.patch")) == sorted(series)
+    for name in ["series", "upstream.sha256", *series]:
+        assert (shipped / "patches" / name).read_bytes() == (REPO / "patches" / name).read_bytes()
+    assert (shipped / "scripts" / "build_darknet.sh").read_bytes() == (REPO / "scripts" / "build_darknet.sh").read_bytes()
+    assert (where / "_darknet_shim.c").is_file() and (where / "_darknet_cdef.h").is_file()
+    assert not list(where.glob("_darknet*.so")), "a compiled binding must never be in the package"
+
+
+def test_info_and_threshold_run_from_another_folder(installed: Installed, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    info = installed.run("info", WEIGHTS, home=home)
+    assert "connected" in info.stdout
+    installed.run("threshold", WEIGHTS, "-s", "0.5", "-o", "sparse.weights", home=home)
+    out = installed.work / "sparse.weights"
+    assert out.stat().st_size == WEIGHTS.stat().st_size
+    assert "sparse.weights" in installed.run("info", out, "--cfg", CFG, home=home).stdout
+
+
+def test_without_a_build_commands_name_the_build_command(installed: Installed, tmp_path: Path) -> None:
+    home = tmp_path / "empty"
+    status = installed.run("build", "--status", home=home).stdout
+    assert f"patched darknet: {home}/darknet/darknet (not built: run `darknet-sparse build`)" in status
+    assert f"per-user folder: {home}" in status
+    done = installed.run("sensitivity", "-w", WEIGHTS, "--images", installed.work, home=home, check=False)
+    assert (done.returncode, done.stderr) == (2, "Error: the Darknet binding is not built: run "
+                                                 "`darknet-sparse build`\n")
+
+
+def _seed_home(home: Path) -> None:
+    """The per-user folder as a first build would leave it, from the
+    checkout's build (times kept, so upstream's make has nothing to redo)."""
+    home.mkdir()
+    subprocess.run(["cp", "-a", str(REPO / "build" / "darknet"), str(home / "darknet")], check=True)
+    (home / "apt").mkdir()
+    for tarball in (REPO / "build" / "apt").glob("*.orig.tar.xz"):
+        shutil.copy2(tarball, home / "apt")
+
+
+def test_build_then_recalibrate_through_the_binding_it_made(installed: Installed, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _seed_home(home)
+    built = installed.run("build", home=home)
+    stages = [line.split(":")[0] for line in built.stderr.splitlines()]
+    assert stages == ["fetch", "unpack+patch", "compile", "binding"], built.stderr
+    assert "binding: compiling" in built.stderr
+    (binding,) = (home / "binding").glob("_darknet*.so")
+    assert f"python binding: {binding}" in built.stdout
+    assert f"patched darknet: {home}/darknet/darknet (built)" in built.stdout
+
+    again = installed.run("build", home=home)
+    assert f"binding: {binding} is up to date" in again.stderr
+
+    images = installed.work / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    done = installed.run("recalibrate", "-w", WEIGHTS, "--images", images, "--batch", "4", "-o", "recal.weights",
+                         "--json", home=home)
+    assert (installed.work / "recal.weights").stat().st_size == WEIGHTS.stat().st_size
+    assert (installed.work / "recal.weights").read_bytes() != WEIGHTS.read_bytes()
+    assert done.stdout.strip().startswith(("{", "["))
