@@ -2,8 +2,8 @@
 
 pjreddie's rules are checked against stock Darknet itself in
 ``test_stock_oracle.py``; here: AlexeyAB (the sizes its Darknet saves for 19
-real cfgs, and hand-written cfgs checked against the formulas of
-``shared/darknet-format.md`` section 2.2), what differs between the forks,
+real cfgs, and hand-written cfgs checked against the per-layer array
+order of ``docs/format.md``), what differs between the forks,
 and the errors.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from helpers.stock import ALEXEYAB_DIR, CFG_DIR, PJREDDIE_CFGS, UPSTREAM_CFGS
 
 
 def _alexeyab_sizes() -> list[tuple[str, int]]:
-    """(cfg, bytes AlexeyAB's Darknet saves) from ``shared/alexeyab-cfg/README.md``."""
+    """(cfg, bytes AlexeyAB's Darknet saves) from ``tests/data/alexeyab-cfg/README.md``."""
     table = (ALEXEYAB_DIR / "README.md").read_text()
     return [(name, int(size.replace(",", ""))) for name, size in re.findall(r"^\| (\S+) \| ([\d,]+) \|", table, re.M)]
 

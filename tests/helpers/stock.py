@@ -19,8 +19,8 @@ STOCK_LIB = Path("/usr/lib/darknet")
 UPSTREAM_CFG_DIR = Path("/usr/share/darknet/cfg")
 HERE = Path(__file__).parent
 CFG_DIR = HERE.parent / "cfgs"
-#: AlexeyAB's cfgs and the sizes its Darknet saves: ``shared/`` beside the repo.
-ALEXEYAB_DIR = HERE.parents[2] / "shared" / "alexeyab-cfg"
+#: AlexeyAB's cfgs and the sizes its Darknet saves for them (test data; see its README).
+ALEXEYAB_DIR = HERE.parent / "data" / "alexeyab-cfg"
 
 #: Every cfg upstream ships (45), and our hand-written pjreddie cfgs that
 #: cover the layer types no upstream cfg uses (local with pad, crnn, lstm,
