@@ -61,7 +61,10 @@ def write_digits(outdir: str | Path = DEFAULT_OUTDIR) -> Path:
     The split is stratified: ``VALID_FRACTION`` of each class is held out.
     """
     from PIL import Image
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise OutputError("the digits example needs scikit-learn: pip install 'darknet-sparse[examples]'") from None
 
     root = Path(outdir).resolve()
     _check_root(root)
