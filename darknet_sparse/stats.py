@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .errors import WeightsFormatError
+from .errors import ArrayError, WeightsFormatError
 from .weightsfile import FLOAT, Slot, WeightsFile
 
 SIGN_OFF = np.uint32(0x7FFFFFFF)
@@ -55,7 +55,7 @@ def kth_smallest_abs(wf: WeightsFile, slots: Iterable[Slot], k: int) -> float:
     slots = [slot for slot in slots if slot.param.count]
     total = sum(slot.param.count for slot in slots)
     if not 0 <= k < total:
-        raise ValueError(f"k={k} outside 0..{total - 1}")
+        raise ArrayError(f"k={k} outside 0..{total - 1}")
     low, high = _bracket(wf, slots, k, total)
     below, inside = 0, []
     for slot in slots:

@@ -44,7 +44,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from .errors import OutputError, WeightsFormatError
+from .errors import ArrayError, NoSuchArrayError, OutputError, WeightsFormatError
 from .layout import Layer, Model, Param
 
 FLOAT = np.dtype("<f4")
@@ -178,7 +178,7 @@ class WeightsFile:
         for slot in self.slots_of(layer_index):
             if slot.param.name == name:
                 return slot
-        raise KeyError((layer_index, name))
+        raise NoSuchArrayError(f"{self.path}: layer {layer_index} has no array {name!r}")
 
     def array(self, slot: Slot) -> np.ndarray:
         """A read-only memmap view of one array, in file order."""
@@ -271,10 +271,10 @@ def write(wf: WeightsFile, target: str | Path, edits: Mapping[tuple[int, str], E
     by_key = {slot.key: slot for slot in wf.slots}
     for key in edits:
         if key not in by_key:
-            raise KeyError(f"layer {key[0]} has no array {key[1]!r} in {wf.path}")
+            raise NoSuchArrayError(f"layer {key[0]} has no array {key[1]!r} in {wf.path}")
         role = by_key[key].param.role
         if role not in ("weights", "shortcut", "implicit"):
-            raise ValueError(f"layer {key[0]} array {key[1]!r} has role {role!r}: it is never edited")
+            raise ArrayError(f"layer {key[0]} array {key[1]!r} has role {role!r}: it is never edited")
     target = Path(target)
     check_output(wf.path, target, in_place)
     with open(wf.path, "rb") as src, atomic_output(target) as dst:
@@ -331,7 +331,7 @@ def write_arrays(wf: WeightsFile, target: str | Path, arrays: Mapping[tuple[int,
     for key, values in arrays.items():
         count = wf.slot(*key).param.count
         if np.size(values) != count:
-            raise ValueError(f"layer {key[0]} array {key[1]!r} holds {count} floats, got {np.size(values)}")
+            raise ArrayError(f"layer {key[0]} array {key[1]!r} holds {count} floats, got {np.size(values)}")
     write(wf, target, {key: replace_with(values) for key, values in arrays.items()}, in_place)
 
 
@@ -349,7 +349,7 @@ def new_file(model: Model, target: str | Path, arrays: Mapping[tuple[int, str], 
                 values = arrays.get((layer.index, param.name))
                 data = np.zeros(param.count, FLOAT) if values is None else np.asarray(values, FLOAT).reshape(-1)
                 if data.size != param.count:
-                    raise ValueError(f"layer {layer.index} array {param.name!r} holds {param.count} floats, "
+                    raise ArrayError(f"layer {layer.index} array {param.name!r} holds {param.count} floats, "
                                      f"got {data.size}")
                 fp.write(data.tobytes())
         _check_written(fp, header.size + 4 * model.param_count, Path(target))
