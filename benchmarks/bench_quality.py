@@ -28,7 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from darknet_sparse import images, load, load_model, loop, plan, prune, recalibrate, reports, schedule, sensitivity
+from darknet_sparse import (images, load, load_model, loop, plan, prune, recalibrate, reports, schedule, search,
+                            sensitivity)
+from darknet_sparse.policies import POLICIES, Magnitude, Policy, Triangle
 from darknet_sparse.errors import PolicyError
 from darknet_sparse.examples import classifier_top1, write_digits
 
@@ -68,10 +70,10 @@ class Bench:
     def timed(self, name: str, start: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
-    def prune(self, name: str, **options) -> tuple[Path, float]:
+    def prune(self, name: str, policy: Policy, **options) -> tuple[Path, float]:
         """``threshold`` the dense weights into ``name``; path and total sparsity."""
         out = self.work / f"{name}.weights"
-        return out, prune.threshold(load(CFG, WEIGHTS), out, **options).sparsity
+        return out, prune.threshold(load(CFG, WEIGHTS), out, policy, **options).sparsity
 
     def recalibrated(self, weights: Path) -> Path:
         out = self.work / f"{weights.stem}.recal.weights"
@@ -99,7 +101,7 @@ def one_shot(bench: Bench, sens: sensitivity.Sensitivity) -> list[list[str]]:
     rows = []
     for target in SPARSITIES:
         start = time.perf_counter()
-        magnitude, _ = bench.prune(f"magnitude-{target}", mode="magnitude", sparsity=target)
+        magnitude, _ = bench.prune(f"magnitude-{target}", Magnitude(target))
         a = bench.top1(magnitude)
         bench.timed("(a) one-shot magnitude", start)
         start = time.perf_counter()
@@ -107,7 +109,7 @@ def one_shot(bench: Bench, sens: sensitivity.Sensitivity) -> list[list[str]]:
         bench.timed("(b) recalibration", start)
         start = time.perf_counter()
         chosen = plan.make_plan(sens, "sparsity", target)
-        planned, reached = bench.prune(f"plan-{target}", mode="magnitude", sparsity=0.0, spec=plan.to_spec(chosen))
+        planned, reached = bench.prune(f"plan-{target}", Magnitude(0.0), spec=plan.to_spec(chosen))
         c = bench.top1(planned)
         c_recal = bench.top1(bench.recalibrated(planned))
         bench.timed("(c) plan, threshold --spec, recalibration", start)
@@ -121,7 +123,7 @@ def run_loop(bench: Bench) -> list[loop.StepRecord]:
     settings = loop.LoopSettings(
         cfg=CFG, weights=WEIGHTS, data=bench.data, out=bench.work / "loop",
         targets=tuple(schedule.targets(LOOP_FINAL, LOOP_STEPS, "agp")), iterations=LOOP_ITERATIONS,
-        mode=LOOP_MODE, learning_rate=LOOP_RATE)
+        policy=POLICIES[LOOP_MODE], learning_rate=LOOP_RATE)
     result = loop.run(settings, on_progress=lambda done: print(f"loop: {done} steps done", file=sys.stderr))
     bench.timed("(d) loop", start)
     return result.steps
@@ -134,17 +136,17 @@ def flops(bench: Bench, sens: sensitivity.Sensitivity) -> tuple[list[list[str]],
     rows, beaten = [], True
     for target in FLOPS_TARGETS:
         chosen = plan.make_plan(sens, "flops", target)
-        planned, reached = bench.prune(f"flops-{target}", mode="magnitude", sparsity=0.0, spec=plan.to_spec(chosen))
+        planned, reached = bench.prune(f"flops-{target}", Magnitude(0.0), spec=plan.to_spec(chosen))
         cells = [f"{target:.2f}", f"{reached:.4f}", f"{bench.flops_removed(planned):.4f}", f"{bench.top1(planned):.4f}"]
         try:
             out = bench.work / f"triangle-{target}.weights"
-            loop.prune_to(load(CFG, WEIGHTS), out, reached, mode="triangle")
+            search.prune_to(load(CFG, WEIGHTS), out, reached, Triangle)
             removed = bench.flops_removed(out)
             beaten &= bench.flops_removed(planned) > removed
             cells += [f"{removed:.4f}", f"{bench.top1(out):.4f}"]
         except PolicyError:  # triangle's last layers cap its total sparsity
             cells += ["out of reach", "-"]
-        magnitude, _ = bench.prune(f"flops-magnitude-{target}", mode="magnitude", sparsity=reached)
+        magnitude, _ = bench.prune(f"flops-magnitude-{target}", Magnitude(reached))
         cells += [f"{bench.flops_removed(magnitude):.4f}", f"{bench.top1(magnitude):.4f}"]
         rows.append(cells)
     bench.timed("FLOPs plans, triangle, magnitude", start)
@@ -166,7 +168,7 @@ def cpu_name() -> str:
 def report(bench: Bench, dense: tuple[float, float], sens: sensitivity.Sensitivity, shots: list[list[str]],
            steps: list[loop.StepRecord], flop_rows: list[list[str]], beaten: bool, total: float) -> str:
     dense, dense_recalibrated = dense
-    triangle_reach = loop.max_sparsity(load(CFG, WEIGHTS), "triangle")
+    triangle_reach = search.max_sparsity(load(CFG, WEIGHTS), Triangle)
     final = steps[-1]
     loop_ok = final.sparsity >= LOOP_MIN_SPARSITY and dense - final.value <= LOOP_MAX_LOSS + 1e-9
     density = 1 / (1 - final.sparsity)

@@ -5,7 +5,8 @@ The Python API a notebook uses::
     import darknet_sparse as ds
     wf = ds.load("yolov3-tiny.cfg", "yolov3-tiny.weights")   # fork="auto"
     wf.model.layers[0].params, wf.arrays(0)["weights"]
-    result = ds.threshold(wf, "out.weights", mode="magnitude", sparsity=0.7)
+    result = ds.threshold(wf, "out.weights", ds.Magnitude(0.7))   # or Absolute(t), Sensitivity(k),
+                                                                   # Triangle(start, end), Global(s)
 
 Data flows one way: cfg -> layout -> weights file -> policy -> writer -> reports.
 """
@@ -17,12 +18,14 @@ from .cfg import Section, parse_cfg, read_cfg
 from .errors import (BindingError, CfgError, DarknetRunError, DarknetSparseError, OutputError,
                      PolicyError, WeightsFormatError)
 from .layout import FORKS, Layer, Model, Param, alexeyab_markers, build_model
+from .policies import Absolute, Global, Magnitude, Policy, Sensitivity, Triangle
 from .weightsfile import WeightsFile, header_revision, seen_size
 
 __all__ = [
-    "BindingError", "CfgError", "DarknetRunError", "DarknetSparseError", "FORKS", "Layer", "Model",
-    "OutputError", "Param", "PolicyError", "Section", "WeightsFile", "WeightsFormatError",
-    "find_cfg", "load", "load_model", "parse_cfg", "read_cfg", "resolve_fork", "threshold",
+    "Absolute", "BindingError", "CfgError", "DarknetRunError", "DarknetSparseError", "FORKS", "Global",
+    "Layer", "Magnitude", "Model", "OutputError", "Param", "Policy", "PolicyError", "Section", "Sensitivity",
+    "Triangle", "WeightsFile", "WeightsFormatError", "find_cfg", "load", "load_model", "parse_cfg",
+    "read_cfg", "resolve_fork", "threshold",
 ]
 
 
@@ -95,7 +98,7 @@ def load(cfg: str | Path | None, weights: str | Path, fork: str = "auto") -> Wei
     return WeightsFile(weights, load_model(cfg, fork, weights))
 
 
-def threshold(wf: WeightsFile, output: str | Path, **options):
-    """Prune ``wf`` into ``output``; see :func:`darknet_sparse.prune.threshold`."""
+def threshold(wf: WeightsFile, output: str | Path | None, policy: Policy | None = None, **options):
+    """Prune ``wf`` into ``output`` by ``policy``; see :func:`darknet_sparse.prune.threshold`."""
     from .prune import threshold as run
-    return run(wf, output, **options)
+    return run(wf, output, policy, **options)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import policies
-from .errors import WeightsFormatError
+from .errors import PolicyError, WeightsFormatError
 from .layout import PRUNABLE_ROLES, OPTIONAL_PRUNABLE_ROLES
 from .stats import INF_BITS, SIGN_OFF, Moments
 from .weightsfile import Edit, Slot, WeightsFile, check_output, write
@@ -46,7 +46,7 @@ class PruneResult:
     source: Path
     output: Path | None
     fork: str
-    mode: str
+    mode: str  # the policy's name, or "spec" for a spec alone
     arrays: list[ArrayResult]
     notes: list[str] = field(default_factory=list)
 
@@ -103,28 +103,31 @@ def _threshold_edit(t: float, result: ArrayResult) -> Edit:
     return edit
 
 
-def threshold(wf: WeightsFile, output: str | Path | None, mode: str = "absolute", *,
-              threshold: float | None = None, sparsity: float | None = None,
-              start: float | None = None, end: float | None = None, spec: dict | None = None,
-              exclude: str | None = None, include_optional: bool = False, in_place: bool = False,
-              backup: bool = False, dry_run: bool = False, strict: bool = False) -> PruneResult:
-    """Prune the prunable arrays of ``wf`` into ``output``.
+def threshold(wf: WeightsFile, output: str | Path | None, policy: policies.Policy | None = None, *,
+              spec: dict | None = None, exclude: str | None = None, include_optional: bool = False,
+              in_place: bool = False, backup: bool = False, dry_run: bool = False,
+              strict: bool = False) -> PruneResult:
+    """Prune the prunable arrays of ``wf`` into ``output`` by ``policy``
+    (:mod:`policies`: ``Absolute(t)``, ``Magnitude(s)``, ...).
 
-    With a ``spec`` and no level of the mode's own, only the layers the spec
-    names are pruned.  ``output=None`` or ``dry_run`` computes and counts
-    without writing.  With
-    ``in_place`` the output may be the input; ``backup`` first copies it to
-    ``NAME.bak``.  ``strict`` makes NaN or Inf in any array an error (no
-    output is left behind); otherwise they are counted and reported.
+    A ``spec`` overrides the policy's levels per layer; given without a
+    policy, only the layers it names are pruned.  ``output=None`` or
+    ``dry_run`` computes and counts without writing.  With ``in_place`` the
+    output may be the input; ``backup`` first copies it to ``NAME.bak``.
+    ``strict`` makes NaN or Inf in any array an error (no output is left
+    behind); otherwise they are counted and reported.
     """
     roles = PRUNABLE_ROLES + (OPTIONAL_PRUNABLE_ROLES if include_optional else ())
     model = wf.model
-    if spec and all(value is None for value in (threshold, sparsity, start, end)):
+    layers = policies.prunable_layers(model, roles)
+    if policy is not None:
+        levels = policies.check_policy(policy).levels(layers)
+    elif spec:
         # A spec alone (a plan): layers it does not name are left alone.
-        levels = {layer.index: policies.Level("skip") for layer in policies.prunable_layers(model, roles)}
+        levels = {layer.index: policies.Level("skip") for layer in layers}
     else:
-        levels = policies.mode_levels(model, mode, threshold=threshold, sparsity=sparsity,
-                                      start=start, end=end, roles=roles)
+        raise PolicyError("give a policy (Absolute(t), Magnitude(s), Sensitivity(k), Triangle(start, end), "
+                          "Global(s)), a spec, or both")
     if spec:
         levels = policies.apply_spec(levels, spec, model, roles=roles)
     levels = policies.apply_exclude(levels, policies.parse_exclude(exclude, model), model)
@@ -163,6 +166,7 @@ def threshold(wf: WeightsFile, output: str | Path | None, mode: str = "absolute"
         if in_place and backup:
             shutil.copy2(wf.path, wf.path.with_name(wf.path.name + ".bak"))
         write(wf, target, edits, in_place=in_place)
+    mode = policy.name if policy is not None else "spec"
     outcome = PruneResult(wf.path, None if dry_run else target, model.fork, mode, arrays, notes)
     if outcome.nonfinite:
         notes.append(f"{outcome.nonfinite} NaN or Inf weights found (left as they are; --strict makes this an error)")

@@ -168,8 +168,58 @@ def test_debug_shows_the_traceback(model, tmp_path):
 
 
 def test_build_names_the_patched_binary_and_its_options():
-    result = run("build", "--json")
+    result = run("build", "--status", "--json")
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["exists"] and info["binding"] and info["binary"].endswith("build/darknet/darknet")
     assert info["options"] == ["prune", "prune_threshold"]
+
+
+@pytest.mark.parametrize("args, mode, level", [
+    (["-s", "0.5"], "magnitude", "sparsity 0.5"),
+    (["-t", "0.05"], "absolute", "|w| < 0.05"),
+    (["--mode", "global", "-s", "0.5"], "global", "global sparsity 0.5"),
+    (["--mode", "sensitivity", "-t", "0.5"], "sensitivity", "0.5 x std"),
+    (["--mode", "triangle", "-s", "0.6"], "triangle", "sparsity 0"),
+])
+def test_the_level_option_names_the_policy_unless_mode_does(model, tmp_path, args, mode, level):
+    _, weights = model
+    result = run("threshold", weights, *args, "--json", "-o", tmp_path / "o.weights")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["mode"] == mode and data["arrays"][0]["level"] == level
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-s", "0.5", "-t", "0.1"], "give --threshold/-t (absolute) or --sparsity/-s (magnitude), not both"),
+    ([], "give --threshold/-t (absolute), --sparsity/-s (magnitude), --mode, or --spec"),
+    (["--mode", "magnitude"], "mode magnitude needs --sparsity"),
+    (["--mode", "absolute", "-s", "0.5"], "mode absolute needs --threshold"),
+    (["--mode", "triangle", "--start", "0.1"], "mode triangle needs --end (or --sparsity)"),
+])
+def test_level_options_that_name_no_one_policy_are_usage_errors(model, tmp_path, args, message):
+    _, weights = model
+    before = snapshot(tmp_path)
+    result = run("threshold", weights, *args)
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", [
+    ["info", "{weights}"],
+    ["threshold", "{weights}", "-t", "0.1"],
+    ["diff", "{weights}", "{weights}"],
+    ["plan", "{csv}", "--target-sparsity", "0.5", "-o", "{out}"],
+    ["loop", "-w", "{weights}", "--data", "{csv}", "--sparsities", "0.5", "--iterations-per-step", "1",
+     "-o", "{out}"],
+])
+def test_every_command_turns_a_domain_error_into_one_line(tmp_path, command):
+    """The group, not each command, catches library errors: here a cfg
+    that is missing, or (plan, loop) an input file that is not there."""
+    weights = tmp_path / "lonely.weights"
+    weights.write_bytes(b"\0" * 40)
+    values = {"weights": weights, "csv": tmp_path / "none.csv", "out": tmp_path / "out"}
+    before = snapshot(tmp_path)
+    result = run(*(arg.format(**values) for arg in command))
+    check_bad_input(result, tmp_path, before, "")
+    assert isinstance(run("--debug", *(arg.format(**values) for arg in command)).exception, ds.DarknetSparseError)

@@ -7,6 +7,7 @@ and an evaluation command that prints a constant.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,10 +20,14 @@ import pytest
 from click.testing import CliRunner
 
 from darknet_sparse import load
+from darknet_sparse import runner
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
 from darknet_sparse.errors import CfgError, DarknetRunError, OutputError, PolicyError
 from darknet_sparse.examples import write_digits
-from darknet_sparse.loop import TOLERANCE, LoopSettings, private_data, prune_to, retrain_cfg, run, weight_sparsity
+from darknet_sparse.loop import LoopSettings, run
+from darknet_sparse.policies import Absolute, Magnitude, Sensitivity, Triangle
+from darknet_sparse.runner import private_data, retrain_cfg
+from darknet_sparse.search import TOLERANCE, prune_to, weight_sparsity
 from darknet_sparse.reports import diff
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,7 +146,7 @@ def test_the_floor_stops_the_loop(tmp_path, model_files, digits):
     out = tmp_path / "floor"
     result = _cli("--cfg", cfg, "--weights", weights, "--data", digits, "--sparsities", "0.3,0.5",
                   "--iterations-per-step", 5, "--out", out, "--darknet", PATCHED, "--min-top1", "1.01")
-    assert result.exit_code == 2
+    assert result.exit_code == 1, result.output
     assert "below the floor 1.01; stopped (no step met it, so there is no final.weights)" in result.output
     assert [line["step"] for line in _log(out)] == [1]
     assert not (out / "final.weights").exists() and not (out / "step-02.weights").exists()
@@ -267,10 +272,10 @@ def test_resume_of_a_finished_loop_runs_nothing(tmp_path, digits, model_files, f
      r"task detector needs an evaluation command \(--eval-cmd\)"),
     ({"iterations": 0}, PolicyError, "iterations per step 0 must be a whole number >= 1"),
     ({"targets": (0.7, 0.5)}, PolicyError, "must not decrease: 0.7 then 0.5"),
-    ({"mode": "random"}, PolicyError, "unknown mode 'random'"),
-    ({"darknet": Path("/nonexistent/darknet")}, DarknetRunError, "build the patched one with `make darknet`"),
+    ({"policy": "random"}, PolicyError, "unknown mode 'random'"),
+    ({"darknet": Path("/nonexistent/darknet")}, DarknetRunError, "build the patched one with `darknet-sparse build`"),
     ({"data": Path("/nonexistent/x.data")}, CfgError, "no such data file"),
-    ({"mode": "triangle", "targets": (0.8,)}, PolicyError, "mode triangle reaches at most 0.6922 total sparsity"),
+    ({"policy": Triangle, "targets": (0.8,)}, PolicyError, "mode triangle reaches at most 0.6922 total sparsity"),
 ])
 def test_bad_settings_fail_before_darknet_runs(tmp_path, digits, model_files, fake, changes, error, message):
     with pytest.raises(error, match=message):
@@ -324,11 +329,11 @@ def test_private_data_points_backup_into_the_loop_folder():
     assert private_data(text, Path("/loop/backup")) == "classes=10\ntrain=t.list\nbackup=/loop/backup\n"
 
 
-@pytest.mark.parametrize("mode, spec", [("sensitivity", None), ("triangle", None), ("absolute", None),
-                                        ("magnitude", {"layers": {"0": "skip"}})])
-def test_prune_to_searches_the_level_that_reaches_the_target(tmp_path, model_files, mode, spec):
+@pytest.mark.parametrize("kind, spec", [(Sensitivity, None), (Triangle, None), (Absolute, None),
+                                        (Magnitude, {"layers": {"0": "skip"}})])
+def test_prune_to_searches_the_level_that_reaches_the_target(tmp_path, model_files, kind, spec):
     wf = load(*model_files)
-    result, level = prune_to(wf, tmp_path / "out.weights", 0.6, mode, spec)
+    result, level = prune_to(wf, tmp_path / "out.weights", 0.6, kind, spec)
     assert 0.6 <= result.sparsity <= 0.6 + TOLERANCE
     assert weight_sparsity(load(model_files[0], tmp_path / "out.weights")) == result.sparsity
     if spec:
@@ -337,4 +342,22 @@ def test_prune_to_searches_the_level_that_reaches_the_target(tmp_path, model_fil
 
 def test_prune_to_refuses_a_target_out_of_reach(model_files):
     with pytest.raises(PolicyError, match="mode sensitivity reaches at most 0.1991 total sparsity"):
-        prune_to(load(*model_files), None, 0.6, "sensitivity", {"layers": {"6": "skip"}})
+        prune_to(load(*model_files), None, 0.6, Sensitivity, {"layers": {"6": "skip"}})
+
+
+def test_a_score_below_min_score_exits_1_with_the_reason(tmp_path, digits, model_files, fake):
+    cfg, weights = model_files
+    out = tmp_path / "out"
+    result = _cli("--cfg", cfg, "--weights", weights, "--data", digits, "--sparsities", "0.3,0.5",
+                  "--iterations-per-step", 5, "--out", out, "--darknet", fake, "--eval-cmd", "echo 0.5",
+                  "--min-score", "0.6")
+    assert result.exit_code == 1, result.output
+    assert "stopped: step 1 (0.3000 sparse): score 0.5000 is below the floor 0.6" in result.stderr
+    assert "Traceback" not in result.output and [line["step"] for line in _log(out)] == [1]
+
+
+def test_without_darknet_the_loop_runs_the_one_the_runner_finds(tmp_path, digits, model_files, fake, monkeypatch):
+    monkeypatch.setattr(runner, "darknet_binary", lambda: fake)
+    settings = _settings(tmp_path, digits, model_files, fake, targets=(0.5,))
+    run(dataclasses.replace(settings, darknet=None))
+    assert (fake.parent / "args").read_text().startswith("classifier train ")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from darknet_sparse import images, load, load_model, recalibrate, sensitivity, threshold
+from darknet_sparse import Magnitude, images, load, load_model, recalibrate, sensitivity, threshold
 from darknet_sparse.cli import cli
 from darknet_sparse.darknet import Network
 from darknet_sparse.errors import BindingError, PolicyError
@@ -35,7 +35,7 @@ def digits(tmp_path_factory) -> Path:
 def pruned(tmp_path_factory) -> Path:
     """The digits model one-shot pruned to 80% (magnitude): top-1 collapses."""
     out = tmp_path_factory.mktemp("pruned") / "digits80.weights"
-    threshold(load(CFG, WEIGHTS), out, mode="magnitude", sparsity=0.8)
+    threshold(load(CFG, WEIGHTS), out, Magnitude(0.8))
     return out
 
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from darknet_sparse import images, load, load_model, sensitivity, threshold
+from darknet_sparse import Magnitude, images, load, load_model, sensitivity, threshold
 from darknet_sparse.cli import cli
 from darknet_sparse.darknet import Network
 from darknet_sparse.errors import BindingError, CfgError, PolicyError
@@ -41,7 +41,7 @@ def model():
 def pruned(tmp_path_factory) -> Path:
     """The digits model one-shot pruned to 70% (magnitude): top-1 falls."""
     out = tmp_path_factory.mktemp("pruned") / "digits70.weights"
-    threshold(load(CFG, WEIGHTS), out, mode="magnitude", sparsity=0.7)
+    threshold(load(CFG, WEIGHTS), out, Magnitude(0.7))
     return out
 
 
@@ -130,7 +130,7 @@ def test_sweep_prunes_each_layer_alone_and_restores_it(digits, model):
 def test_a_sweep_level_prunes_as_threshold_magnitude_does(tmp_path, model):
     """The sweep's rule and the spec's per-layer sparsity zero the same weights."""
     out = tmp_path / "half.weights"
-    threshold(load(CFG, WEIGHTS), out, mode="magnitude", sparsity=0.37)
+    threshold(load(CFG, WEIGHTS), out, Magnitude(0.37))
     dense, pruned = load(CFG, WEIGHTS), load(CFG, out)
     for layer in sensitivity.select_layers(model):
         array = np.array(dense.arrays(layer.index)["weights"])

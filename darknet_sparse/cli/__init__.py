@@ -1,12 +1,14 @@
 """The ``darknet-sparse`` command line: a thin click layer over the API.
 
-Every :class:`DarknetSparseError` becomes one ``Error:`` line on stderr and
-exit code 2 (a traceback only with ``--debug``).  Only this package imports
-click; each submodule registers the commands of one part of the tool.
+Every :class:`DarknetSparseError` a command raises becomes one ``Error:``
+line on stderr and exit code 2 (a traceback only with ``--debug``): the
+group catches them once for all commands (:class:`Tool`).  Exit code 1 is
+an outcome a command reports (``diff --fail-on-revived``, a loop stopped by
+its floor).  Only this package imports click; each submodule registers the
+commands of one part of the tool.
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
@@ -21,17 +23,17 @@ class ToolError(click.ClickException):
     exit_code = 2
 
 
-def domain_errors(command):
-    """Turn library errors into :class:`ToolError` unless ``--debug``."""
-    @functools.wraps(command)
-    def run(*args, **kwargs):
+class Tool(click.Group):
+    """The command group: a library error from any command (or its options)
+    becomes a :class:`ToolError`, unless ``--debug`` was given."""
+
+    def invoke(self, ctx: click.Context):
         try:
-            return command(*args, **kwargs)
+            return super().invoke(ctx)
         except DarknetSparseError as exc:
-            if click.get_current_context().find_root().obj.get("debug"):
+            if (ctx.obj or {}).get("debug"):
                 raise
             raise ToolError(str(exc)) from None
-    return run
 
 
 cfg_option = click.option("--cfg", type=click.Path(dir_okay=False, path_type=Path),
@@ -42,7 +44,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 weights_argument = click.argument("weights", type=click.Path(dir_okay=False, path_type=Path))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Tool, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.version_option(package_name="darknet-sparse")
 @click.pass_context

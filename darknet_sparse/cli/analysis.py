@@ -12,7 +12,7 @@ from .. import plan as plan_
 from .. import recalibrate as recalibrate_
 from .. import sensitivity as sensitivity_
 from ..weightsfile import check_output
-from . import cfg_option, cli, domain_errors, json_option
+from . import cfg_option, cli, json_option
 
 weights_option = click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False, path_type=Path),
                               help="The model's .weights; only read.")
@@ -53,7 +53,6 @@ def _sample(source: Path, max_images: int | None) -> list[Path]:
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw the curves into this image (needs matplotlib: the plot extra).")
 @json_option
-@domain_errors
 def sensitivity(weights: Path, cfg: Path | None, data: Path | None, image_source: Path | None,
                 levels: list[float], layers: str | None, resize: str, max_images: int | None,
                 csv_path: Path | None, plot: Path | None, as_json: bool) -> None:
@@ -97,7 +96,6 @@ def sensitivity(weights: Path, cfg: Path | None, data: Path | None, image_source
 @click.option("--metric", type=click.Choice(("top1", "kl", "rel_l2")),
               help="What to lose least of (default: top1, else kl, else rel_l2, as measured).")
 @json_option
-@domain_errors
 def plan(sensitivity_csv: Path, target_sparsity: float | None, target_flops: float | None, output: Path,
          metric: str | None, as_json: bool) -> None:
     """Choose each layer's level from a sensitivity CSV so the total reaches
@@ -123,7 +121,6 @@ def plan(sensitivity_csv: Path, target_sparsity: float | None, target_flops: flo
 @resize_option
 @max_images_option
 @json_option
-@domain_errors
 def recalibrate(weights: Path, cfg: Path | None, image_source: Path, output: Path, batch: int | None,
                 resize: str, max_images: int | None, as_json: bool) -> None:
     """Re-estimate batch-norm rolling mean and variance on calibration

@@ -8,8 +8,8 @@ import click
 from .. import load
 from .. import prune as prune_
 from .. import reports
-from ..policies import MODES, read_spec
-from . import cfg_option, cli, domain_errors, fork_option, json_option, weights_argument
+from ..policies import POLICIES, Policy, read_spec
+from . import cfg_option, cli, fork_option, json_option, weights_argument
 
 
 @cli.command()
@@ -17,7 +17,6 @@ from . import cfg_option, cli, domain_errors, fork_option, json_option, weights_
 @cfg_option
 @fork_option
 @json_option
-@domain_errors
 def info(weights: Path, cfg: Path | None, fork: str, as_json: bool) -> None:
     """One row per layer: shapes, parameters, sparsity, dense and effective FLOPs."""
     report = reports.info(load(cfg, weights, fork))
@@ -28,8 +27,8 @@ def info(weights: Path, cfg: Path | None, fork: str, as_json: bool) -> None:
 @weights_argument
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Output file (default: MODEL.sparse.weights).")
-@click.option("--mode", type=click.Choice(MODES), default="absolute", show_default=True,
-              help="How each layer's threshold is chosen.")
+@click.option("--mode", type=click.Choice(tuple(POLICIES)),
+              help="How each layer's threshold is chosen (default: absolute with -t, magnitude with -s).")
 @click.option("--threshold", "-t", type=float,
               help="absolute: |w| below this becomes 0; sensitivity: the multiple s of each layer's std.")
 @click.option("--sparsity", "-s", type=float, help="magnitude/global: target sparsity in [0, 1); triangle: --end.")
@@ -49,7 +48,6 @@ def info(weights: Path, cfg: Path | None, fork: str, as_json: bool) -> None:
 @cfg_option
 @fork_option
 @json_option
-@domain_errors
 def threshold(weights: Path, output: Path | None, mode: str, threshold: float | None, sparsity: float | None,
               start: float | None, end: float | None, spec: Path | None, exclude: str | None,
               include_shortcut: bool, in_place: bool, backup: bool, dry_run: bool, strict: bool,
@@ -62,13 +60,47 @@ def threshold(weights: Path, output: Path | None, mode: str, threshold: float | 
         raise click.UsageError("--backup only goes with --in-place")
     if in_place and output is not None and output.resolve() != weights.resolve():
         raise click.UsageError("--in-place writes over WEIGHTS; do not also give -o")
+    policy = mode_policy(mode, threshold, sparsity, start, end, spec is not None)
     wf = load(cfg, weights, fork)
     target = weights if in_place else output or prune_.default_output(weights)
-    result = prune_.threshold(wf, target, mode, threshold=threshold, sparsity=sparsity, start=start, end=end,
-                              spec=read_spec(spec) if spec else None, exclude=exclude,
+    result = prune_.threshold(wf, target, policy, spec=read_spec(spec) if spec else None, exclude=exclude,
                               include_optional=include_shortcut, in_place=in_place, backup=backup,
                               dry_run=dry_run, strict=strict)
     click.echo(reports.to_json(result) if as_json else reports.prune_table(result))
+
+
+def mode_policy(mode: str | None, threshold: float | None, sparsity: float | None, start: float | None,
+                end: float | None, spec: bool = False) -> Policy | None:
+    """The policy ``--mode`` and its level options name (None: a spec alone).
+
+    Without ``--mode``, ``-t`` means absolute and ``-s`` magnitude; a spec
+    with no level option prunes only the layers it names.
+    """
+    if spec and all(value is None for value in (threshold, sparsity, start, end)):
+        return None
+    if mode is None:
+        if threshold is not None and sparsity is not None:
+            raise click.UsageError("give --threshold/-t (absolute) or --sparsity/-s (magnitude), not both; "
+                                   "or name the policy with --mode")
+        if threshold is None and sparsity is None:
+            raise click.UsageError("give --threshold/-t (absolute), --sparsity/-s (magnitude), --mode, "
+                                   "or --spec")
+        mode = "absolute" if threshold is not None else "magnitude"
+
+    def need(value: float | None, name: str) -> float:
+        if value is None:
+            raise click.UsageError(f"mode {mode} needs {name}")
+        return value
+
+    kind = POLICIES[mode]
+    if mode == "triangle":
+        return kind(0.0 if start is None else start, need(end if end is not None else sparsity,
+                                                          "--end (or --sparsity)"))
+    if mode == "absolute":
+        return kind(need(threshold, "--threshold"))
+    if mode == "sensitivity":
+        return kind(need(threshold, "--threshold (in units of std)"))
+    return kind(need(sparsity, "--sparsity"))
 
 
 @cli.command()
@@ -79,7 +111,6 @@ def threshold(weights: Path, output: Path | None, mode: str, threshold: float | 
 @click.option("--all-arrays", is_flag=True, help="Also compare biases and batch-norm arrays.")
 @click.option("--fail-on-revived", is_flag=True, help="Exit 1 if any weight that is 0 in A is non-zero in B.")
 @json_option
-@domain_errors
 def diff(a: Path, b: Path, cfg: Path | None, fork: str, all_arrays: bool, fail_on_revived: bool,
          as_json: bool) -> None:
     """Per layer: weights changed, zeros added, zeros revived, max change from A to B."""

@@ -1,5 +1,5 @@
-"""Commands that drive Darknet: the prune/retrain loop, sensitivity
-analysis, per-layer plans, batch-norm recalibration, and the build."""
+"""Commands that run the patched Darknet binary: the prune/retrain ``loop``,
+and ``build`` (the patched Darknet and the binding)."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
-from .. import find_cfg, schedule
+from .. import find_cfg, reports, schedule
 from .. import loop as loop_
-from ..policies import MODES, read_spec
-from . import ToolError, cfg_option, cli, domain_errors, fork_option
+from .. import runner
+from ..policies import POLICIES, read_spec
+from . import cfg_option, cli, fork_option
 
 
 def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
@@ -36,7 +37,7 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
               help="Explicit step targets instead of a schedule, e.g. 0.5,0.7,0.9.")
 @click.option("--schedule", "schedule_name", type=click.Choice(schedule.SCHEDULES), default="agp",
               show_default=True, help="agp: Zhu & Gupta's cubic ramp (big steps first); linear: equal steps.")
-@click.option("--mode", type=click.Choice(MODES), default="magnitude", show_default=True,
+@click.option("--mode", type=click.Choice(tuple(POLICIES)), default="magnitude", show_default=True,
               help="How each step's thresholds are chosen; the mode's level is searched so the total "
                    "sparsity reaches the step's target (magnitude and global take it as it is).")
 @click.option("--spec", type=click.Path(dir_okay=False, path_type=Path),
@@ -47,30 +48,29 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
               help="Override the cfg's learning_rate while retraining.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for every step's weights, log.jsonl and final.weights.")
-@click.option("--task", type=click.Choice(tuple(loop_.TASKS)), default="classifier", show_default=True,
+@click.option("--task", type=click.Choice(tuple(runner.TASKS)), default="classifier", show_default=True,
               help="Which `darknet <task> train` retrains.")
 @click.option("--eval-cmd",
               help="Shell command printing the score as its last line; {weights}, {cfg}, {data}, {step} "
                    "are replaced (also $DARKNET_SPARSE_WEIGHTS etc.).  Default for classifiers: "
                    "top-1 of `darknet classifier valid`.")
-@click.option("--min-top1", "--min-score", "min_score", type=float,
-              help="Stop when a step's top-1 (or score) falls below this; exit status 2.")
+@click.option("--min-score", "--min-top1", "min_score", type=float,
+              help="Stop when a step's score (top-1 for classifiers) falls below this; exit status 1.")
 @click.option("--resume", is_flag=True, help="Carry on after the last complete step in OUT/log.jsonl.")
-@click.option("--darknet", type=click.Path(dir_okay=False, path_type=Path), default=loop_.DEFAULT_DARKNET,
-              show_default="build/darknet/darknet", help="The patched Darknet binary.")
+@click.option("--darknet", type=click.Path(dir_okay=False, path_type=Path),
+              help="The patched Darknet binary (default: the one `darknet-sparse build` made).")
 @cfg_option
 @fork_option
-@domain_errors
 def loop(weights: Path, data: Path, final_sparsity: float | None, steps: int, sparsities: list[float] | None,
          schedule_name: str, mode: str, spec: Path | None, iterations: int, learning_rate: float | None,
-         out: Path, task: str, eval_cmd: str | None, min_score: float | None, resume: bool, darknet: Path,
-         cfg: Path | None, fork: str) -> None:
+         out: Path, task: str, eval_cmd: str | None, min_score: float | None, resume: bool,
+         darknet: Path | None, cfg: Path | None, fork: str) -> None:
     """Prune and retrain in steps: threshold to each step's target, retrain
     with zero weights frozen (patched Darknet, prune=1), evaluate, log.
 
     One JSON line per step goes to OUT/log.jsonl; OUT/final.weights is the
-    last step that met --min-top1.  The given cfg, data and weights are
-    never written.
+    last step that met --min-score.  The given cfg, data and weights are
+    never written.  A step below --min-score stops the loop with exit status 1.
     """
     if sparsities is not None:
         targets = schedule.explicit(sparsities)
@@ -82,7 +82,7 @@ def loop(weights: Path, data: Path, final_sparsity: float | None, steps: int, sp
         targets = schedule.targets(final_sparsity, steps, schedule_name)
     settings = loop_.LoopSettings(
         cfg=cfg or find_cfg(weights), weights=weights, data=data, out=out, targets=tuple(targets),
-        iterations=iterations, mode=mode, spec=read_spec(spec) if spec else None, task=task,
+        iterations=iterations, policy=POLICIES[mode], spec=read_spec(spec) if spec else None, task=task,
         eval_cmd=eval_cmd, min_score=min_score, darknet=darknet, learning_rate=learning_rate, fork=fork)
     with click.progressbar(length=len(targets), label="prune/retrain steps",
                            file=sys.stderr) as bar:
@@ -91,37 +91,48 @@ def loop(weights: Path, data: Path, final_sparsity: float | None, steps: int, sp
     if any(r.zeros_revived for r in result.steps):
         click.echo("warning: retraining revived pruned weights: is --darknet the patched build?", err=True)
     if result.stopped:
-        raise ToolError(result.stopped)
+        click.echo(f"stopped: {result.stopped}", err=True)
+        raise SystemExit(1)
 
 
 def _summary(result: loop_.LoopResult) -> str:
     metric = result.steps[0].metric if result.steps else "top1"
-    lines = [f"{'step':>4}  {'target':>7}  {'sparsity':>8}  {metric:>6}  {'revived':>7}  {'seconds':>8}  weights"]
-    for r in result.steps:
-        resumed = "  (resumed)" if r.step <= result.resumed else ""
-        lines.append(f"{r.step:>4}  {r.target_sparsity:>7.4f}  {r.sparsity:>8.4f}  {r.value:>6.4f}  "
-                     f"{r.zeros_revived:>7}  {r.seconds:>8.1f}  {r.weights}{resumed}")
-    lines.append(f"final: {result.final}" if result.final else "final: none")
-    return "\n".join(lines)
+    headers = ["step", "target", "sparsity", metric, "revived", "seconds", "weights"]
+    rows = [[r.step, f"{r.target_sparsity:.4f}", f"{r.sparsity:.4f}", f"{r.value:.4f}", r.zeros_revived,
+             f"{r.seconds:.1f}", r.weights + ("  (resumed)" if r.step <= result.resumed else "")]
+            for r in result.steps]
+    final = f"final: {result.final}" if result.final else "final: none"
+    return "\n".join([reports.render_table(headers, rows, ">>>>>><"), final])
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def build(as_json: bool) -> None:
-    """Where the patched Darknet is and which new cfg options it understands.
+@click.option("--status", "status_only", is_flag=True, help="Only say where each part is; build nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print where each part is as JSON instead of text.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Parallel compiles (default 2).")
+def build(status_only: bool, as_json: bool, jobs: int | None) -> None:
+    """Build the patched Darknet and the Python binding into the per-user
+    folder, then say where each part is.
 
-    Build it (and the Python binding) with `make darknet binding`; pass
-    GPU=1 ARCH=... or DARKNET_SRC=/path/to/checkout to make as needed.
+    The folder is $DARKNET_SPARSE_HOME, else $XDG_DATA_HOME/darknet-sparse,
+    else ~/.local/share/darknet-sparse.  Upstream is Debian's source package
+    (sha256-checked), or DARKNET_SRC=/path/to/checkout; GPU=1 ARCH=...,
+    OPENMP=1 pass through to upstream's Makefile.  Run again, it redoes only
+    what changed.  In a checkout, `make darknet binding` builds into build/,
+    which commands use first.
     """
+    from .. import home
     from ..darknet import build_info
+    if not status_only:
+        home.build(lambda line: click.echo(line, err=True), jobs)
     info = build_info()
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    state = "built" if info["exists"] else "not built: run `make darknet binding`"
-    click.echo(f"patched darknet: {info['binary']} ({state})")
+    hint = f"not built: run `{home.BUILD_COMMAND}`"
+    click.echo(f"patched darknet: {info['binary']} ({'built' if info['exists'] else hint})")
     if info["exists"]:
         click.echo("new options: " + ", ".join(f"{name}=" for name in info["options"])
                    + "  ([net] prune=1 freezes zero weights; prune_threshold=T zeroes |w| < T on save,"
                    " also per [convolutional]/[deconvolutional]/[connected] section)")
-    click.echo(f"python binding: {'built' if info['binding'] else 'not built: run `make binding`'}")
+    click.echo(f"python binding: {info['binding_path'] if info['binding'] else hint}")
+    click.echo(f"per-user folder: {info['home']}")

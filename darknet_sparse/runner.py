@@ -1,0 +1,144 @@
+"""Running the Darknet binary as a subprocess: training, evaluating, and
+the private cfg and data files training needs.
+
+Darknet reads a cfg or ``.data`` line with every blank removed
+(:func:`darknet_text.strip`) and builds backup file names in ``char[256]``,
+so a folder it writes into must have no whitespace and a short path
+(:func:`check_folder`).  Darknet runs in the caller's working folder, so
+relative paths in a data file mean what they mean to the user.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+from pathlib import Path
+
+from . import darknet_text
+from .errors import DarknetRunError, OutputError, PolicyError
+
+#: Darknet subcommand and the name ``train`` gives its last weights (``base``
+#: is the cfg's file name up to its first dot: ``basecfg`` in utils.c).
+TASKS = {"classifier": "{base}.weights", "detector": "{base}_final.weights"}
+# Darknet builds backup file names in char[256]: leave room for the name.
+_MAX_FOLDER_CHARS = 200
+_TAIL_LINES = 15
+
+
+def darknet_binary() -> Path:
+    """The patched Darknet binary to run when the caller names none
+    (:func:`darknet_sparse.home.find_darknet`)."""
+    from . import home
+    return home.find_darknet()
+
+
+def check_binary(path: Path) -> None:
+    """``path`` is an executable file, else a :class:`DarknetRunError`."""
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise DarknetRunError(f"{path}: no Darknet binary there; build the patched one "
+                              "with `darknet-sparse build` or pass its path (--darknet)")
+
+
+def check_folder(folder: Path) -> None:
+    """A folder Darknet can write its backups into (no whitespace, a short path)."""
+    if re.search(r"\s", str(folder)) or len(str(folder)) > _MAX_FOLDER_CHARS:
+        raise OutputError(f"{folder}: Darknet needs an output folder without whitespace and at most "
+                          f"{_MAX_FOLDER_CHARS} characters long")
+
+
+def retrain_cfg(text: str, iterations: int, learning_rate: float | None = None) -> str:
+    """The cfg text with ``max_batches``, ``prune=1`` (and ``learning_rate``)
+    set at the top of its ``[net]`` section, earlier values of them removed."""
+    lines = text.splitlines()
+    keys = {"max_batches", "prune"} | ({"learning_rate"} if learning_rate is not None else set())
+    start = next((i for i, line in enumerate(lines) if _key(line).startswith("[")), None)
+    if start is None or _key(lines[start]) not in ("[net]", "[network]"):
+        raise PolicyError("the cfg's first section must be [net] or [network]")
+    end = next((i for i in range(start + 1, len(lines)) if _key(lines[i]).startswith("[")), len(lines))
+    net = [line for line in lines[start + 1:end] if _key(line).split("=", 1)[0] not in keys]
+    added = [f"max_batches={iterations}", "prune=1"]
+    added += [f"learning_rate={learning_rate:g}"] if learning_rate is not None else []
+    return "\n".join(lines[:start + 1] + ["# set by darknet-sparse loop"] + added + net + lines[end:]) + "\n"
+
+
+def private_data(text: str, backup: Path) -> str:
+    """The data file's text with ``backup=`` pointing at ``backup``."""
+    kept = [line for line in text.splitlines() if _key(line).split("=", 1)[0] != "backup"]
+    return "\n".join(kept + [f"backup={backup}"]) + "\n"
+
+
+def _key(line: str) -> str:
+    """A cfg or data line as Darknet reads it: every blank removed."""
+    return darknet_text.strip(line)
+
+
+def train(darknet: Path, task: str, data: Path, cfg: Path, weights: Path, backup: Path, log: Path,
+          into: Path) -> None:
+    """Run ``darknet <task> train DATA CFG WEIGHTS -clear`` (output to
+    ``log``) and move the weights it saves last into ``into``.
+
+    ``backup`` is the data file's ``backup=`` folder; it is emptied before
+    and after.  ``-clear`` starts ``seen`` at 0: otherwise ``train`` would
+    carry on from the ``seen`` stored in the weights and stop at once.
+    """
+    for stale in backup.iterdir():
+        stale.unlink()
+    command = [str(darknet), task, "train", str(data), str(cfg), str(weights), "-clear"]
+    with open(log, "wb") as fp:
+        try:
+            status = subprocess.run(command, stdout=fp, stderr=subprocess.STDOUT, check=False).returncode
+        except OSError as exc:
+            raise DarknetRunError(f"cannot run {darknet}: {exc.strerror}") from None
+    produced = backup / TASKS[task].format(base=cfg.name.split(".")[0])
+    if status != 0 or not produced.is_file():
+        reason = _status(status) if status != 0 else f"it wrote no {produced.name}"
+        raise DarknetRunError(f"{' '.join(command)}: {reason}; last output ({log}):\n{_tail(log)}")
+    os.replace(produced, into)
+    for snapshot in backup.iterdir():
+        snapshot.unlink()
+
+
+def evaluate(darknet: Path, eval_cmd: str | None, cfg: Path, data: Path, weights: Path, step: int) -> float:
+    """The score of ``weights``: the last output line of ``eval_cmd``, or,
+    without one, the top-1 of ``darknet classifier valid``.
+
+    The command runs through ``sh`` with ``{weights}``, ``{cfg}``, ``{data}``
+    and ``{step}`` replaced by the shell-quoted values, which are also in the
+    environment as ``DARKNET_SPARSE_WEIGHTS``, ``_CFG``, ``_DATA``, ``_STEP``.
+    """
+    if not eval_cmd:
+        from .examples import classifier_top1
+        return classifier_top1(darknet, data, cfg, weights)
+    values = {"weights": weights, "cfg": cfg, "data": data, "step": step}
+    command = eval_cmd
+    for name, value in values.items():
+        command = command.replace("{" + name + "}", shlex.quote(str(value)))
+    env = dict(os.environ, **{f"DARKNET_SPARSE_{k.upper()}": str(v) for k, v in values.items()})
+    run = subprocess.run(command, shell=True, capture_output=True, text=True, errors="replace", env=env,
+                         check=False)
+    output = (run.stdout + run.stderr).splitlines()
+    if run.returncode != 0:
+        raise DarknetRunError(f"evaluation command {command!r}: {_status(run.returncode)}; last output:\n"
+                              + "\n".join(output[-_TAIL_LINES:]))
+    lines = [line.strip() for line in run.stdout.splitlines() if line.strip()]
+    try:
+        score = float(lines[-1])
+    except (IndexError, ValueError):
+        score = math.nan
+    if not math.isfinite(score):
+        raise DarknetRunError(f"evaluation command {command!r}: its last output line is not a number: "
+                              f"{lines[-1] if lines else '(no output)'!r}")
+    return score
+
+
+def _status(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+def _tail(log: Path) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-_TAIL_LINES:])
