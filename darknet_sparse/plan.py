@@ -36,8 +36,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OutputError, PolicyError
+import yaml
+
+from .errors import PolicyError
+from .reports import render_table
 from .sensitivity import HIGHER_IS_BETTER, Row, Sensitivity
+from .weightsfile import atomic_path
 
 TARGETS = ("sparsity", "flops")
 #: The metric a plan minimises when none is named, first present wins.
@@ -254,46 +258,44 @@ def _solve(total: Callable[[float], float], target: float, reach: float) -> floa
 def to_spec(plan: Plan) -> dict:
     """The spec ``threshold --spec`` and ``loop --spec`` read: every swept
     layer at its level, every other layer skipped."""
-    return {"default": "skip", "layers": {str(layer): level for layer, level in plan.levels.items()}}
+    return {"default": "skip", "layers": {str(layer): float(level) for layer, level in plan.levels.items()}}
 
 
 def spec_text(plan: Plan, source: str, toml: bool = False) -> str:
-    """The spec as YAML (or TOML), with the plan's totals as comments."""
+    """:func:`to_spec` as YAML (``yaml.safe_dump``) or TOML, with the
+    plan's totals as comments."""
     totals = plan.totals
+    spec = to_spec(plan)
     lines = [f"# darknet-sparse plan from {source}: {plan.target} target {plan.value:g}",
              f"# total sparsity {totals.sparsity:.4f}, FLOPs removed {totals.flops_removed:.4f}, "
              f"predicted {plan.metric} loss {totals.loss:.4f}"]
-    if toml:
-        lines += ['default = "skip"', "", "[layers]"]
-        lines += [f'"{layer}" = {float(level)!r}' for layer, level in plan.levels.items()]
-    else:
-        lines += ["default: skip", "layers:"]
-        lines += [f"  '{layer}': {float(level)!r}" for layer, level in plan.levels.items()]
+    if not toml:
+        return "\n".join(lines) + "\n" + yaml.safe_dump(spec, sort_keys=False)
+    # No TOML writer in the standard library; the spec's shape is fixed and
+    # its keys are layer indices, so this writes it.
+    lines += [f'default = "{spec["default"]}"', "", "[layers]"]
+    lines += [f'"{layer}" = {level!r}' for layer, level in spec["layers"].items()]
     return "\n".join(lines) + "\n"
 
 
 def write_spec(plan: Plan, path: str | Path, source: str) -> None:
-    path = Path(path)
-    try:
-        path.write_text(spec_text(plan, source, toml=path.suffix == ".toml"), encoding="utf-8")
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror}") from None
+    """The spec, TOML for a ``.toml`` name, else YAML, written atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(spec_text(plan, source, toml=Path(path).suffix == ".toml"), encoding="utf-8")
 
 
 def table(plan: Plan) -> str:
     """The chosen levels, then the plan against the modes."""
-    lines = [f"plan for {plan.target} {plan.value:g}, least predicted {plan.metric} loss "
-             f"(unpruned {plan.metric}: {plan.baseline:.4f})",
-             f"{'layer':>5}  {'type':<14}{'weights':>9}  {'level':>6}  {'sparsity':>8}  {'FLOPs rm':>8}  "
-             f"{'loss':>8}"]
+    chosen = []
     for curve, point in plan.choices:
         removed = 1 - point.effective_flops / curve.flops if curve.flops else 0.0
-        lines.append(f"{curve.layer:>5}  {curve.type:<14}{curve.weights:>9}  {point.level:>6.3g}  "
-                     f"{1 - point.nonzero / curve.weights:>8.4f}  {removed:>8.4f}  {point.loss:>8.4f}")
-    lines += ["", "at the plan's total sparsity (losses interpolated between measured levels):",
-              f"{'':<10}{'setting':<28}{'sparsity':>8}  {'FLOPs rm':>8}  {'loss':>8}"]
-    for e in plan.compared:
-        numbers = (f"{e.sparsity:>8.4f}  {e.flops_removed:>8.4f}  {e.loss:>8.4f}" if e.sparsity is not None
-                   else f"{'-':>8}  {'-':>8}  {'-':>8}")
-        lines.append(f"{e.name:<10}{e.setting:<28}{numbers}")
-    return "\n".join(lines)
+        chosen.append([curve.layer, curve.type, curve.weights, f"{point.level:.3g}",
+                       f"{1 - point.nonzero / curve.weights:.4f}", f"{removed:.4f}", f"{point.loss:.4f}"])
+    compared = [[e.name, e.setting] + ([f"{e.sparsity:.4f}", f"{e.flops_removed:.4f}", f"{e.loss:.4f}"]
+                                       if e.sparsity is not None else ["-", "-", "-"]) for e in plan.compared]
+    return "\n".join([
+        f"plan for {plan.target} {plan.value:g}, least predicted {plan.metric} loss "
+        f"(unpruned {plan.metric}: {plan.baseline:.4f})",
+        render_table(["layer", "type", "weights", "level", "sparsity", "FLOPs rm", "loss"], chosen, align="><"),
+        "", "at the plan's total sparsity (losses interpolated between measured levels):",
+        render_table(["", "setting", "sparsity", "FLOPs rm", "loss"], compared, align="<<")])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .errors import OutputError
 from .sensitivity import Sensitivity
+from .weightsfile import atomic_path
 
 
 def _pyplot():
@@ -38,7 +39,8 @@ def sensitivity(result: Sensitivity, path: str | Path, metric: str | None = None
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
         figure.tight_layout()
-        figure.savefig(path, dpi=100)
+        with atomic_path(path) as tmp:  # the type from the name, not the temporary file's
+            figure.savefig(tmp, dpi=100, format=Path(path).suffix[1:].lower() or "png")
     except OSError as exc:
         raise OutputError(f"{path}: cannot write: {exc.strerror}") from None
     except ValueError as exc:  # matplotlib's word for an unknown file type

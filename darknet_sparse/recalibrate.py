@@ -42,6 +42,7 @@ import numpy as np
 from . import darknet_text, load
 from .errors import CfgError, PolicyError
 from .layout import Layer, Model
+from .reports import render_table
 from .sensitivity import check_host
 
 if TYPE_CHECKING:
@@ -200,11 +201,10 @@ def _change(layer: Layer, old_mean: np.ndarray, old_variance: np.ndarray, mean: 
 
 def table(result: Recalibration) -> str:
     """One line per recalibrated layer: how far its statistics moved."""
-    lines = [f"recalibrated {len(result.layers)} layers on {result.images} images "
-             f"({result.passes} passes of {result.batch})",
-             f"{'layer':>5}  {'type':<16}{'channels':>8}  {'mean shift':>10}  {'std ratio':>9}"]
-    lines += [f"{c.layer:>5}  {c.type:<16}{c.channels:>8}  {c.mean_shift:>10.4f}  {c.std_ratio:>9.4f}"
-              for c in result.layers]
+    passes = f"{result.passes} pass{'es' if result.passes != 1 else ''}"
+    rows = [[c.layer, c.type, c.channels, f"{c.mean_shift:.4f}", f"{c.std_ratio:.4f}"] for c in result.layers]
+    lines = [f"recalibrated {len(result.layers)} layers on {result.images} images ({passes} of {result.batch})",
+             render_table(["layer", "type", "channels", "mean shift", "std ratio"], rows, align="><")]
     if result.skipped:
         lines.append(f"left as they were (batch norm inside recurrent layers): {result.skipped}")
     return "\n".join(lines)

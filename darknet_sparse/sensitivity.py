@@ -45,9 +45,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import images
-from .errors import BindingError, OutputError, PolicyError
+from .errors import BindingError, PolicyError
 from .layout import Layer, Model
 from .policies import check_sparsity, parse_exclude, prunable_layers, selector_matches
+from .reports import render_table
+from .weightsfile import atomic_path
 
 if TYPE_CHECKING:
     from .darknet import Network
@@ -240,14 +242,14 @@ def table(result: Sensitivity, metric: str | None = None) -> str:
     metric = metric or result.metrics[0]
     levels = result.levels
     cells = {(row.layer, row.level): row for row in result.rows}
-    header = f"{'layer':>5}  {'type':<14}{'weights':>9}  " + "".join(f"{level:>8.3g}" for level in levels)
-    lines = [f"{metric} with one layer pruned to each level (dense: {result.baseline[metric]:.4f})", header]
+    rows = []
     for index in result.layers:
-        first = cells[(index, levels[0])]
-        values = "".join(f"{cells[(index, level)].metrics[metric]:>8.4f}" if (index, level) in cells
-                         else f"{'':>8}" for level in levels)
-        lines.append(f"{index:>5}  {first.type:<14}{first.weights:>9}  {values}")
-    return "\n".join(lines)
+        first = next(row for row in result.rows if row.layer == index)
+        rows.append([index, first.type, first.weights] + [
+            f"{cells[(index, level)].metrics[metric]:.4f}" if (index, level) in cells else None for level in levels])
+    headers = ["layer", "type", "weights"] + [f"{level:.3g}" for level in levels]
+    return "\n".join([f"{metric} with one layer pruned to each level (dense: {result.baseline[metric]:.4f})",
+                      render_table(headers, rows, align="><")])
 
 
 def to_csv(result: Sensitivity) -> str:
@@ -262,10 +264,9 @@ def to_csv(result: Sensitivity) -> str:
 
 
 def write_csv(result: Sensitivity, path: str | Path) -> None:
-    try:
-        Path(path).write_text(to_csv(result), encoding="utf-8")
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror}") from None
+    """The CSV, atomically (a temporary file renamed over ``path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(to_csv(result), encoding="utf-8")
 
 
 def read_csv(path: str | Path) -> Sensitivity:

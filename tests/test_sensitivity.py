@@ -283,3 +283,42 @@ def test_cli_sensitivity_and_plan_on_a_detector(tmp_path, two_heads):
     planned = runner.invoke(cli, ["plan", str(csv_path), "--target-sparsity", "0.3", "-o", str(spec)])
     assert planned.exit_code == 0, planned.output
     assert "least predicted rel_l2 loss" in planned.output and spec.is_file()
+
+
+def _full_disk(real):
+    """``real`` that writes the first half, then fails as a full disk does."""
+    def write(self, data, *args, **kwargs):
+        real(self, data[:len(data) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+    return write
+
+
+def test_csv_and_plot_replace_the_old_file_only_when_complete(tmp_path, monkeypatch, two_heads):
+    """A write that fails half-way (a full disk) leaves the old file whole
+    and no temporary file behind."""
+    import matplotlib.figure
+
+    from darknet_sparse import plots
+    from darknet_sparse.errors import OutputError
+    cfg, weights, x = two_heads
+    model = load_model(cfg, "pjreddie", weights)
+    net = Network(cfg, weights)
+    result = sensitivity.sweep(net, model, [0.5], sensitivity.deviation(net, x, [7, 14]),
+                               sensitivity.select_layers(model, "6"))
+    csv_path, plot = tmp_path / "sens.csv", tmp_path / "sens.png"
+    csv_path.write_text("old")
+    plot.write_bytes(b"old")
+    monkeypatch.setattr(Path, "write_text", _full_disk(Path.write_text))
+    with pytest.raises(OutputError, match="sens.csv: cannot write: No space left"):
+        sensitivity.write_csv(result, csv_path)
+    savefig = matplotlib.figure.Figure.savefig
+
+    def half_a_figure(self, target, **options):
+        savefig(self, target, **options)
+        Path(target).write_bytes(Path(target).read_bytes()[:100])
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_a_figure)
+    with pytest.raises(OutputError, match="sens.png: cannot write: No space left"):
+        plots.sensitivity(result, plot)
+    assert csv_path.read_text() == "old" and plot.read_bytes() == b"old"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["sens.csv", "sens.png"]
