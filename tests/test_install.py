@@ -4,10 +4,10 @@ editable) into a fresh venv and run from another folder.
 The venv borrows the test environment's site-packages (numpy, click, cffi,
 Pillow, setuptools, wheel) through a ``.pth`` file, so installing needs no
 network; ``--ignore-installed`` keeps pip from touching the editable install
-it can see there.  Darknet itself is not refetched: the per-user folder is
-seeded with a copy of the checkout's built tree and fetched tarball, and the
-installed ``darknet-sparse build`` then brings it up to date and compiles the
-binding there.
+it can see there.  The installed ``darknet-sparse build`` then builds Darknet
+and the binding from scratch into an empty per-user folder, from the Debian
+tarball the checkout's own build fetched (no second download), and a command
+runs through that binding.
 """
 from __future__ import annotations
 
@@ -34,11 +34,12 @@ class Installed:
     venv: Path
     work: Path  # a folder that is not the repository, to run from
 
-    def run(self, *args: str | Path, home: Path, check: bool = True) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if k not in OVERRIDES and k != "PYTHONPATH"}
-        env["DARKNET_SPARSE_HOME"] = str(home)
+    def run(self, *args: str | Path, home: Path, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        clean = {k: v for k, v in os.environ.items() if k not in OVERRIDES and k != "PYTHONPATH"}
+        clean.update(env or {}, DARKNET_SPARSE_HOME=str(home))
         done = subprocess.run([str(self.venv / "bin" / "darknet-sparse"), *map(str, args)], cwd=self.work,
-                              env=env, capture_output=True, text=True)
+                              env=clean, capture_output=True, text=True)
         if check:
             assert done.returncode == 0, done.stdout + done.stderr
         return done
@@ -100,29 +101,39 @@ def test_without_a_build_commands_name_the_build_command(installed: Installed, t
                                                  "`darknet-sparse build`\n")
 
 
-def _seed_home(home: Path) -> None:
-    """The per-user folder as a first build would leave it, from the
-    checkout's build (times kept, so upstream's make has nothing to redo)."""
-    home.mkdir()
-    subprocess.run(["cp", "-a", str(REPO / "build" / "darknet"), str(home / "darknet")], check=True)
-    (home / "apt").mkdir()
-    for tarball in (REPO / "build" / "apt").glob("*.orig.tar.xz"):
-        shutil.copy2(tarball, home / "apt")
+def _source(home: Path) -> dict[str, str]:
+    """Upstream for a build into ``home`` without the network: the Debian
+    tarball the checkout's build fetched (sha256-checked again), else the
+    stock tree as DARKNET_SRC."""
+    tarballs = sorted((REPO / "build" / "apt").glob("*.orig.tar.xz"))
+    if not tarballs:
+        return {"DARKNET_SRC": str(REPO / "build" / "darknet-stock")}
+    (home / "apt").mkdir(parents=True)
+    shutil.copy2(tarballs[0], home / "apt")
+    return {}
 
 
 def test_build_then_recalibrate_through_the_binding_it_made(installed: Installed, tmp_path: Path) -> None:
+    """A full build from the installed package into an empty per-user folder;
+    a second run redoes nothing; a command then uses what it built."""
     home = tmp_path / "home"
-    _seed_home(home)
-    built = installed.run("build", home=home)
+    source = _source(home)
+    built = installed.run("build", home=home, env=source)
     stages = [line.split(":")[0] for line in built.stderr.splitlines()]
     assert stages == ["fetch", "unpack+patch", "compile", "binding"], built.stderr
-    assert "binding: compiling" in built.stderr
+    assert ("cached, sha256 checked" if not source else "copying DARKNET_SRC") in built.stderr
+    assert "patches applied" in built.stderr and "binding: compiling" in built.stderr
     (binding,) = (home / "binding").glob("_darknet*.so")
+    binary = home / "darknet" / "darknet"
     assert f"python binding: {binding}" in built.stdout
-    assert f"patched darknet: {home}/darknet/darknet (built)" in built.stdout
+    assert f"patched darknet: {binary} (built)" in built.stdout
+    assert "new options: prune=, prune_threshold=" in built.stdout
 
-    again = installed.run("build", home=home)
+    stamps = binary.stat().st_mtime_ns, binding.stat().st_mtime_ns
+    again = installed.run("build", home=home, env=source)
     assert f"binding: {binding} is up to date" in again.stderr
+    assert "Nothing to be done" in (home / "build.log").read_text()
+    assert (binary.stat().st_mtime_ns, binding.stat().st_mtime_ns) == stamps
 
     images = installed.work / "images"
     images.mkdir()
@@ -134,3 +145,30 @@ def test_build_then_recalibrate_through_the_binding_it_made(installed: Installed
     assert (installed.work / "recal.weights").stat().st_size == WEIGHTS.stat().st_size
     assert (installed.work / "recal.weights").read_bytes() != WEIGHTS.read_bytes()
     assert done.stdout.strip().startswith(("{", "["))
+
+
+def test_the_per_user_folder_and_the_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from darknet_sparse import home
+    from darknet_sparse.errors import DarknetRunError
+
+    for name in OVERRIDES + ("XDG_DATA_HOME",):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert home.home() == tmp_path / ".local" / "share" / "darknet-sparse"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert home.home() == tmp_path / "data" / "darknet-sparse"
+    monkeypatch.setenv("DARKNET_SPARSE_HOME", str(tmp_path / "mine"))
+    assert home.home() == tmp_path / "mine"
+
+    assert home.find_darknet() == REPO / "build" / "darknet" / "darknet"  # the checkout's build comes first
+    monkeypatch.setattr(home, "CHECKOUT", None)
+    with pytest.raises(DarknetRunError, match=r"^the patched Darknet is not built: run `darknet-sparse build`"):
+        home.find_darknet()
+    binary = tmp_path / "mine" / "darknet" / "darknet"
+    binary.parent.mkdir(parents=True)
+    shutil.copy2(REPO / "build" / "darknet" / "darknet", binary)
+    assert home.find_darknet() == binary
+    assert home.find_darknet(REPO / "build" / "darknet-stock" / "darknet") == REPO / "build" / "darknet-stock" / "darknet"
+    monkeypatch.setenv("DARKNET_SPARSE_DARKNET", str(tmp_path / "nothing"))
+    with pytest.raises(DarknetRunError, match=r"nothing: no Darknet binary there \(DARKNET_SPARSE_DARKNET\)"):
+        home.find_darknet()
