@@ -33,11 +33,12 @@ from darknet_sparse import (images, load, load_model, loop, plan, prune, recalib
 from darknet_sparse.policies import POLICIES, Magnitude, Policy, Triangle
 from darknet_sparse.errors import PolicyError
 from darknet_sparse.examples import classifier_top1, write_digits
+from darknet_sparse.home import find_darknet
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = ROOT / "cfg" / "digits.cfg"
 WEIGHTS = ROOT / "cfg" / "digits.weights"
-DARKNET = ROOT / "build" / "darknet" / "darknet"
+DARKNET = find_darknet()  # the checkout's build/darknet, else `darknet-sparse build`'s
 REPORT = ROOT / "benchmarks" / "quality.md"
 COMMAND = "`make bench-quality` (`.venv/bin/python benchmarks/bench_quality.py`)"
 
