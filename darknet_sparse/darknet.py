@@ -274,7 +274,7 @@ class Network:
 
     def _sparse(self) -> tuple[Any, Any]:
         if not self._backend.patched:
-            raise BindingError("this binding was built against a stock Darknet: rebuild with `make darknet binding`")
+            raise BindingError(f"this binding was built against a stock Darknet: rebuild with `{home.BUILD_COMMAND}`")
         return self._backend.ffi, self._backend.lib
 
     def _check_layer(self, index: int) -> None:
