@@ -57,8 +57,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     (sdist,) = (root / "dist").glob("darknet-sparse-*.tar.gz")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  check=True, capture_output=True, text=True).stdout.strip())
+    where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c", where], check=True, capture_output=True,
+                                  text=True).stdout.strip())
     (purelib / "_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
                     "--no-deps", "--no-build-isolation", "--no-index", "--ignore-installed", str(sdist)],
@@ -76,7 +77,8 @@ def test_the_installed_package_is_the_wheel_not_the_checkout(installed: Installe
     assert sorted(p.name for p in (shipped / "patches").glob("*.patch")) == sorted(series)
     for name in ["series", "upstream.sha256", *series]:
         assert (shipped / "patches" / name).read_bytes() == (REPO / "patches" / name).read_bytes()
-    assert (shipped / "scripts" / "build_darknet.sh").read_bytes() == (REPO / "scripts" / "build_darknet.sh").read_bytes()
+    script = Path("scripts") / "build_darknet.sh"
+    assert (shipped / script).read_bytes() == (REPO / script).read_bytes()
     assert (where / "_darknet_shim.c").is_file() and (where / "_darknet_cdef.h").is_file()
     assert not list(where.glob("_darknet*.so")), "a compiled binding must never be in the package"
 
@@ -168,7 +170,21 @@ def test_the_per_user_folder_and_the_overrides(monkeypatch: pytest.MonkeyPatch, 
     binary.parent.mkdir(parents=True)
     shutil.copy2(REPO / "build" / "darknet" / "darknet", binary)
     assert home.find_darknet() == binary
-    assert home.find_darknet(REPO / "build" / "darknet-stock" / "darknet") == REPO / "build" / "darknet-stock" / "darknet"
+    stock = REPO / "build" / "darknet-stock" / "darknet"
+    assert home.find_darknet(stock) == stock  # --darknet
     monkeypatch.setenv("DARKNET_SPARSE_DARKNET", str(tmp_path / "nothing"))
     with pytest.raises(DarknetRunError, match=r"nothing: no Darknet binary there \(DARKNET_SPARSE_DARKNET\)"):
         home.find_darknet()
+
+
+def test_a_failing_stage_is_one_error_line_naming_the_log(tmp_path: Path) -> None:
+    (tmp_path / "not-darknet").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in OVERRIDES}
+    env.update(DARKNET_SPARSE_HOME=str(tmp_path / "home"), DARKNET_SRC=str(tmp_path / "not-darknet"))
+    done = subprocess.run([str(Path(sys.executable).parent / "darknet-sparse"), "build"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True)
+    log = tmp_path / "home" / "build.log"
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f"Error: building Darknet failed: build_darknet.sh: error: "
+                           f"DARKNET_SRC={tmp_path}/not-darknet is not a Darknet checkout "
+                           f"(no Makefile and src/parser.c) (full log: {log})\n")
