@@ -19,63 +19,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-
-import darknet_sparse as ds
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from helpers.forward_driver import Driver, compile_driver  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import darknet_sparse as ds  # noqa: E402
+from _common import OpenCV, best_of_rounds, compile_driver, driver_timer, flops, machine  # noqa: E402
 
 CFG = Path("/usr/share/darknet/cfg/yolov3-tiny.cfg")
 LEVELS = (0.0, 0.5, 0.8, 0.9, 0.95)
-
-
-def flops(cfg: Path, weights: Path) -> tuple[int, int]:
-    """Dense and effective FLOPs of one image (non-zero weights only)."""
-    wf = ds.load(cfg, weights)
-    dense = effective = 0
-    for layer in wf.model.layers:
-        arrays = wf.arrays(layer.index)
-        for param in layer.prunable():
-            dense += 2 * param.count * param.macs
-            effective += 2 * int(np.count_nonzero(arrays[param.name])) * param.macs
-    return dense, effective
-
-
-def best_of_rounds(drivers: list[Driver], cfg: Path, weights: Path, rounds: int, repeat: int) -> dict[str, float]:
-    """Each driver's best run, the drivers' order alternating per round."""
-    times: dict[str, list[float]] = {d.name: [] for d in drivers}
-    for r in range(rounds):
-        for driver in drivers if r % 2 == 0 else drivers[::-1]:
-            times[driver.name].append(driver.seconds(cfg, weights, repeat))
-    return {name: min(values) for name, values in times.items()}
-
-
-def opencv_seconds(cfg: Path, weights: Path, rounds: int, repeat: int) -> tuple[str, float]:
-    import cv2
-    cv2.setNumThreads(1)
-    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
-    names = net.getUnconnectedOutLayersNames()
-    blob = np.random.default_rng(0).random((1, 3, 416, 416), dtype=np.float32)
-    net.setInput(blob)
-    net.forward(names)
-    runs = []
-    for _ in range(rounds):
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            net.setInput(blob)
-            net.forward(names)
-            times.append(time.perf_counter() - start)
-        runs.append(statistics.median(times))
-    return cv2.__version__, min(runs)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,22 +46,24 @@ def main(argv: list[str] | None = None) -> None:
         drivers[0].run("init", args.cfg, files[0.0])
         for level in LEVELS[1:]:
             files[level] = folder / f"level-{round(level * 100)}.weights"
-            ds.threshold(ds.load(args.cfg, files[0.0]), files[level], mode="magnitude", sparsity=level)
+            ds.threshold(ds.load(args.cfg, files[0.0]), files[level], ds.Magnitude(level))
 
         print(f"{args.cfg.name}, one image, one thread; best of {args.rounds} runs of "
-              f"{args.repeat} forwards (median)")
+              f"{args.repeat} forwards (median); {machine()}")
         print(f"{'pruned':>6} {'stock s':>8} {'patched s':>9} {'speed-up':>8} {'FLOPs ratio':>11} {'sparse convs':>12}")
         times = {}
         for level, weights in files.items():
-            times[level] = best_of_rounds(drivers, args.cfg, weights, args.rounds, args.repeat)
+            timers = {d.name: driver_timer(d, args.cfg, args.repeat) for d in drivers}
+            times[level] = best_of_rounds(timers, weights, args.rounds)
             dense, effective = flops(args.cfg, weights)
             paths = drivers[1].run("paths", args.cfg, weights).stdout.split()
             convs = [p for p, layer in zip(paths, ds.load_model(args.cfg).layers) if layer.type == "convolutional"]
             stock, patched = times[level]["stock"], times[level]["patched"]
             print(f"{level:>6.0%} {stock:>8.3f} {patched:>9.3f} {stock / patched:>7.1f}x "
                   f"{dense / max(effective, 1):>10.1f}x {convs.count('1'):>5} of {len(convs):<3}")
-        version, opencv = opencv_seconds(args.cfg, files[0.0], args.rounds, args.repeat)
-        print(f"OpenCV {version} DNN, dense model: {opencv:.3f} s")
+        dnn = OpenCV(args.cfg)
+        opencv = best_of_rounds({"opencv": dnn.timer(args.repeat, threads=1)}, files[0.0], args.rounds)["opencv"]
+        print(f"OpenCV {dnn.version} DNN, dense model: {opencv:.3f} s")
 
     at90, at0 = times[0.9], times[0.0]
     checks = [

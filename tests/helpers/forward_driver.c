@@ -6,7 +6,8 @@
  *   forward_driver init CFG OUT.weights          save Darknet's initial weights
  *   forward_driver predict CFG WEIGHTS OUT.bin   batch 1, fixed input: every layer's
  *                                                output, in order, as raw float32
- *   forward_driver time CFG WEIGHTS REPEAT       median seconds per forward, batch 1
+ *   forward_driver time CFG WEIGHTS REPEAT       median seconds per forward, batch 1:
+ *                                                wall clock, then process CPU (all threads)
  *   forward_driver train CFG WEIGHTS OUT.weights STEPS OUT.bin
  *                                                STEPS passes over fixed data, one forward,
  *                                                save, then as predict (same process)
@@ -38,12 +39,14 @@ static network *load(char *cfg, char *weights, int batch1)
     return net;
 }
 
-static double now(void)
+static double clock_seconds(clockid_t clock)
 {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(clock, &t);
     return t.tv_sec + t.tv_nsec*1e-9;
 }
+
+static double now(void) { return clock_seconds(CLOCK_MONOTONIC); }
 
 static int by_value(const void *a, const void *b)
 {
@@ -70,17 +73,19 @@ static int time_forward(char *cfg, char *weights, int repeat)
 {
     network *net = load(cfg, weights, 1);
     float *x = calloc(net->inputs, sizeof(float));
-    double *t = calloc(repeat, sizeof(double));
+    double *t = calloc(repeat, sizeof(double)), *cpu = calloc(repeat, sizeof(double));
     int i;
     fill_input(x, net->inputs, 1);
     network_predict(net, x);
     for(i = 0; i < repeat; ++i){
-        double start = now();
+        double start = now(), cpu_start = clock_seconds(CLOCK_PROCESS_CPUTIME_ID);
         network_predict(net, x);
         t[i] = now() - start;
+        cpu[i] = clock_seconds(CLOCK_PROCESS_CPUTIME_ID) - cpu_start;
     }
     qsort(t, repeat, sizeof(double), by_value);
-    printf("%.6f\n", t[repeat/2]);
+    qsort(cpu, repeat, sizeof(double), by_value);
+    printf("%.6f %.6f\n", t[repeat/2], cpu[repeat/2]);
     return 0;
 }
 

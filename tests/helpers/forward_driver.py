@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILDS = {"stock": ROOT / "build" / "darknet-stock", "patched": ROOT / "build" / "darknet"}
+BUILDS = {"stock": ROOT / "build" / "darknet-stock", "patched": ROOT / "build" / "darknet",
+          # The patched build with OPENMP=1 (benchmarks/bench_detector_speed.py builds it).
+          "patched-omp": ROOT / "build" / "darknet-omp"}
 SOURCE = Path(__file__).with_name("forward_driver.c")
 
 
@@ -36,14 +38,19 @@ class Driver:
 
     def seconds(self, cfg: Path, weights: Path, repeat: int) -> float:
         """Median seconds of ``repeat`` forwards of one image."""
-        return float(self.run("time", cfg, weights, repeat).stdout)
+        return self.times(cfg, weights, repeat)[0]
+
+    def times(self, cfg: Path, weights: Path, repeat: int) -> tuple[float, float]:
+        """Median wall-clock and process-CPU seconds of ``repeat`` forwards of one image."""
+        wall, cpu = self.run("time", cfg, weights, repeat).stdout.split()
+        return float(wall), float(cpu)
 
 
 def compile_driver(name: str, folder: Path) -> Driver:
     """The driver for build ``name`` (``stock`` or ``patched``), in ``folder``."""
     build = BUILDS[name]
     binary = folder / f"forward_driver-{name}"
-    flags = (build / "binding-cflags").read_text().split() + (["-DSPARSE_FORWARD"] if name == "patched" else [])
+    flags = (build / "binding-cflags").read_text().split() + (["-DSPARSE_FORWARD"] if name != "stock" else [])
     command = ["gcc", "-Ofast", "-Wall", *flags, f"-I{build / 'include'}", "-o", str(binary), str(SOURCE),
                str(build / "libdarknet.a"), *(build / "link-flags").read_text().split()]
     done = subprocess.run(command, capture_output=True, text=True)
