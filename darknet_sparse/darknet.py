@@ -82,6 +82,14 @@ def _check(rc: int, message: str) -> int:
     return rc
 
 
+def _integer(value: Any, message: str) -> int:
+    """``value`` as an int, else a :class:`BindingError` saying ``message``
+    (C would get a truncated float, or cffi raise a TypeError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise BindingError(message)
+    return int(value)
+
+
 def seed(value: int, using: Backend | None = None) -> None:
     """Seed Darknet's random numbers (``srand``: initial weights, dropout, ...)."""
     (using or backend()).lib.ds_seed(value)
@@ -152,8 +160,8 @@ class Network:
 
     def set_batch(self, batch: int) -> None:
         """Run ``batch`` images per pass; at most the batch the cfg was loaded with."""
-        _check(self._backend.lib.ds_set_batch(self._net, batch),
-               f"batch must be 1..{self._info().max_batch} (the cfg's), not {batch}")
+        message = f"batch must be 1..{self._info().max_batch} (the cfg's), not {batch!r}"
+        _check(self._backend.lib.ds_set_batch(self._net, _integer(batch, message)), message)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -203,7 +211,7 @@ class Network:
         if len(x) != len(y):
             raise BindingError(f"x has {len(x)} rows but y has {len(y)}")
         self._check_multiple(len(x))
-        if iterations < 1:
+        if _integer(iterations, f"iterations must be a whole number, not {iterations!r}") < 1:
             raise BindingError(f"iterations must be at least 1, not {iterations}")
         losses = np.empty(iterations, np.float32)
         ffi = self._backend.ffi
@@ -263,8 +271,8 @@ class Network:
         """Weights with |w| < threshold are saved as 0 (and zeroed in memory
         when :attr:`prune` is on).  Without ``layer``: the net's and every
         layer's threshold, cfg overrides included."""
-        if not threshold >= 0:
-            raise BindingError(f"threshold must be >= 0, not {threshold}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or not threshold >= 0:
+            raise BindingError(f"threshold must be a number >= 0, not {threshold!r}")
         if layer is not None:
             self._check_layer(layer)
         _check(self._sparse()[1].ds_set_threshold(self._net, -1 if layer is None else layer, threshold),
@@ -279,7 +287,7 @@ class Network:
 
     def _check_layer(self, index: int) -> None:
         count = self.num_layers
-        if not 0 <= index < count:
+        if not 0 <= _integer(index, f"a layer is a whole number, not {index!r}") < count:
             raise BindingError(f"layer {index} does not exist: the network has layers 0..{count - 1}")
 
     def _check_multiple(self, rows: int) -> None:
@@ -289,7 +297,10 @@ class Network:
 
     def _rows(self, a: np.ndarray, what: str, width: int) -> np.ndarray:
         """``a`` as C-contiguous float32 rows of ``width`` values."""
-        a = np.ascontiguousarray(a, dtype=np.float32)
+        try:
+            a = np.ascontiguousarray(a, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise BindingError(f"{what} must be an array of numbers ({exc})") from None
         c, h, w = self.input_shape
         if what == "x" and a.ndim == 4 and a.shape[1:] != (c, h, w):
             raise BindingError(f"x has images of shape {a.shape[1:]}, the network takes {(c, h, w)}")

@@ -276,6 +276,21 @@ def test_a_save_darknet_cannot_open_is_an_error_not_an_exit(tmp_path: Path, clas
     assert done.stdout.splitlines() == [f"BindingError: {target}: Darknet could not write {target}", "still running"]
 
 
+def test_bad_arguments_are_binding_errors(classifier) -> None:
+    """Arguments C cannot take are refused with a BindingError (a
+    DarknetSparseError: one Error: line in the CLI), never a cffi TypeError."""
+    net = darknet.Network(*classifier)
+    for call, match in [(lambda: net.set_batch(2.5), "batch must be 1..4"),
+                        (lambda: net.layer_type("1"), "a layer is a whole number, not '1'"),
+                        (lambda: net.params(1.0), "a layer is a whole number"),
+                        (lambda: net.set_prune_threshold("0.1"), "threshold must be a number >= 0, not '0.1'"),
+                        (lambda: net.predict([["a"] * 192]), "x must be an array of numbers"),
+                        (lambda: net.train(np.zeros((4, 192)), np.zeros((4, 4)), iterations=1.5),
+                         "iterations must be a whole number")]:
+        with pytest.raises(BindingError, match=match):
+            call()
+
+
 def test_shim_return_codes_are_checked(monkeypatch: pytest.MonkeyPatch, classifier) -> None:
     """A layer index the shim refuses is an error, not silently ignored."""
     net = darknet.Network(*classifier)
