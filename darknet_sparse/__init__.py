@@ -19,7 +19,7 @@ from .errors import (BindingError, CfgError, DarknetRunError, DarknetSparseError
                      PolicyError, WeightsFormatError)
 from .layout import FORKS, Layer, Model, Param, alexeyab_markers, build_model
 from .policies import Absolute, Global, Magnitude, Policy, Sensitivity, Triangle
-from .weightsfile import WeightsFile, header_revision, seen_size
+from .weightsfile import WeightsFile, expected_size, header_revision, seen_size
 
 __all__ = [
     "Absolute", "BindingError", "CfgError", "DarknetRunError", "DarknetSparseError", "FORKS", "Global",
@@ -58,7 +58,7 @@ def _expected_size(sections: list[Section], fork: str, version: tuple[int, int, 
         model = build_model(sections, fork)
     except CfgError:
         return None
-    return 12 + seen_size(version[0], version[1], fork) + 4 * model.param_count
+    return expected_size(model, 12 + seen_size(version[0], version[1], fork))
 
 
 def load_model(cfg: str | Path, fork: str = "auto", weights: str | Path | None = None) -> Model:

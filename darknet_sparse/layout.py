@@ -8,7 +8,7 @@ fork's ``save_weights_upto`` writes them.  The reader, the writer, the
 pruning policies and the FLOPs report all use this one table; each count is
 computed here and nowhere else.
 
-Two forks are modelled (see ``shared/darknet-format.md``): ``pjreddie``
+Two forks are modelled (``docs/format.md`` lists both layouts): ``pjreddie``
 (upstream Darknet) and ``alexeyab``.  They agree on convolutional and
 connected layers and disagree on ``[batchnorm]`` (3 or 4 arrays), the matrix
 order of ``[lstm]`` and ``[gru]``, the cfg keys of ``[rnn]`` and ``[crnn]``,

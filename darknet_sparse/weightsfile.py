@@ -1,6 +1,6 @@
 """The Darknet ``.weights`` file: header, layer-by-layer reader, atomic writer.
 
-Format (both forks; see ``shared/darknet-format.md`` section 1)::
+Format (both forks; ``docs/format.md`` gives the details and sources)::
 
     offset  size  field
     0       4     major     int32, native (little) endian
@@ -18,7 +18,7 @@ of ``[outputs][inputs]``.  pjreddie saves (0, 2, 0), AlexeyAB (0, 2, 5).
 
 The payload is the parameter arrays of every layer in cfg order, each layer
 in the order :mod:`darknet_sparse.layout` lists, so the expected size is
-``header + 4 * sum(counts)``.  A file that ends exactly on a layer boundary
+``header + 4 * sum(counts)`` (:func:`expected_size`).  A file that ends exactly on a layer boundary
 is a *partial* file such as ``darknet53.conv.74`` (Darknet loads those);
 one that ends inside a layer is an error; bytes after the last layer are
 *trailing* and kept as they are.
@@ -77,6 +77,13 @@ class Header:
     def to_bytes(self) -> bytes:
         seen = struct.pack("<Q" if self.seen_size == 8 else "<I", self.seen)
         return struct.pack("<3i", self.major, self.minor, self.revision) + seen
+
+
+def expected_size(model: Model, header_size: int) -> int:
+    """Bytes of a complete file for ``model`` behind a ``header_size``-byte
+    header: the header, then 4 bytes per float of every layer.  The one place
+    this rule is written down (``docs/format.md`` section 2)."""
+    return header_size + FLOAT.itemsize * model.param_count
 
 
 def seen_size(major: int, minor: int, fork: str) -> int:
@@ -165,7 +172,7 @@ class WeightsFile:
     @property
     def expected_size(self) -> int:
         """File size the full cfg implies with this header."""
-        return self.header.size + 4 * self.model.param_count
+        return expected_size(self.model, self.header.size)
 
     @property
     def partial(self) -> bool:
@@ -352,4 +359,4 @@ def new_file(model: Model, target: str | Path, arrays: Mapping[tuple[int, str], 
                     raise ArrayError(f"layer {layer.index} array {param.name!r} holds {param.count} floats, "
                                      f"got {data.size}")
                 fp.write(data.tobytes())
-        _check_written(fp, header.size + 4 * model.param_count, Path(target))
+        _check_written(fp, expected_size(model, header.size), Path(target))

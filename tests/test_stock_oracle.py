@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from darknet_sparse import load_model
-from darknet_sparse.weightsfile import FLOAT, Slot, WeightsFile, new_file, write
+from darknet_sparse.weightsfile import FLOAT, Slot, WeightsFile, expected_size, new_file, write
 from helpers.stock import (CANNOT_LOAD, CFG_DIR, PJREDDIE_CFGS, ROUND_TRIP_LIMIT, UPSTREAM_CFGS,
                            printed_bflops, printed_layers, printed_output)
 
@@ -30,7 +30,7 @@ ALL_CFGS = UPSTREAM_CFGS + PJREDDIE_CFGS
 def _expected_size(cfg: Path) -> int:
     """Our size for ``cfg`` (0 if we cannot model it: the tests then fail on it)."""
     try:
-        return 20 + 4 * load_model(cfg, "pjreddie").param_count
+        return expected_size(load_model(cfg, "pjreddie"), 20)
     except ValueError:
         return 0
 
@@ -75,7 +75,7 @@ def test_stock_size_and_byte_exact_round_trip(cfg, stock_saved, tmp_path):
     our reader and writer (every weights array via the edit path) unchanged."""
     saved = stock_saved(cfg)
     model = load_model(cfg, "pjreddie")
-    assert saved.size == 20 + 4 * model.param_count
+    assert saved.size == expected_size(model, 20)
     if saved.path is None:  # vgg-16, yolov1, yolov3 ...: measured, not written
         return
     wf = WeightsFile(saved.path, model)
