@@ -1,5 +1,6 @@
-"""Commands that run the patched Darknet binary: the prune/retrain ``loop``,
-and ``build`` (the patched Darknet and the binding)."""
+"""Commands around the patched Darknet: ``loop`` (prune, retrain with the
+patched binary, evaluate, repeat) and ``build``, which builds that binary and
+the binding into the per-user folder and says where they are."""
 from __future__ import annotations
 
 import json
