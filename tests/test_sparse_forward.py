@@ -1,4 +1,6 @@
-"""The sparse forward pass (patches/0010-sparse-forward.patch) against stock.
+"""The sparse forward pass (patches/0010-sparse-forward.patch) against stock;
+the same nets run the faster leaky and 2x2 max-pooling code of
+patches/0011-fast-layers.patch.
 
 Every output must be byte-identical to the stock build's
 (``build/darknet-stock``) on the same weights: pruned to several levels,
