@@ -1,0 +1,42 @@
+/* Knowledge distillation through the binding (src/distill.h of the patched
+ * Darknet): one training-mode forward pass of a batch, then the teacher's
+ * and the heads' distillation deltas, as train_network_datum runs them,
+ * without the backward pass or an update.  For tests of the deltas against
+ * the loss.  Included by _darknet_shim.c; against a Darknet without the
+ * patch (no DARKNET_SPARSE_DISTILL) the calls answer -1. */
+
+/* Layer index's outputs for the whole batch (the size of its delta). */
+int ds_layer_outputs(ds_net *h, int index)
+{
+    if (index < 0 || index >= h->net->n) return -1;
+    return h->net->layers[index].outputs * h->net->layers[index].batch;
+}
+
+#ifdef DARKNET_SPARSE_DISTILL
+/* x: one batch of input, y: one batch of truth.  delta (capacity floats)
+ * receives layer index's delta; *loss its stated loss (distill_loss), or
+ * the layer's own cost without a teacher.  Returns the floats written. */
+int ds_distill_step(ds_net *h, const float *x, const float *y, int index, float *delta, int capacity, double *loss)
+{
+    network *net = h->net;
+    int n = ds_layer_outputs(h, index);
+    if (n < 0 || n > capacity) return -1;
+    sync_weights(h);
+    memcpy(net->input, x, (size_t)net->inputs * net->batch * sizeof(float));
+    memcpy(net->truth, y, (size_t)net->truths * net->batch * sizeof(float));
+    net->train = 1;
+    forward_network(net);
+    distill_network(net);
+    net->train = 0;
+    memcpy(delta, net->layers[index].delta, (size_t)n * sizeof(float));
+    if (!net->distill) *loss = net->layers[index].cost ? net->layers[index].cost[0] : 0;
+    else if (distill_loss(net, index, loss)) return -1;
+    return n;
+}
+#else
+int ds_distill_step(ds_net *h, const float *x, const float *y, int index, float *delta, int capacity, double *loss)
+{
+    (void)h, (void)x, (void)y, (void)index, (void)delta, (void)capacity, (void)loss;
+    return -1;
+}
+#endif
