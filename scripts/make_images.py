@@ -77,10 +77,13 @@ def opencv_examples(cache: Path) -> Path:
     debs = sorted(cache.glob(f"{OPENCV_DOC}_*.deb"))
     if not debs:
         done = subprocess.run(["apt-get", "download", OPENCV_DOC], cwd=cache, capture_output=True, text=True)
+        if done.returncode:  # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True)
+            done = subprocess.run(["apt-get", "download", OPENCV_DOC], cwd=cache, capture_output=True, text=True)
         debs = sorted(cache.glob(f"{OPENCV_DOC}_*.deb"))
         if done.returncode or not debs:
             fail(f"apt-get download {OPENCV_DOC} in {cache} failed (exit {done.returncode}): "
-                 f"{done.stderr.strip()[-500:]} (try apt-get update)")
+                 f"{done.stderr.strip()[-500:]}")
     stage = Path(tempfile.mkdtemp(prefix=".opencv-doc.", dir=cache))
     done = subprocess.run(["dpkg", "-x", str(debs[-1]), str(stage)], capture_output=True, text=True)
     if done.returncode:
@@ -102,9 +105,14 @@ def sources(examples: Path) -> list[Path]:
     return files
 
 
+#: Bump when the output changes for the same inputs and settings.
+FORMAT = 1
+
+
 def key_of(files: list[Path]) -> str:
-    """What the output depends on: this script and every input's name and size."""
-    digest = hashlib.sha256(Path(__file__).read_bytes())
+    """What the output depends on: the settings and every input's name and size."""
+    settings = json.dumps([FORMAT, PHOTOS, VIDEOS, EVAL_EVERY, JPEG_QUALITY])
+    digest = hashlib.sha256(settings.encode())
     for f in files:
         digest.update(f"{f.name} {f.stat().st_size}\n".encode())
     return digest.hexdigest()
