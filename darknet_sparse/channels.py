@@ -217,7 +217,13 @@ def _layer(b: _Builder, layer: Layer, inp: np.ndarray, outputs: list[np.ndarray]
         return _shortcut(b, layer, inp, outputs)
     if kind in HEADS:
         return _frozen(b, layer, inp, f"feeds the head {where}")
-    return _frozen(b, layer, inp, f"reaches {where}, a layer type slim cannot follow")
+    why = f"reaches {where}, a layer type slim cannot follow"
+    for key in ("from", "layers"):  # [sam], [scale_channels] ... read other layers too
+        for value in s.ints(key) if s.has(key) else []:
+            source = value + layer.index if value < 0 else value
+            if 0 <= source < len(outputs):
+                b.freeze(outputs[source], why)
+    return _frozen(b, layer, inp, why)
 
 
 def _conv(b: _Builder, layer: Layer, inp: np.ndarray, shared: set) -> LayerChannels:

@@ -50,7 +50,7 @@ import numpy as np
 from . import darknet_text
 from .cfg import Section, parse_cfg
 from .channels import ACTIVATIONS, ChannelGraph, LayerChannels, channel_graph
-from .errors import CfgError, PolicyError
+from .errors import CfgError, OutputError, PolicyError
 from .layout import Model, build_model
 from .policies import parse_exclude, selector_matches
 from .weightsfile import FLOAT, WeightsFile, atomic_path, check_output
@@ -444,8 +444,10 @@ def slim(wf: WeightsFile, output: str | Path | None, *, gamma_threshold: float |
     model = wf.model
     cfg_path = Path(model.path)
     if target is not None:
-        check_output(wf.path, target)
-        check_output(cfg_path, cfg_beside(target))
+        for source, written in ((wf.path, target), (cfg_path, cfg_beside(target))):
+            if written.exists() and written.resolve() == source.resolve():
+                raise OutputError(f"{written}: slim would overwrite its input {source}; choose another -o")
+            check_output(source, written)
     choice = choose(wf, gamma_threshold=gamma_threshold, percent=percent, target_flops=target_flops,
                     min_channels=min_channels, exclude=exclude)
     graph, kept = choice.graph, choice.kept

@@ -423,14 +423,32 @@ def test_cli_bad_input_is_one_error_line(args, message, tmp_path):
     assert not out.exists() and not out.with_suffix(".cfg").exists()
 
 
-def test_cli_refuses_to_overwrite_the_input_cfg(tmp_path):
+def test_cli_refuses_to_overwrite_the_inputs(tmp_path):
+    """OUT.weights may not be the input, nor OUT.cfg the input cfg."""
+    (tmp_path / "w").mkdir()
     shutil.copy(CFGS / "slim_exact.cfg", tmp_path / "m.cfg")
-    weights = tmp_path / "m.weights"
+    weights = tmp_path / "w" / "m.weights"
     random_weights(ds.load_model(tmp_path / "m.cfg", "pjreddie"), weights, np.random.default_rng(11))
-    before = (tmp_path / "m.cfg").read_bytes()
-    result = CliRunner().invoke(cli, ["slim", str(weights), "--percent", "0.3", "-o", str(tmp_path / "m.weights")])
-    assert result.exit_code == 2 and result.output.startswith("Error:")
-    other = CliRunner().invoke(cli, ["slim", str(tmp_path / "x.weights"), "--cfg", str(tmp_path / "m.cfg"),
-                                     "--percent", "0.3", "-o", str(tmp_path / "m2.weights")])
-    assert other.exit_code == 2 and "no such weights file" in other.output
-    assert (tmp_path / "m.cfg").read_bytes() == before
+    before = (tmp_path / "m.cfg").read_bytes(), weights.read_bytes()
+    for out, message in ((weights, f"would overwrite its input {weights}"),
+                         (tmp_path / "m.weights", f"would overwrite its input {tmp_path / 'm.cfg'}")):
+        result = CliRunner().invoke(cli, ["slim", str(weights), "--cfg", str(tmp_path / "m.cfg"), "--percent", "0.3",
+                                          "-o", str(out)])
+        assert result.exit_code == 2 and result.output.startswith("Error:") and message in result.output
+        assert result.output.count("\n") == 1
+    assert ((tmp_path / "m.cfg").read_bytes(), weights.read_bytes()) == before
+    assert not (tmp_path / "m.weights").exists()
+    missing = CliRunner().invoke(cli, ["slim", str(tmp_path / "x.weights"), "--cfg", str(tmp_path / "m.cfg"),
+                                       "--percent", "0.3", "-o", str(tmp_path / "m2.weights")])
+    assert missing.exit_code == 2 and "no such weights file" in missing.output
+
+
+def test_cli_dry_run_writes_nothing(tmp_path):
+    weights = tmp_path / "m.weights"
+    random_weights(ds.load_model(CFGS / "slim_exact.cfg", "pjreddie"), weights, np.random.default_rng(12))
+    result = CliRunner().invoke(cli, ["slim", str(weights), "--cfg", str(CFGS / "slim_exact.cfg"), "--percent", "0.3",
+                                      "--dry-run"])
+    assert result.exit_code == 0 and "dry run, nothing written" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.weights"]
+    no_output = CliRunner().invoke(cli, ["slim", str(weights), "--cfg", str(CFGS / "slim_exact.cfg"), "--percent", "0.3"])
+    assert no_output.exit_code == 2 and no_output.output.startswith("Error: slim needs -o")
