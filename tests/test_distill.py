@@ -89,13 +89,14 @@ def test_a_teacher_with_a_smaller_batch_runs_in_chunks(tmp_path):
         folder = tmp_path / f"b{batch}"
         folder.mkdir()
         cfg = folder / "teacher.cfg"
-        cfg.write_text(SOFTMAX_NET.replace("batch=3", f"batch={batch}") + "\n[connected]\noutput=6\nactivation=linear\n\n"
-                       + SOFTMAX_HEAD)
+        text = SOFTMAX_NET.replace("batch=3", f"batch={batch}")
+        cfg.write_text(text + "\n[connected]\noutput=6\nactivation=linear\n\n" + SOFTMAX_HEAD)
         teacher = darknet.Network(cfg, using=backend())
         teacher.params(0)["weights"][:] = weights
         teacher.params(0)["biases"][:] = biases
         teacher.save(folder / "teacher.weights")
-        net = student(folder, "student", SOFTMAX_NET, SOFTMAX_HEAD, distill_options(cfg, folder / "teacher.weights", 1, 2))
+        options = distill_options(cfg, folder / "teacher.weights", 1, 2)
+        net = student(folder, "student", SOFTMAX_NET, SOFTMAX_HEAD, options)
         deltas.append(distill_step(net, x, y, 0)[0])
     assert np.abs(deltas[0]).max() > 0.1
     np.testing.assert_allclose(deltas[1], deltas[0], rtol=1e-6, atol=1e-7)
@@ -137,10 +138,12 @@ def test_yolo_delta_is_the_gradient_of_the_stated_loss(tmp_path, yolo_teacher, t
 def test_yolo_alpha_mixes_in_darknets_own_delta_and_cost(tmp_path, yolo_teacher):
     x = np.random.default_rng(2).normal(0, 2, 2 * 4 * 14).astype(np.float32)
     y = yolo_truth(True)
-    soft, soft_loss = distill_step(student(tmp_path, "a1", YOLO_NET, YOLO_HEAD, distill_options(*yolo_teacher, 1)), x, y, 0)
-    mixed, mixed_loss = distill_step(student(tmp_path, "a4", YOLO_NET, YOLO_HEAD, distill_options(*yolo_teacher, 0.4)),
-                                     x, y, 0)
-    usual, usual_loss = distill_step(student(tmp_path, "plain", YOLO_NET, YOLO_HEAD, ""), x, y, 0)
+    def run(name: str, options: str) -> tuple[np.ndarray, float]:
+        return distill_step(student(tmp_path, name, YOLO_NET, YOLO_HEAD, options), x, y, 0)
+
+    soft, soft_loss = run("a1", distill_options(*yolo_teacher, 1))
+    mixed, mixed_loss = run("a4", distill_options(*yolo_teacher, 0.4))
+    usual, usual_loss = run("plain", "")
     assert np.count_nonzero(usual) > 0 and np.any(usual != soft)
     np.testing.assert_allclose(mixed, np.float32(0.4) * soft + np.float32(0.6) * usual, rtol=1e-6, atol=1e-7)
     assert mixed_loss == pytest.approx(0.4 * soft_loss + 0.6 * usual_loss, rel=1e-6)
@@ -199,13 +202,15 @@ def digits_student(folder: Path, data: Path, options: str, batches: int, cfg_tex
     lines = [f"max_batches={batches}" if line.startswith("max_batches=") else line for line in text.splitlines()]
     (folder / "student.cfg").write_text(with_net_options("\n".join(lines) + "\n", options))
     root = data.parent
-    (folder / "train.data").write_text(data.read_text().replace(f"backup={root / 'backup'}", f"backup={folder / 'backup'}"))
+    backup = data.read_text().replace(f"backup={root / 'backup'}", f"backup={folder / 'backup'}")
+    (folder / "train.data").write_text(backup)
     return folder / "student.cfg"
 
 
 def train_classifier(folder: Path, start: Path | None, teacher: bool) -> Path:
     """`classifier train` in ``folder``; whether it loaded a teacher is checked."""
-    args = [str(DARKNET), "classifier", "train", "train.data", "student.cfg"] + ([str(start), "-clear"] if start else [])
+    args = [str(DARKNET), "classifier", "train", "train.data", "student.cfg"]
+    args += [str(start), "-clear"] if start else []
     done = subprocess.run(args, cwd=folder, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert ("distill: teacher" in done.stderr) == teacher
@@ -222,8 +227,9 @@ def weights_of(cfg: Path, weights: Path) -> dict[str, np.ndarray]:
 def retrained(digits, tmp_path_factory) -> dict[str, dict]:
     """The digits model with 70% of each layer's weights zeroed, retrained
     for 60 batches on the rotated labels: with the dense model as teacher
-    (A = 1) or on the labels alone (A = 0), with prune=1; and once with the
-    teacher but prune=0, which revives zeros (the freeze check can fail)."""
+    (A = 1) or on the labels alone (A = 0), with prune=1 and the sparse
+    forward pass; and once with the teacher but prune=0, which revives zeros
+    (the freeze check can fail)."""
     root = tmp_path_factory.mktemp("retrained")
     net = darknet.Network(DIGITS_CFG, DIGITS_WEIGHTS, using=backend())
     top_fraction_zeroed(net, 0.7)
@@ -233,10 +239,12 @@ def retrained(digits, tmp_path_factory) -> dict[str, dict]:
     for name, alpha, prune in (("teacher", 1, 1), ("labels", 0, 1), ("teacher, prune=0", 1, 0)):
         folder = root / name.replace(", ", "_").replace("=", "")
         cfg = digits_student(folder, digits["rotated"],
-                             distill_options(DIGITS_CFG, DIGITS_WEIGHTS, alpha, 2, f"prune={prune}"), 60)
+                             distill_options(DIGITS_CFG, DIGITS_WEIGHTS, alpha, 2,
+                                             f"prune={prune}\nsparse_forward={'sparse' if prune else 'auto'}"), 60)
         runs[name] = {"cfg": cfg, "weights": train_classifier(folder, start, teacher=alpha > 0)}
     for run in runs.values():
-        run.update({which: classifier_top1(DARKNET, data, run["cfg"], run["weights"]) for which, data in digits.items()})
+        for which, data in digits.items():
+            run[which] = classifier_top1(DARKNET, data, run["cfg"], run["weights"])
     return runs
 
 
@@ -304,7 +312,8 @@ def test_mismatched_heads_name_both_layers(tmp_path):
     ("distill_cfg={d}/none.cfg\ndistill_weights={d}/none.weights", "distill_cfg={d}/none.cfg: cannot open it"),
     ("distill_cfg={d}/none.cfg", "[net] has distill_cfg but no distill_weights"),
     ("distill_cfg=a\ndistill_weights=b\ndistill_alpha=1.5", "[net] distill_alpha=1.5, expected a value in [0, 1]"),
-    ("distill_cfg=a\ndistill_weights=b\ndistill_temperature=0", "[net] distill_temperature=0, expected a value above 0"),
+    ("distill_cfg=a\ndistill_weights=b\ndistill_temperature=0",
+     "[net] distill_temperature=0, expected a value above 0"),
 ], ids=["missing-teacher", "no-weights", "alpha", "temperature"])
 def test_bad_options_are_one_error_line(tmp_path, options, message):
     line = _error_line(_classifier_train(tmp_path, options.format(d=tmp_path)))
@@ -358,24 +367,36 @@ def _yolo_outputs(cfg: Path, weights: Path, images: np.ndarray) -> np.ndarray:
     return net.predict(images).reshape(len(images), 3, 7, 16, 16)
 
 
+def unlabelled_detector_set(folder: Path) -> tuple[Path, np.ndarray]:
+    """Eight random 32x32 PNGs under images/ with no labels/ folder; the
+    data file and the images as the net sees them."""
+    from PIL import Image
+    rng = np.random.default_rng(4)
+    (folder / "images").mkdir()
+    paths, pixels = [], []
+    for i in range(8):
+        image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        path = folder / "images" / f"{i}.png"
+        Image.fromarray(image).save(path)
+        paths.append(str(path))
+        pixels.append(image.transpose(2, 0, 1) / np.float32(255))
+    (folder / "train.list").write_text("\n".join(paths) + "\n")
+    (folder / "backup").mkdir()
+    data = folder / "det.data"
+    data.write_text(f"classes=2\ntrain={folder / 'train.list'}\nbackup={folder / 'backup'}\n")
+    return data, np.stack(pixels)
+
+
+def detector_train(folder: Path, data: Path, cfg: Path, start: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(DARKNET), "detector", "train", str(data), str(cfg), str(start)], cwd=folder,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+
+
 def test_detector_distils_from_images_without_label_files(tmp_path):
     """With A = 1, `detector train` reads no label file (there is none) and
     the student's objectness and class outputs move toward the teacher's.
     Without a teacher the same run dies on the first missing label file."""
-    from PIL import Image
-    rng = np.random.default_rng(4)
-    (tmp_path / "images").mkdir()
-    paths, pixels = [], []
-    for i in range(8):
-        image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-        path = tmp_path / "images" / f"{i}.png"
-        Image.fromarray(image).save(path)
-        paths.append(str(path))
-        pixels.append(image.transpose(2, 0, 1) / np.float32(255))
-    (tmp_path / "train.list").write_text("\n".join(paths) + "\n")
-    (tmp_path / "backup").mkdir()
-    data = tmp_path / "det.data"
-    data.write_text(f"classes=2\ntrain={tmp_path / 'train.list'}\nbackup={tmp_path / 'backup'}\n")
+    data, images = unlabelled_detector_set(tmp_path)
     plain = tmp_path / "plain.cfg"
     plain.write_text(DETECTOR.format(batches=60, net=""))
     teacher = sparse_start(plain, tmp_path / "teacher.weights", seed=1, fraction=0)
@@ -383,21 +404,35 @@ def test_detector_distils_from_images_without_label_files(tmp_path):
     cfg = tmp_path / "student.cfg"
     cfg.write_text(DETECTOR.format(batches=60, net=distill_options(plain, teacher, 1, 1)))
 
-    unlabelled = subprocess.run([str(DARKNET), "detector", "train", str(data), str(plain), str(start)], cwd=tmp_path,
-                                capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    unlabelled = detector_train(tmp_path, data, plain, start)
     assert f"Couldn't open file: {tmp_path / 'labels'}/" in unlabelled.stderr
     assert not (tmp_path / "backup" / "plain_final.weights").exists()
 
-    done = subprocess.run([str(DARKNET), "detector", "train", str(data), str(cfg), str(start)], cwd=tmp_path,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    done = detector_train(tmp_path, data, cfg, start)
     assert done.returncode == 0, done.stderr[-3000:]
     final = tmp_path / "backup" / "student_final.weights"
     assert final.exists() and not (tmp_path / "labels").exists()
-    images = np.stack(pixels)
     target = _yolo_outputs(plain, teacher, images)[:, :, 4:]
     gap_before = np.abs(_yolo_outputs(plain, start, images)[:, :, 4:] - target).mean()
     gap_after = np.abs(_yolo_outputs(plain, final, images)[:, :, 4:] - target).mean()
     assert gap_after < 0.5 * gap_before, (gap_before, gap_after)
+
+
+def test_a_resized_student_gets_its_teacher_resized(tmp_path):
+    """random=1: `detector train` resizes the student (to 608x608 this close
+    to max_batches) before its first batch; the teacher follows, so the heads
+    still match and training runs."""
+    data, _ = unlabelled_detector_set(tmp_path)
+    plain = tmp_path / "plain.cfg"
+    plain.write_text(DETECTOR.format(batches=2, net=""))
+    teacher = sparse_start(plain, tmp_path / "teacher.weights", seed=1, fraction=0)
+    cfg = tmp_path / "student.cfg"
+    text = DETECTOR.format(batches=2, net=distill_options(plain, teacher, 1, 1))
+    cfg.write_text(text.replace("random=0", "random=1"))
+    done = detector_train(tmp_path, data, cfg, teacher)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Resizing\n608\n" in done.stdout and "Error" not in done.stderr
+    assert (tmp_path / "backup" / "student_final.weights").exists()
 
 
 # --- the GPU build -----------------------------------------------------------------------------
