@@ -437,19 +437,30 @@ def choose(wf: WeightsFile, *, gamma_threshold: float | None = None, percent: fl
 def slim(wf: WeightsFile, output: str | Path | None, *, gamma_threshold: float | None = None,
          percent: float | None = None, target_flops: float | None = None, min_channels: int = 1,
          exclude: str | None = None) -> SlimResult:
-    """Remove channels of ``wf`` by one of the three rules (see :func:`choose`);
-    write the slimmed weights to ``output`` and its cfg beside it
-    (``OUT.cfg``), both atomically.  ``output=None`` only computes the report."""
+    """Remove channels of ``wf`` by one of the three rules (:func:`choose`)
+    and write the result (:func:`apply`)."""
+    if output is not None:
+        _check_targets(wf, Path(output))
+    choice = choose(wf, gamma_threshold=gamma_threshold, percent=percent, target_flops=target_flops,
+                    min_channels=min_channels, exclude=exclude)
+    return apply(wf, choice, output)
+
+
+def _check_targets(wf: WeightsFile, target: Path) -> None:
+    for source, written in ((wf.path, target), (Path(wf.model.path), cfg_beside(target))):
+        if written.exists() and written.resolve() == source.resolve():
+            raise OutputError(f"{written}: slim would overwrite its input {source}; choose another -o")
+        check_output(source, written)
+
+
+def apply(wf: WeightsFile, choice: Choice, output: str | Path | None) -> SlimResult:
+    """Write the slimmed weights to ``output`` and its cfg beside it
+    (``OUT.cfg``), both atomically; ``output=None`` only computes the report."""
     target = None if output is None else Path(output)
     model = wf.model
     cfg_path = Path(model.path)
     if target is not None:
-        for source, written in ((wf.path, target), (cfg_path, cfg_beside(target))):
-            if written.exists() and written.resolve() == source.resolve():
-                raise OutputError(f"{written}: slim would overwrite its input {source}; choose another -o")
-            check_output(source, written)
-    choice = choose(wf, gamma_threshold=gamma_threshold, percent=percent, target_flops=target_flops,
-                    min_channels=min_channels, exclude=exclude)
+        _check_targets(wf, target)
     graph, kept = choice.graph, choice.kept
     constants = _constants(wf, graph, kept)
     arrays, groups = _new_arrays(wf, graph, kept, constants)

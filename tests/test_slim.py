@@ -60,7 +60,7 @@ def sized_cfg(source: Path, folder: Path, size: int) -> Path:
     return target
 
 
-def random_weights(model: ds.Model, path: Path, rng: np.random.Generator) -> None:
+def random_arrays(model: ds.Model, rng: np.random.Generator) -> dict[tuple[int, str], np.ndarray]:
     """He-initialised weights and batch-norm statistics near the identity,
     so activations stay near 1 through a hundred layers."""
     arrays = {}
@@ -68,13 +68,17 @@ def random_weights(model: ds.Model, path: Path, rng: np.random.Generator) -> Non
         for p in layer.params:
             if p.role == "weights":
                 fan_in = p.shape[1] * (p.shape[2] * p.shape[3] if len(p.shape) == 4 else 1)
-                values = rng.standard_normal(p.count) * np.sqrt(2 / fan_in)
+                values = rng.standard_normal(p.count, dtype=np.float32) * np.float32(np.sqrt(2 / fan_in))
             elif p.role in ("scales", "rolling_variance"):
-                values = rng.uniform(0.5, 1.5, p.count)
+                values = rng.uniform(0.5, 1.5, p.count).astype(np.float32)
             else:
-                values = rng.normal(0, 0.1, p.count)
-            arrays[layer.index, p.name] = values.astype(np.float32)
-    new_file(model, path, arrays)
+                values = rng.normal(0, 0.1, p.count).astype(np.float32)
+            arrays[layer.index, p.name] = values
+    return arrays
+
+
+def random_weights(model: ds.Model, path: Path, rng: np.random.Generator) -> None:
+    new_file(model, path, random_arrays(model, rng))
 
 
 def prunable_classes(model: ds.Model) -> list[np.ndarray]:
@@ -89,16 +93,15 @@ def prunable_classes(model: ds.Model) -> list[np.ndarray]:
     return [np.array(nodes) for nodes in classes.values()]
 
 
-def zero_channels(wf: WeightsFile, path: Path, nodes: np.ndarray, zero_bias: bool = True) -> None:
-    """Copy ``wf`` with gamma (and beta) of the given nodes set to 0."""
-    graph = channel_graph(wf.model)
-    arrays = {slot.key: np.array(wf.array(slot)) for slot in wf.slots}
+def zero_channels(model: ds.Model, arrays: dict, nodes: np.ndarray, zero_bias: bool = True) -> dict:
+    """``arrays`` with gamma (and beta) of the given nodes set to 0."""
+    graph = channel_graph(model)
     for node in nodes.tolist():
         layer, channel = int(graph.node_layer[node]), int(graph.node_channel[node])
         arrays[layer, "scales"][channel] = 0
         if zero_bias:
             arrays[layer, "biases"][channel] = 0
-    new_file(wf.model, path, arrays)
+    return arrays
 
 
 def layer_outputs(values: np.ndarray, model: ds.Model) -> list[np.ndarray]:
@@ -142,15 +145,17 @@ def zeroed_model(cfg: Path, fork: str, tmp_path: Path, seed: int, fraction: floa
     model, the file and the nodes of every class now wholly dead."""
     model = ds.load_model(cfg, fork)
     rng = np.random.default_rng(seed)
-    random_weights(model, tmp_path / "random.weights", rng)
+    arrays = random_arrays(model, rng)
     classes = prunable_classes(model)
     chosen = [c for c in classes if rng.random() < fraction]
     graph = channel_graph(model)
     lone = rng.choice(np.flatnonzero(graph.rankable), 5, replace=False)  # may be tied to live channels
     nodes = np.unique(np.concatenate(chosen + [lone]))
     full = tmp_path / "full.weights"
-    zero_channels(WeightsFile(tmp_path / "random.weights", model), full, nodes)
-    dead = [c for c in classes if np.isin(c, nodes).all()]  # the chosen ones and lone channels not tied to others
+    new_file(model, full, zero_channels(model, arrays, nodes))
+    zeroed = np.zeros(len(graph.node_layer), bool)
+    zeroed[nodes] = True
+    dead = [c for c in classes if zeroed[c].all()]  # the chosen ones and lone channels not tied to others
     return model, WeightsFile(full, model), np.unique(np.concatenate(dead))
 
 
@@ -159,8 +164,8 @@ def test_removing_dead_channels_changes_nothing_in_stock_darknet(name, driver, t
     cfg = sized_cfg(UPSTREAM_CFG_DIR / f"{name}.cfg", tmp_path, UPSTREAM[name])
     model, wf, chosen = zeroed_model(cfg, "pjreddie", tmp_path, seed=len(name))
     out = tmp_path / "slim.weights"
-    result = slim.slim(wf, out, gamma_threshold=1e-6)
     choice = slim.choose(wf, gamma_threshold=1e-6)
+    result = slim.apply(wf, choice, out)
     removed = np.flatnonzero(~choice.kept)
     assert removed.tolist() == chosen.tolist()  # no constraint binds: exactly the dead classes
     assert result.removed == len(chosen) > 0
@@ -227,8 +232,8 @@ def test_removing_dead_channels_changes_nothing_in_opencv(name, size, tmp_path):
     cfg = sized_cfg(alexeyab_cfg(name), tmp_path, size)
     model, wf, chosen = zeroed_model(cfg, "alexeyab", tmp_path, seed=size)
     out = tmp_path / "slim.weights"
-    slim.slim(wf, out, gamma_threshold=1e-6)
     choice = slim.choose(wf, gamma_threshold=1e-6)
+    slim.apply(wf, choice, out)
     removed = set(np.flatnonzero(~choice.kept).tolist())
     assert removed <= set(chosen.tolist()) and len(removed) > len(chosen) // 2
     slim_model = ds.load_model(out.with_suffix(".cfg"), "alexeyab")
@@ -271,15 +276,15 @@ def test_bias_compensation_is_exact_behind_1x1_and_connected(driver, tmp_path):
     cfg = CFGS / "slim_exact.cfg"
     model = ds.load_model(cfg, "pjreddie")
     rng = np.random.default_rng(5)
-    random_weights(model, tmp_path / "r.weights", rng)
+    arrays = random_arrays(model, rng)
     classes = prunable_classes(model)
     chosen = np.concatenate([c for c in classes if rng.random() < 0.4])
     full = tmp_path / "full.weights"
-    zero_channels(WeightsFile(tmp_path / "r.weights", model), full, chosen, zero_bias=False)
+    new_file(model, full, zero_channels(model, arrays, chosen, zero_bias=False))
     wf = WeightsFile(full, model)
     out = tmp_path / "slim.weights"
-    slim.slim(wf, out, gamma_threshold=1e-6)
     choice = slim.choose(wf, gamma_threshold=1e-6)
+    slim.apply(wf, choice, out)
     assert sorted(np.flatnonzero(~choice.kept).tolist()) == sorted(chosen.tolist())
     slimmed = run_stock(driver, out.with_suffix(".cfg"), out, ds.load_model(out.with_suffix(".cfg"), "pjreddie"))
     assert assert_same_outputs(run_stock(driver, cfg, full, model), slimmed, choice) >= 5
@@ -300,16 +305,14 @@ def test_bias_compensation_is_exact_behind_1x1_and_connected(driver, tmp_path):
 def test_bias_compensation_behind_3x3_is_exact_away_from_the_border(driver, tmp_path):
     cfg = CFGS / "slim_border.cfg"
     model = ds.load_model(cfg, "pjreddie")
-    rng = np.random.default_rng(6)
-    random_weights(model, tmp_path / "r.weights", rng)
-    graph = channel_graph(model)
-    chosen = graph.producer(0)[::3]  # only layer 0 loses channels; layer 1 (3x3) reads them
+    arrays = random_arrays(model, np.random.default_rng(6))
+    chosen = channel_graph(model).producer(0)[::3]  # only layer 0 loses channels; layer 1 (3x3) reads them
     full = tmp_path / "full.weights"
-    zero_channels(WeightsFile(tmp_path / "r.weights", model), full, chosen, zero_bias=False)
+    new_file(model, full, zero_channels(model, arrays, chosen, zero_bias=False))
     wf = WeightsFile(full, model)
     out = tmp_path / "slim.weights"
-    slim.slim(wf, out, gamma_threshold=1e-6)
     choice = slim.choose(wf, gamma_threshold=1e-6)
+    slim.apply(wf, choice, out)
     assert np.flatnonzero(~choice.kept).tolist() == chosen.tolist()
     a = run_stock(driver, cfg, full, model)
     b = run_stock(driver, out.with_suffix(".cfg"), out, ds.load_model(out.with_suffix(".cfg"), "pjreddie"))
