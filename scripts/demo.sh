@@ -11,7 +11,7 @@ ds=.venv/bin/darknet-sparse
 out=out/demo
 rm -rf "$out"
 mkdir -p "$out"
-data=$(.venv/bin/python scripts/make_digits.py data/digits)
+data=$(.venv/bin/python scripts/make_example_data.py digits data/digits)
 
 echo "== The dense model"
 $ds info cfg/digits.weights

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Reproduce the example model cfg/digits.weights from scratch and record its top-1.
+# Reproduce an example model, cfg/NAME.weights, from scratch and record its top-1.
 #
-#   scripts/train_example.sh          (about a minute on 2 CPU cores)
+#   scripts/train_example.sh [digits]   (about a minute on 2 CPU cores)
+#   scripts/train_example.sh fashion    (Fashion-MNIST: about 15 minutes of CPU)
 #
-# Makes data/digits/ (scripts/make_digits.py), trains cfg/digits.cfg with
+# Makes data/NAME/ (scripts/make_example_data.py), trains cfg/NAME.cfg with
 # `darknet classifier train`, measures top-1 on the held-out split with
 # `darknet classifier valid` (darknet_sparse.examples.classifier_top1), then
-# copies the weights to cfg/digits.weights and the result to cfg/digits.top1.
+# copies the weights to cfg/NAME.weights and the result to cfg/NAME.top1.
 # Darknet: build/darknet/darknet if built, else /usr/bin/darknet (Debian's
 # build of the same upstream commit); override with DARKNET=.  Python: .venv
 # unless PYTHON= says otherwise.
@@ -26,23 +27,25 @@ if [ -z "${DARKNET:-}" ]; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-data=$("$PYTHON" scripts/make_digits.py data/digits)
-backup=data/digits/backup
-rm -f "$backup"/digits*.weights
+name=${1:-digits}
+[ -f "cfg/$name.cfg" ] || { echo "train_example.sh: no cfg/$name.cfg" >&2; exit 2; }
+data=$("$PYTHON" scripts/make_example_data.py "$name" "data/$name")
+backup=data/$name/backup
+rm -f "$backup/$name"*.weights
 
 start=$(date +%s)
-"$DARKNET" classifier train "$data" cfg/digits.cfg > data/digits/train.log 2>&1 \
-  || { tail -n 20 data/digits/train.log; exit 1; }
+"$DARKNET" classifier train "$data" "cfg/$name.cfg" > "data/$name/train.log" 2>&1 \
+  || { tail -n 20 "data/$name/train.log"; exit 1; }
 seconds=$(( $(date +%s) - start ))
-rm -f "$backup"/digits_*.weights   # the per-epoch snapshots
+rm -f "$backup/$name"_*.weights   # the per-epoch snapshots
 
-top1=$("$PYTHON" - "$DARKNET" "$data" cfg/digits.cfg "$backup/digits.weights" <<'PY'
+top1=$("$PYTHON" - "$DARKNET" "$data" "cfg/$name.cfg" "$backup/$name.weights" <<'PY'
 import sys
 from darknet_sparse.examples import classifier_top1
 print(classifier_top1(*sys.argv[1:]))
 PY
 )
-cp "$backup/digits.weights" cfg/digits.weights
+cp "$backup/$name.weights" "cfg/$name.weights"
 printf 'top1=%s\nvalid_images=%s\ntrain_seconds=%s\ndarknet=%s\n' \
-  "$top1" "$(wc -l < data/digits/valid.list)" "$seconds" "$DARKNET" > cfg/digits.top1
-echo "top-1 $top1 after ${seconds}s of training with $DARKNET: cfg/digits.weights, cfg/digits.top1"
+  "$top1" "$(wc -l < "data/$name/valid.list")" "$seconds" "$DARKNET" > "cfg/$name.top1"
+echo "top-1 $top1 after ${seconds}s of training with $DARKNET: cfg/$name.weights, cfg/$name.top1"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import numpy as np
+
 from darknet_sparse import load_model
 from darknet_sparse.errors import DarknetRunError, OutputError
 from darknet_sparse.examples import IMAGE_SIZE, classifier_top1, write_digits
@@ -112,3 +114,65 @@ def test_top1_failure_names_the_command_and_shows_darknets_output(digits, tmp_pa
     missing = tmp_path / "missing.weights"
     with pytest.raises(DarknetRunError, match=r"(?s)no top-1 lines.*Couldn't open file: .*missing\.weights"):
         classifier_top1(DARKNET, digits, CFG, missing)
+
+
+def _idx(path: Path, array) -> None:
+    """Write ``array`` (uint8) as a gzipped IDX file, as Fashion-MNIST ships."""
+    import gzip
+
+    import numpy as np
+
+    array = np.asarray(array, np.uint8)
+    header = b"\0\0\x08" + bytes([array.ndim]) + b"".join(struct.pack(">I", n) for n in array.shape)
+    with gzip.open(path, "wb") as stream:
+        stream.write(header + array.tobytes())
+
+
+def _fashion_source(folder: Path, train: int = 7, test: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    import numpy as np
+
+    rng = np.random.RandomState(0)
+    for prefix, count in (("train", train), ("t10k", test)):
+        _idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.randint(0, 256, (count, 28, 28)))
+        _idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(count) % 10)
+    return folder
+
+
+def test_fashion_writes_the_data_sets_own_split_with_path_word_labels(tmp_path):
+    from PIL import Image
+
+    from darknet_sparse.examples import FASHION_LABELS, darknet_labels, read_idx, write_fashion
+
+    source = _fashion_source(tmp_path / "src")
+    data = write_fashion(tmp_path / "fashion", source)
+    assert data.name == "fashion.data"
+    train = _read_list(data.parent / "train.list")
+    valid = _read_list(data.parent / "valid.list")
+    assert len(train) == 7 and len(valid) == 3
+    assert _read_list(data.parent / "labels.list") == list(FASHION_LABELS)
+    images = read_idx(source / "t10k-images-idx3-ubyte.gz")
+    for index, path in enumerate(valid):
+        assert darknet_labels(path, FASHION_LABELS) == [FASHION_LABELS[index % 10]]
+        pixels = np.asarray(Image.open(path))
+        assert pixels.shape == (28, 28, 3)
+        assert (pixels == images[index][:, :, None]).all()
+
+
+def test_fashion_bad_source_is_one_error(tmp_path):
+    from darknet_sparse.examples import write_fashion
+
+    with pytest.raises(OutputError, match="dataset-fashion-mnist"):
+        write_fashion(tmp_path / "out", tmp_path / "missing")
+
+    source = _fashion_source(tmp_path / "bad")
+    _idx(source / "t10k-labels-idx1-ubyte.gz", [1, 2])  # 3 images, 2 labels
+    with pytest.raises(OutputError, match="3 images and 2 labels|expected N"):
+        write_fashion(tmp_path / "out2", source)
+
+
+def test_fashion_labels_never_contain_each_other():
+    from darknet_sparse.examples import FASHION_LABELS
+
+    for a in FASHION_LABELS:
+        assert [b for b in FASHION_LABELS if a in b] == [a]
