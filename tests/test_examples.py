@@ -120,8 +120,6 @@ def _idx(path: Path, array) -> None:
     """Write ``array`` (uint8) as a gzipped IDX file, as Fashion-MNIST ships."""
     import gzip
 
-    import numpy as np
-
     array = np.asarray(array, np.uint8)
     header = b"\0\0\x08" + bytes([array.ndim]) + b"".join(struct.pack(">I", n) for n in array.shape)
     with gzip.open(path, "wb") as stream:
@@ -130,8 +128,6 @@ def _idx(path: Path, array) -> None:
 
 def _fashion_source(folder: Path, train: int = 7, test: int = 3) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    import numpy as np
-
     rng = np.random.RandomState(0)
     for prefix, count in (("train", train), ("t10k", test)):
         _idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.randint(0, 256, (count, 28, 28)))
