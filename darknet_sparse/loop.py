@@ -10,14 +10,34 @@ Each step of :func:`run`
    (:func:`darknet_sparse.runner.train`),
 3. counts the zeros retraining revived (0 with the patched binary; stock
    Darknet ignores ``prune=1`` and revives nearly all of them),
-4. evaluates: ``darknet classifier valid`` top-1 for classifiers, else the
+4. evaluates: ``darknet classifier valid`` top-1 for classifiers, a
+   detector's agreement mAP@0.5 with the starting model on evaluation images
+   (:func:`darknet_sparse.evaluate.evaluate_detector`, in-process), or the
    user's evaluation command, and
 5. appends one JSON line to ``OUT/log.jsonl``.
+
+Detectors without labels (``images``).  The starting model labels the
+training images before step 1: its detections above ``label_conf`` become
+Darknet label files in ``OUT/pseudo`` (:mod:`darknet_sparse.pseudolabels`;
+never beside the user's images), and ``detector train`` retrains on them.
+The retraining cfg of a detector also sets ``random=0`` in its ``[yolo]`` and
+``[region]`` sections (``random=1`` resizes the input to up to 608 every 10
+batches), a smaller input (``train_size``, default :data:`DETECTOR_TRAIN_SIZE`;
+the weights do not depend on it) and a CPU-sized batch
+(:data:`DETECTOR_BATCH`).  Evaluation runs at the user's cfg.
+
+Distillation (``teacher``).  The retraining cfg gets ``[net]
+distill_cfg=OUT/teacher.cfg`` (the teacher's cfg, or the user's, at the
+retraining input and batch), ``distill_weights``, ``distill_temperature`` and
+``distill_alpha`` (patches/0020-distill.patch): the teacher's soft targets
+weigh ``alpha``, the labels ``1 - alpha``.  With ``alpha`` 1 a detector needs
+no labels at all, so no pseudo-labels are made.
 
 The user's cfg, data file and weights are only read.  Darknet trains from a
 private copy of the cfg (``OUT/train.cfg``: ``max_batches`` and ``prune=1``
 set in ``[net]``, and ``learning_rate`` when given) and of the data file
-(``OUT/train.data``: ``backup=`` pointing at ``OUT/backup``).  It runs with
+(``OUT/train.data``: ``backup=`` pointing at ``OUT/backup``; for
+pseudo-labels, ``train=`` naming ``OUT/pseudo/train.list``).  It runs with
 ``-clear``: otherwise ``train`` would carry on from the ``seen`` stored in the
 weights and stop at once, since that is past the new ``max_batches``.  The
 learning-rate schedule of the cfg (burn-in, steps, poly) starts afresh at
@@ -30,7 +50,8 @@ Files in ``OUT``: ``step-NN.weights`` (every step's retrained weights),
 ``backup/`` (Darknet's scratch, emptied after every step).
 
 A log line holds ``step``, ``target_sparsity``, ``sparsity`` (measured on
-the retrained weights), ``top1`` (classifier) or ``score`` (evaluation
+the retrained weights), ``top1`` (classifier), ``map50`` and ``map`` (a
+detector's agreement mAP@0.5 and @0.5:0.95) or ``score`` (evaluation
 command), ``zeros_revived``, ``weights`` (path), ``mode`` (the policy's
 name), ``level`` (the value its knob was given: a sparsity, an ``end``, or a
 threshold),
@@ -58,13 +79,15 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import load_model, reports, runner, schedule
+from . import images as images_
+from . import load_model, pseudolabels, reports, runner, schedule
 from .errors import CfgError, OutputError, PolicyError, WeightsFormatError
 from .layout import Model
 from .policies import Magnitude, Policy, check_kind
@@ -73,6 +96,15 @@ from .weightsfile import WeightsFile, atomic_path
 
 TRAIN_CFG = "train.cfg"
 TRAIN_DATA = "train.data"
+TEACHER_CFG = "teacher.cfg"
+PSEUDO = "pseudo"
+#: A detector's retraining input (width and height; at most the cfg's).
+#: The weights do not depend on it; see README "Retraining a detector".
+DETECTOR_TRAIN_SIZE = 256
+#: A detector's retraining batch and subdivisions when the loop sizes them:
+#: small enough for a CPU step of a few minutes, big enough for batch norm.
+DETECTOR_BATCH = 8
+METRICS = ("top1", "map50", "score")
 
 
 @dataclass(frozen=True)
@@ -81,7 +113,7 @@ class LoopSettings:
 
     cfg: Path
     weights: Path
-    data: Path
+    data: Path | None  # None: a detector with ``images``
     out: Path
     targets: tuple[float, ...]
     iterations: int
@@ -93,11 +125,28 @@ class LoopSettings:
     darknet: Path | None = None  # None: runner.darknet_binary()
     learning_rate: float | None = None
     fork: str = "auto"
+    images: Path | None = None  # detector: unlabelled training images (a folder or a list)
+    eval_images: Path | None = None  # detector: scored by agreement with ``weights``
+    label_conf: float = pseudolabels.LABEL_CONF
+    train_size: int | None = None  # detector: the retraining input; None: DETECTOR_TRAIN_SIZE
+    batch: int | None = None  # None: the cfg's (classifier), DETECTOR_BATCH (detector)
+    subdivisions: int | None = None
+    teacher: Path | None = None  # distillation: the teacher's weights
+    teacher_cfg: Path | None = None  # None: ``cfg``
+    temperature: float = 1.0
+    alpha: float = 1.0
 
     @property
     def metric(self) -> str:
-        """The log key of the evaluation: ``top1`` or ``score``."""
-        return "score" if self.eval_cmd else "top1"
+        """The log key of the evaluation: ``top1``, ``map50`` or ``score``."""
+        if self.eval_cmd:
+            return "score"
+        return "map50" if self.task == "detector" else "top1"
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether retraining reads labels (not with a teacher at alpha 1)."""
+        return self.teacher is None or self.alpha < 1
 
 
 @dataclass
@@ -115,17 +164,20 @@ class StepRecord:
     level: float
     iterations: int
     seconds: float
+    details: dict = field(default_factory=dict)  # more of the evaluation: a detector's ``map``
 
     def to_line(self) -> str:
         data = asdict(self)
         data[data.pop("metric")] = data.pop("value")
+        data.update(data.pop("details"))
         return json.dumps(data) + "\n"
 
     @classmethod
     def from_line(cls, data: dict) -> StepRecord:
-        metric = "top1" if "top1" in data else "score"
-        return cls(metric=metric, value=data[metric],
-                   **{k: data[k] for k in cls.__dataclass_fields__ if k not in ("metric", "value")})
+        metric = next(m for m in METRICS if m in data)
+        own = [k for k in cls.__dataclass_fields__ if k not in ("metric", "value", "details")]
+        details = {k: v for k, v in data.items() if k not in own and k != metric}
+        return cls(metric=metric, value=data[metric], details=details, **{k: data[k] for k in own})
 
 
 @dataclass
@@ -136,12 +188,15 @@ class LoopResult:
     resumed: int
     final: Path | None
     stopped: str | None = None
+    labels: pseudolabels.Labelled | None = None
 
 
 def run(settings: LoopSettings, resume: bool = False,
-        on_progress: Callable[[int], None] | None = None) -> LoopResult:
+        on_progress: Callable[[int], None] | None = None,
+        on_message: Callable[[str], None] | None = None) -> LoopResult:
     """Run (or, with ``resume``, continue) the loop; ``on_progress(n)`` is
-    told the number of finished steps at the start and after each step.
+    told the number of finished steps at the start and after each step,
+    ``on_message`` what the loop prepares (pseudo-labels) in words.
 
     Raises :class:`PolicyError` for bad settings, :class:`OutputError` for an
     unusable output folder or log, :class:`DarknetRunError` when Darknet or
@@ -159,18 +214,17 @@ def run(settings: LoopSettings, resume: bool = False,
                               "to carry on or choose a new output folder")
         done = read_log(log, settings)
         _drop_partial_line(log)
-    (out / TRAIN_CFG).write_text(runner.retrain_cfg(settings.cfg.read_text(), settings.iterations,
-                                                    settings.learning_rate))
-    (out / TRAIN_DATA).write_text(runner.private_data(settings.data.read_text(), out / "backup"))
+    labelled = _write_training_files(settings, model, out, on_message)
     (out / "backup").mkdir(exist_ok=True)
     if on_progress:
         on_progress(len(done))
 
     steps = list(done)
     failed = next((r for r in steps if not _meets_floor(r, settings)), None)
+    score = _scorer(settings)
     while failed is None and len(steps) < len(settings.targets):
         source = Path(steps[-1].weights) if steps else settings.weights
-        record = _step(settings, model, len(steps) + 1, source)
+        record = _step(settings, model, len(steps) + 1, source, score)
         with open(log, "a", encoding="utf-8") as fp:
             fp.write(record.to_line())
             fp.flush()
@@ -187,7 +241,93 @@ def run(settings: LoopSettings, resume: bool = False,
     else:
         final.unlink(missing_ok=True)
     stopped = _floor_message(failed, accepted, settings) if failed else None
-    return LoopResult(steps, len(done), final if accepted else None, stopped)
+    return LoopResult(steps, len(done), final if accepted else None, stopped, labelled)
+
+
+def _write_training_files(settings: LoopSettings, model: Model, out: Path,
+                          on_message: Callable[[str], None] | None) -> pseudolabels.Labelled | None:
+    """``OUT/train.cfg``, ``OUT/train.data``, ``OUT/teacher.cfg`` (with a
+    teacher) and the pseudo-labels (a detector with ``images``)."""
+    net, sections = _retrain_options(settings, model)
+    if settings.teacher is not None:
+        teacher_cfg = settings.teacher_cfg or settings.cfg
+        shape = {k: net[k] for k in ("width", "height", "batch", "subdivisions") if k in net}
+        (out / TEACHER_CFG).write_text(runner.set_options(teacher_cfg.read_text(), shape, sections))
+        net.update(distill_cfg=out / TEACHER_CFG, distill_weights=settings.teacher.resolve(),
+                   distill_temperature=f"{settings.temperature:g}", distill_alpha=f"{settings.alpha:g}")
+    (out / TRAIN_CFG).write_text(runner.retrain_cfg(settings.cfg.read_text(), settings.iterations,
+                                                    settings.learning_rate, net, sections))
+    labelled, train = None, None
+    if settings.images is not None:
+        labeller = None
+        if settings.needs_labels:
+            def labeller():
+                from .darknet import Network
+                return Network(settings.cfg, settings.weights)
+        if on_message:
+            on_message(f"pseudo-labels: the starting model's detections above {settings.label_conf:g} "
+                       f"in {out / PSEUDO}" if labeller else f"training images: linked into {out / PSEUDO} "
+                       "(the teacher needs no labels)")
+        labelled = pseudolabels.prepare(labeller, images_.image_paths(settings.images), out / PSEUDO,
+                                        settings.label_conf, pseudolabels.file_identity(settings.cfg,
+                                                                                        settings.weights))
+        if on_message and labeller:
+            kept = " (kept from the last run)" if labelled.reused else ""
+            on_message(f"pseudo-labels: {labelled.boxes} boxes in {labelled.images} images{kept}")
+        train = labelled.train_list
+    data = settings.data.read_text() if settings.data else f"classes={_classes(model)}\n"
+    (out / TRAIN_DATA).write_text(runner.private_data(data, out / "backup", train))
+    return labelled
+
+
+def _retrain_options(settings: LoopSettings, model: Model) -> tuple[dict, dict | None]:
+    """The ``[net]`` options and the per-section ones of the retraining cfg
+    beyond ``max_batches``, ``prune`` and ``learning_rate``."""
+    net: dict = {}
+    sections = None
+    if "burn_in" in model.net.options:
+        net["burn_in"] = 0  # a burn-in longer than the step would keep the rate near 0 throughout
+    if settings.task == "detector":
+        size = settings.train_size
+        net["width"] = size or min(DETECTOR_TRAIN_SIZE, model.net.get_int("width", 0))
+        net["height"] = size or min(DETECTOR_TRAIN_SIZE, model.net.get_int("height", 0))
+        net["batch"], net["subdivisions"] = DETECTOR_BATCH, 1
+        sections = {"yolo": {"random": 0}, "region": {"random": 0}}
+    if settings.batch is not None:
+        net["batch"] = settings.batch
+        net["subdivisions"] = 1
+    if settings.subdivisions is not None:
+        net["subdivisions"] = settings.subdivisions
+    return net, sections
+
+
+def _classes(model: Model) -> int:
+    return model.layers[-1].section.get_int("classes", 20)
+
+
+def _scorer(settings: LoopSettings) -> Callable[[Path, int], tuple[float, dict]]:
+    """The evaluation of a step's weights: its value and details."""
+    if settings.eval_cmd or settings.task != "detector":
+        def score(weights: Path, step: int) -> tuple[float, dict]:
+            return runner.evaluate(settings.darknet, settings.eval_cmd, settings.cfg, settings.data, weights,
+                                   step), {}
+        return score
+
+    from .darknet import Network
+    from .evaluate import evaluate_detector
+    paths = images_.image_paths(settings.eval_images)
+    reference = []
+
+    def agreement(weights: Path, step: int) -> tuple[float, dict]:
+        if not reference:
+            reference.append(Network(settings.cfg, settings.weights))
+        report = evaluate_detector(Network(settings.cfg, weights), paths, reference=reference[0],
+                                   reference_name=str(settings.weights))
+        if report.map50 is None:
+            raise PolicyError(f"the starting model {settings.weights} finds nothing above the reference "
+                              f"confidence in {settings.eval_images}: there is no agreement to score")
+        return report.map50, {"map": report.map}
+    return agreement
 
 
 def _check(settings: LoopSettings) -> Model:
@@ -199,8 +339,7 @@ def _check(settings: LoopSettings) -> Model:
         raise PolicyError(f"iterations per step {settings.iterations!r} must be a whole number >= 1")
     if settings.task not in runner.TASKS:
         raise PolicyError(f"unknown task {settings.task!r}: expected one of {', '.join(runner.TASKS)}")
-    if settings.task != "classifier" and not settings.eval_cmd:
-        raise PolicyError(f"task {settings.task} needs an evaluation command (--eval-cmd)")
+    _check_task(settings)
     if settings.learning_rate is not None and not (math.isfinite(settings.learning_rate)
                                                    and settings.learning_rate > 0):
         raise PolicyError(f"learning rate {settings.learning_rate!r} must be a number > 0")
@@ -217,19 +356,71 @@ def _check(settings: LoopSettings) -> Model:
     return model
 
 
+def _check_task(settings: LoopSettings) -> None:
+    """The task's inputs: a classifier's data file, a detector's images,
+    evaluation and teacher settings."""
+    if settings.task == "detector":
+        if settings.data is None and settings.images is None:
+            raise PolicyError("task detector needs training images (--images) or a data file (--data)")
+        if not settings.eval_cmd and settings.eval_images is None:
+            raise PolicyError("task detector needs evaluation images (--eval-images: agreement with the "
+                              "starting model) or an evaluation command (--eval-cmd)")
+        if settings.train_size is not None and (settings.train_size < 32 or settings.train_size % 32):
+            raise PolicyError(f"training input {settings.train_size} must be a multiple of 32")
+    else:
+        if settings.data is None:
+            raise PolicyError(f"task {settings.task} needs a data file (--data)")
+        for given, option in ((settings.images, "--images"), (settings.eval_images, "--eval-images"),
+                              (settings.train_size, "--train-size")):
+            if given is not None:
+                raise PolicyError(f"{option} is for detectors (--task detector)")
+    if not 0 < settings.label_conf < 1:
+        raise PolicyError(f"label confidence {settings.label_conf!r} must be in (0, 1)")
+    for name, value in (("batch", settings.batch), ("subdivisions", settings.subdivisions)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise PolicyError(f"{name} {value!r} must be a whole number >= 1")
+    if settings.teacher is None:
+        if settings.teacher_cfg is not None:
+            raise PolicyError("a teacher cfg (--teacher-cfg) goes with a teacher (--teacher)")
+        return
+    if not (math.isfinite(settings.temperature) and settings.temperature > 0):
+        raise PolicyError(f"temperature {settings.temperature!r} must be a number > 0")
+    if not 0 <= settings.alpha <= 1:
+        raise PolicyError(f"alpha {settings.alpha!r} must be in [0, 1]")
+
+
 def _check_paths(settings: LoopSettings) -> None:
     """Inputs exist and are not among the files the loop writes; Darknet
     can use the output folder, which is created."""
-    for what, path in (("data file", settings.data), ("cfg", settings.cfg)):
-        if not path.is_file():
+    for what, path in (("data file", settings.data), ("cfg", settings.cfg), ("teacher cfg", settings.teacher_cfg)):
+        if path is not None and not path.is_file():
             raise CfgError(f"{path}: no such {what}")
-    runner.check_binary(settings.darknet)
+    if settings.teacher is not None:
+        teacher_cfg = settings.teacher_cfg or settings.cfg
+        if not settings.teacher.is_file():
+            raise WeightsFormatError(f"{settings.teacher}: no such teacher weights file")
+        WeightsFile(settings.teacher, load_model(teacher_cfg, settings.fork, settings.teacher))
+        for path in (settings.teacher, teacher_cfg):
+            if re.search(r"\s", str(path.resolve())):
+                raise OutputError(f"{path.resolve()}: Darknet reads cfg options without their blanks; "
+                                  "the teacher's path must have none")
     out = settings.out.resolve()
+    if settings.images is not None and (out / PSEUDO == settings.images.resolve()
+                                        or out / PSEUDO in settings.images.resolve().parents):
+        raise OutputError(f"{settings.images}: the loop rewrites {out / PSEUDO}; give the original images")
+    for what, source in (("training images", settings.images), ("evaluation images", settings.eval_images)):
+        if source is not None and not source.exists():
+            raise PolicyError(f"{source}: no such folder or list of {what}")
+    runner.check_binary(settings.darknet)
     runner.check_folder(out)
-    for path in (settings.cfg, settings.data, settings.weights):
+    if settings.images is not None:
+        pseudolabels.check_folder(out / PSEUDO)
+    for path in (settings.cfg, settings.data, settings.weights, settings.teacher, settings.teacher_cfg):
+        if path is None:
+            continue
         path = path.resolve()
-        if path.parent == out / "backup" or (path.parent == out and (
-                path.name in (TRAIN_CFG, TRAIN_DATA, "final.weights", "log.jsonl")
+        if path.parent == out / "backup" or out / PSEUDO in path.parents or (path.parent == out and (
+                path.name in (TRAIN_CFG, TRAIN_DATA, TEACHER_CFG, "final.weights", "log.jsonl")
                 or path.name.startswith("step-"))):
             raise OutputError(f"{path}: the loop writes this file; copy it out of {out} first")
     try:
@@ -238,7 +429,8 @@ def _check_paths(settings: LoopSettings) -> None:
         raise OutputError(f"{out}: cannot create the output folder: {exc.strerror}") from None
 
 
-def _step(settings: LoopSettings, model: Model, step: int, source: Path) -> StepRecord:
+def _step(settings: LoopSettings, model: Model, step: int, source: Path,
+          score: Callable[[Path, int], tuple[float, dict]]) -> StepRecord:
     """Threshold ``source``, retrain, measure, evaluate: one log record."""
     started = time.monotonic()
     out = settings.out.resolve()
@@ -249,9 +441,10 @@ def _step(settings: LoopSettings, model: Model, step: int, source: Path) -> Step
     revived = reports.diff(WeightsFile(pruned, model), WeightsFile(trained, model)).revived
     pruned.unlink()
     sparsity = weight_sparsity(WeightsFile(trained, model))
-    value = runner.evaluate(settings.darknet, settings.eval_cmd, settings.cfg, settings.data, trained, step)
+    value, details = score(trained, step)
     return StepRecord(step, target, sparsity, settings.metric, value, revived, str(trained),
-                      settings.policy.name, level, settings.iterations, round(time.monotonic() - started, 3))
+                      settings.policy.name, level, settings.iterations, round(time.monotonic() - started, 3),
+                      details)
 
 
 def _retrain(settings: LoopSettings, weights: Path, step: int) -> Path:

@@ -15,6 +15,7 @@ import re
 import shlex
 import signal
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from . import darknet_text
@@ -49,25 +50,58 @@ def check_folder(folder: Path) -> None:
                           f"{_MAX_FOLDER_CHARS} characters long")
 
 
-def retrain_cfg(text: str, iterations: int, learning_rate: float | None = None) -> str:
-    """The cfg text with ``max_batches``, ``prune=1`` (and ``learning_rate``)
-    set at the top of its ``[net]`` section, earlier values of them removed."""
+def retrain_cfg(text: str, iterations: int, learning_rate: float | None = None,
+                net: Mapping[str, object] | None = None,
+                sections: Mapping[str, Mapping[str, object]] | None = None) -> str:
+    """The cfg text with ``max_batches``, ``prune=1`` (and ``learning_rate``,
+    and the options of ``net``) set at the top of its ``[net]`` section, and
+    the options of ``sections[type]`` in every ``[type]`` section
+    (:func:`set_options`)."""
+    options = {"max_batches": iterations, "prune": 1}
+    if learning_rate is not None:
+        options["learning_rate"] = f"{learning_rate:g}"
+    options.update(net or {})
+    return set_options(text, options, sections)
+
+
+def set_options(text: str, net: Mapping[str, object],
+                sections: Mapping[str, Mapping[str, object]] | None = None) -> str:
+    """The cfg text with the options of ``net`` set at the top of its
+    ``[net]`` section and those of ``sections[type]`` at the top of every
+    ``[type]`` section (``{"yolo": {"random": 0}}``), each under a comment
+    line, their earlier values in those sections removed; every other line
+    is kept as it is."""
     lines = text.splitlines()
-    keys = {"max_batches", "prune"} | ({"learning_rate"} if learning_rate is not None else set())
     start = next((i for i, line in enumerate(lines) if _key(line).startswith("[")), None)
     if start is None or _key(lines[start]) not in ("[net]", "[network]"):
         raise PolicyError("the cfg's first section must be [net] or [network]")
-    end = next((i for i in range(start + 1, len(lines)) if _key(lines[i]).startswith("[")), len(lines))
-    net = [line for line in lines[start + 1:end] if _key(line).split("=", 1)[0] not in keys]
-    added = [f"max_batches={iterations}", "prune=1"]
-    added += [f"learning_rate={learning_rate:g}"] if learning_rate is not None else []
-    return "\n".join(lines[:start + 1] + ["# set by darknet-sparse loop"] + added + net + lines[end:]) + "\n"
+    wanted = {index: net for index in (start,)}
+    for i in range(start + 1, len(lines)):
+        kind = _key(lines[i])
+        if kind.startswith("[") and sections and kind.strip("[]") in sections:
+            wanted[i] = sections[kind.strip("[]")]
+    result, current = lines[:start], None
+    for i in range(start, len(lines)):
+        if _key(lines[i]).startswith("["):
+            current = wanted.get(i)
+            result.append(lines[i])
+            if current:
+                result.append("# set by darknet-sparse loop")
+                result += [f"{key}={value}" for key, value in current.items()]
+            continue
+        if current and _key(lines[i]).split("=", 1)[0] in current:
+            continue
+        result.append(lines[i])
+    return "\n".join(result) + "\n"
 
 
-def private_data(text: str, backup: Path) -> str:
-    """The data file's text with ``backup=`` pointing at ``backup``."""
-    kept = [line for line in text.splitlines() if _key(line).split("=", 1)[0] != "backup"]
-    return "\n".join(kept + [f"backup={backup}"]) + "\n"
+def private_data(text: str, backup: Path, train: Path | None = None) -> str:
+    """The data file's text with ``backup=`` pointing at ``backup`` (and
+    ``train=`` at ``train``, when given)."""
+    replaced = {"backup"} | ({"train"} if train is not None else set())
+    kept = [line for line in text.splitlines() if _key(line).split("=", 1)[0] not in replaced]
+    added = ([f"train={train}"] if train is not None else []) + [f"backup={backup}"]
+    return "\n".join(kept + added) + "\n"
 
 
 def _key(line: str) -> str:

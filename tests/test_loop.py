@@ -22,11 +22,11 @@ from click.testing import CliRunner
 from darknet_sparse import load
 from darknet_sparse import runner
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
-from darknet_sparse.errors import CfgError, DarknetRunError, OutputError, PolicyError
+from darknet_sparse.errors import CfgError, DarknetRunError, OutputError, PolicyError, WeightsFormatError
 from darknet_sparse.examples import write_digits
 from darknet_sparse.loop import LoopSettings, run
 from darknet_sparse.policies import Absolute, Magnitude, Sensitivity, Triangle
-from darknet_sparse.runner import private_data, retrain_cfg
+from darknet_sparse.runner import private_data, retrain_cfg, set_options
 from darknet_sparse.search import TOLERANCE, prune_to, weight_sparsity
 from darknet_sparse.reports import diff
 
@@ -107,6 +107,29 @@ def test_retraining_with_the_patched_darknet_never_revives_a_zero(two_steps, mod
     first, second = load(cfg, out / "step-01.weights"), load(cfg, out / "step-02.weights")
     assert diff(first, second).revived == 0  # step 2's threshold only adds zeros; its retraining keeps them
     assert weight_sparsity(second) >= 0.7 - 1e-4
+
+
+def test_a_teacher_distils_while_retraining_and_zeros_stay_zero(tmp_path, digits, model_files):
+    """--teacher puts patches/0020's options in the retraining cfg; the
+    patched Darknet loads the teacher, and prune=1 still freezes the zeros."""
+    cfg, weights = model_files
+    out = tmp_path / "taught"
+    result = _cli("--cfg", cfg, "--weights", weights, "--data", digits, "--sparsities", "0.6",
+                  "--iterations-per-step", 5, "--out", out, "--darknet", PATCHED, "--teacher", weights,
+                  "--temperature", 3, "--alpha", 0.7)
+    assert result.exit_code == 0, result.output
+    net = (out / "train.cfg").read_text().split("[convolutional]")[0].splitlines()
+    for option in (f"distill_cfg={out / 'teacher.cfg'}", f"distill_weights={weights}", "distill_temperature=3",
+                   "distill_alpha=0.7", "prune=1"):
+        assert option in net, option
+    assert (out / "teacher.cfg").read_text() == cfg.read_text()  # a classifier's teacher runs as it is
+    assert "distill: teacher " + str(out / "teacher.cfg") + ", 1 head(s), temperature 3, alpha 0.7" in \
+        (out / "step-01.log").read_text()
+    line, = _log(out)
+    assert line["zeros_revived"] == 0 and 0 <= line["top1"] <= 1
+    trained = load(cfg, out / "step-01.weights")
+    assert weight_sparsity(trained) >= 0.6 - 1e-4
+    assert diff(load(cfg, weights), trained).totals["changed"] > 0
 
 
 def test_the_revival_check_catches_a_darknet_without_prune(tmp_path, digits, model_files):
@@ -269,7 +292,14 @@ def test_resume_of_a_finished_loop_runs_nothing(tmp_path, digits, model_files, f
 
 @pytest.mark.parametrize("changes, error, message", [
     ({"task": "detector", "eval_cmd": None}, PolicyError,
-     r"task detector needs an evaluation command \(--eval-cmd\)"),
+     r"task detector needs evaluation images \(--eval-images: .*\) or an evaluation command \(--eval-cmd\)"),
+    ({"task": "detector", "data": None}, PolicyError, r"task detector needs training images \(--images\)"),
+    ({"data": None}, PolicyError, r"task classifier needs a data file \(--data\)"),
+    ({"eval_images": Path("x")}, PolicyError, r"--eval-images is for detectors"),
+    ({"teacher_cfg": Path("x.cfg")}, PolicyError, r"--teacher-cfg\) goes with a teacher"),
+    ({"teacher": Path("/nonexistent/t.weights")}, WeightsFormatError, "no such teacher weights file"),
+    ({"teacher": Path(__file__), "alpha": 1.5}, PolicyError, r"alpha 1.5 must be in \[0, 1\]"),
+    ({"teacher": Path(__file__), "temperature": 0.0}, PolicyError, "temperature 0.0 must be a number > 0"),
     ({"iterations": 0}, PolicyError, "iterations per step 0 must be a whole number >= 1"),
     ({"targets": (0.7, 0.5)}, PolicyError, "must not decrease: 0.7 then 0.5"),
     ({"policy": "random"}, PolicyError, "unknown mode 'random'"),
@@ -324,9 +354,20 @@ def test_retrain_cfg_overrides_the_net_section_only():
         retrain_cfg("[convolutional]\nfilters=3\n[net]\n", 3)
 
 
+def test_set_options_sets_every_section_of_a_type():
+    text = "[net]\nwidth=416\n[yolo]\nrandom = 1\nclasses=80\n[route]\nrandom=1\n[yolo]\nclasses=80\n"
+    assert set_options(text, {"width": 256}, {"yolo": {"random": 0}}) == (
+        "[net]\n# set by darknet-sparse loop\nwidth=256\n"
+        "[yolo]\n# set by darknet-sparse loop\nrandom=0\nclasses=80\n[route]\nrandom=1\n"
+        "[yolo]\n# set by darknet-sparse loop\nrandom=0\nclasses=80\n")
+    assert set_options(text, {}) == text
+
+
 def test_private_data_points_backup_into_the_loop_folder():
     text = "classes=10\n backup = /elsewhere\ntrain=t.list\n"
     assert private_data(text, Path("/loop/backup")) == "classes=10\ntrain=t.list\nbackup=/loop/backup\n"
+    assert private_data(text, Path("/b"), Path("/loop/pseudo/train.list")) == (
+        "classes=10\ntrain=/loop/pseudo/train.list\nbackup=/b\n")
 
 
 @pytest.mark.parametrize("kind, spec", [(Sensitivity, None), (Triangle, None), (Absolute, None),

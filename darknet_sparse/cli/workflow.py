@@ -11,7 +11,7 @@ import click
 
 from .. import find_cfg, reports, schedule
 from .. import loop as loop_
-from .. import runner
+from .. import pseudolabels, runner
 from ..policies import POLICIES, read_spec
 from . import cfg_option, cli, fork_option
 
@@ -28,8 +28,9 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
 @cli.command()
 @click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The dense (or partly pruned) weights to start from; only read.")
-@click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Darknet's .data file (train=, valid=, labels=, ...); its backup= is not used.")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
+              help="Darknet's .data file (train=, valid=, labels=, ...); its backup= is not used.  "
+                   "Needed for classifiers; a detector may give --images instead.")
 @click.option("--final-sparsity", type=float,
               help="Total sparsity of the prunable weights after the last step, in [0, 1).")
 @click.option("--steps", type=click.IntRange(min=1), default=4, show_default=True,
@@ -51,10 +52,35 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
               help="Folder for every step's weights, log.jsonl and final.weights.")
 @click.option("--task", type=click.Choice(tuple(runner.TASKS)), default="classifier", show_default=True,
               help="Which `darknet <task> train` retrains.")
+@click.option("--images", type=click.Path(path_type=Path),
+              help="Detector: unlabelled training images (a folder or list file); the starting model's "
+                   "detections above --label-conf become label files in OUT/pseudo.")
+@click.option("--label-conf", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=pseudolabels.LABEL_CONF, show_default=True,
+              help="Detector: confidence a starting-model detection needs to become a label (the same as "
+                   "agreement's reference confidence, so retraining aims at what is scored).")
+@click.option("--eval-images", type=click.Path(path_type=Path),
+              help="Detector: score each step by agreement mAP@0.5 with the starting model on these "
+                   "images (a folder or list file).")
+@click.option("--train-size", type=click.IntRange(min=32),
+              help=f"Detector: network width and height while retraining, a multiple of 32 (default: "
+                   f"{loop_.DETECTOR_TRAIN_SIZE} or the cfg's if smaller).  Evaluation uses the cfg's.")
+@click.option("--batch", type=click.IntRange(min=1),
+              help=f"Images per retraining batch (default: the cfg's; detectors {loop_.DETECTOR_BATCH}).")
+@click.option("--subdivisions", type=click.IntRange(min=1), help="Split each batch in this many passes.")
+@click.option("--teacher", type=click.Path(dir_okay=False, path_type=Path),
+              help="Distil: retrain on the soft targets of these (dense) weights (patched Darknet's "
+                   "distill_* options); with --alpha 1 a detector needs no labels.")
+@click.option("--teacher-cfg", type=click.Path(dir_okay=False, path_type=Path),
+              help="The teacher's cfg (default: --cfg); its heads must have the student's shapes.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Distillation temperature T (soft targets softmax(z/T), sigmoid(z/T) for [yolo]).")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Weight of the teacher's term; 1 - alpha weighs the labels.")
 @click.option("--eval-cmd",
               help="Shell command printing the score as its last line; {weights}, {cfg}, {data}, {step} "
-                   "are replaced (also $DARKNET_SPARSE_WEIGHTS etc.).  Default for classifiers: "
-                   "top-1 of `darknet classifier valid`.")
+                   "are replaced (also $DARKNET_SPARSE_WEIGHTS etc.).  Default: for classifiers top-1 of "
+                   "`darknet classifier valid`, for detectors agreement mAP@0.5 on --eval-images.")
 @click.option("--min-score", "--min-top1", "min_score", type=float,
               help="Stop when a step's score (top-1 for classifiers) falls below this; exit status 1.")
 @click.option("--resume", is_flag=True, help="Carry on after the last complete step in OUT/log.jsonl.")
@@ -62,16 +88,24 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
               help="The patched Darknet binary (default: the one `darknet-sparse build` made).")
 @cfg_option
 @fork_option
-def loop(weights: Path, data: Path, final_sparsity: float | None, steps: int, sparsities: list[float] | None,
-         schedule_name: str, mode: str, spec: Path | None, iterations: int, learning_rate: float | None,
-         out: Path, task: str, eval_cmd: str | None, min_score: float | None, resume: bool,
-         darknet: Path | None, cfg: Path | None, fork: str) -> None:
+def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: int,
+         sparsities: list[float] | None, schedule_name: str, mode: str, spec: Path | None, iterations: int,
+         learning_rate: float | None, out: Path, task: str, images: Path | None, label_conf: float,
+         eval_images: Path | None, train_size: int | None, batch: int | None, subdivisions: int | None,
+         teacher: Path | None, teacher_cfg: Path | None, temperature: float, alpha: float,
+         eval_cmd: str | None, min_score: float | None, resume: bool, darknet: Path | None,
+         cfg: Path | None, fork: str) -> None:
     """Prune and retrain in steps: threshold to each step's target, retrain
     with zero weights frozen (patched Darknet, prune=1), evaluate, log.
 
     One JSON line per step goes to OUT/log.jsonl; OUT/final.weights is the
-    last step that met --min-score.  The given cfg, data and weights are
-    never written.  A step below --min-score stops the loop with exit status 1.
+    last step that met --min-score.  The given cfg, data, weights and images
+    are never written.  A step below --min-score stops the loop with exit
+    status 1.
+
+    A detector needs no labels: with --images the starting model labels them
+    (OUT/pseudo), with --eval-images each step is scored by agreement mAP@0.5
+    with it.  --teacher retrains on a teacher's soft targets instead.
     """
     if sparsities is not None:
         targets = schedule.explicit(sparsities)
@@ -84,10 +118,14 @@ def loop(weights: Path, data: Path, final_sparsity: float | None, steps: int, sp
     settings = loop_.LoopSettings(
         cfg=cfg or find_cfg(weights), weights=weights, data=data, out=out, targets=tuple(targets),
         iterations=iterations, policy=POLICIES[mode], spec=read_spec(spec) if spec else None, task=task,
-        eval_cmd=eval_cmd, min_score=min_score, darknet=darknet, learning_rate=learning_rate, fork=fork)
+        eval_cmd=eval_cmd, min_score=min_score, darknet=darknet, learning_rate=learning_rate, fork=fork,
+        images=images, eval_images=eval_images, label_conf=label_conf, train_size=train_size, batch=batch,
+        subdivisions=subdivisions, teacher=teacher, teacher_cfg=teacher_cfg, temperature=temperature,
+        alpha=alpha)
     with click.progressbar(length=len(targets), label="prune/retrain steps",
                            file=sys.stderr) as bar:
-        result = loop_.run(settings, resume, on_progress=lambda done: bar.update(done - bar.pos))
+        result = loop_.run(settings, resume, on_progress=lambda done: bar.update(done - bar.pos),
+                           on_message=lambda text: click.echo(text, err=True))
     click.echo(_summary(result))
     if any(r.zeros_revived for r in result.steps):
         click.echo("warning: retraining revived pruned weights: is --darknet the patched build?", err=True)
