@@ -455,3 +455,20 @@ def test_cli_dry_run_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.weights"]
     no_output = CliRunner().invoke(cli, ["slim", str(weights), "--cfg", str(CFGS / "slim_exact.cfg"), "--percent", "0.3"])
     assert no_output.exit_code == 2 and no_output.output.startswith("Error: slim needs -o")
+
+
+def test_depthwise_and_grouped_convolutions_stay_consistent(driver, tmp_path):
+    cfg = CFGS / "slim_groups.cfg"
+    model, wf, dead = zeroed_model(cfg, "pjreddie", tmp_path, seed=13, fraction=0.5)
+    choice = slim.choose(wf, gamma_threshold=1e-6)
+    out = tmp_path / "slim.weights"
+    slim.apply(wf, choice, out)
+    kept = [choice.kept_channels(i) for i in range(4)]
+    assert kept[0].tolist() == kept[1].tolist() and len(kept[1]) < 16  # one mask through the depthwise layer
+    assert len(kept[2]) < 16 and (kept[2] < 8).sum() == (kept[2] >= 8).sum()  # equal groups
+    assert set(np.flatnonzero(~choice.kept).tolist()) <= set(dead.tolist())
+    new = ds.read_cfg(out.with_suffix(".cfg"))
+    assert new[2].get_int("groups") == new[2].get_int("filters") == len(kept[1])
+    assert new[3].get_int("groups") == 2
+    slimmed = run_stock(driver, out.with_suffix(".cfg"), out, ds.load_model(out.with_suffix(".cfg"), "pjreddie"))
+    assert assert_same_outputs(run_stock(driver, cfg, wf.path, model), slimmed, choice) >= 3
