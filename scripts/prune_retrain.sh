@@ -14,8 +14,10 @@
 # Environment: DARKNET (default build/darknet/darknet: `make darknet`),
 # DARKNET_SPARSE (default darknet-sparse), MODE (magnitude or global: the
 # modes whose level is a sparsity; default magnitude).  Classifiers only: for
-# a detector use `detector train`, its output is backup/train_final.weights,
-# and score it your own way.
+# a detector use `detector train`, its output is backup/train_final.weights
+# (and train.backup every 100 batches), and score it your own way, or let
+# `darknet-sparse loop --task detector --images DIR --eval-images DIR` make
+# the labels from the dense model and score agreement with it.
 set -euo pipefail
 
 if [ $# -ne 6 ]; then
