@@ -136,7 +136,16 @@ def assert_same_outputs(full: list[np.ndarray], slimmed: list[np.ndarray], choic
 
 
 def run_stock(driver: Driver, cfg: Path, weights: Path, model: ds.Model) -> list[np.ndarray]:
-    return layer_outputs(driver.predict(cfg, weights, weights.with_suffix(".bin")), model)
+    """Every layer's output by stock Darknet, after checking that the layer
+    table it prints (shapes, BFLOPs of each convolution) is ours."""
+    out = weights.with_suffix(".bin")
+    done = driver.run("predict", cfg, weights, out)
+    printed = printed_layers(done.stderr)
+    for layer in model.layers:
+        if layer.type == "convolutional":
+            assert printed_bflops(printed[layer.index]) == [f"{layer.flops / 1e9:.3f}"], layer.index
+        assert printed_output(printed[layer.index]) in (None, layer.output), layer.index
+    return layer_outputs(np.fromfile(out, np.float32), model)
 
 
 def zeroed_model(cfg: Path, fork: str, tmp_path: Path, seed: int, fraction: float = 0.4):
