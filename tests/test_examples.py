@@ -172,3 +172,21 @@ def test_fashion_labels_never_contain_each_other():
 
     for a in FASHION_LABELS:
         assert [b for b in FASHION_LABELS if a in b] == [a]
+
+
+FASHION_CFG = REPO / "cfg" / "fashion.cfg"
+FASHION_WEIGHTS = REPO / "cfg" / "fashion.weights"
+# Written by `make fashion` (make test depends on it): the 10,000 test images.
+FASHION_DATA = REPO / "data" / "fashion" / "fashion.data"
+
+
+def test_committed_fashion_weights_reach_their_recorded_top1_on_the_test_images():
+    assert FASHION_DATA.is_file(), f"{FASHION_DATA} is missing: run `make fashion`"
+    recorded = dict(line.split("=", 1) for line in (REPO / "cfg" / "fashion.top1").read_text().splitlines()
+                    if "=" in line and not line.startswith("#"))
+    assert int(recorded["valid_images"]) == len(_read_list(FASHION_DATA.parent / "valid.list")) == 10000
+    data = FASHION_WEIGHTS.read_bytes()
+    assert len(data) == expected_size(load_model(FASHION_CFG, "pjreddie"), 20)
+    top1 = classifier_top1(DARKNET, FASHION_DATA, FASHION_CFG, FASHION_WEIGHTS)
+    assert top1 == pytest.approx(float(recorded["top1"]), abs=1e-4)
+    assert top1 >= 0.90
