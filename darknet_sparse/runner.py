@@ -23,6 +23,9 @@ from .errors import DarknetRunError, OutputError, PolicyError
 
 #: Darknet subcommand and the name ``train`` gives its last weights (``base``
 #: is the cfg's file name up to its first dot: ``basecfg`` in utils.c).
+#: ``detector train`` (examples/detector.c) also writes ``base.backup`` every
+#: 100 batches and ``base_N.weights`` at N = 100, 200, ... 900 and every
+#: 10000; :func:`train` keeps only the final file.
 TASKS = {"classifier": "{base}.weights", "detector": "{base}_final.weights"}
 # Darknet builds backup file names in char[256]: leave room for the name.
 _MAX_FOLDER_CHARS = 200
