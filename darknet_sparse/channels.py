@@ -10,11 +10,12 @@ through the cfg (no weights needed) and gives:
 - *classes*: nodes that must go together, because a ``[shortcut]`` adds them
   channel by channel (every convolution a chain of shortcuts sums shares one
   mask) or because a depthwise convolution ties output ``k`` to input ``k``;
-- *frozen* nodes, which stay, each with the reason: channels of a
-  convolution without batch norm (nothing ranks them), channels that reach a
-  detection head, and channels that reach a layer type this module cannot
-  follow (``[reorg]``, ``[local]``, ``[sam]``, ``[softmax]`` ...), which is
-  frozen rather than guessed at;
+- *rankable* nodes: channels of a batch-normalised convolution whose
+  activation acts on each value alone (nothing ranks the others, so they stay);
+- *frozen* nodes, which stay, each with the reason: channels that reach a
+  detection head, and channels that reach a layer type or option this module
+  cannot follow (``[reorg]``, ``[local]``, ``[sam]``, ``[softmax]``,
+  ``share_index`` ...), which is frozen rather than guessed at;
 - *equal-count blocks*: node lists cut into equal blocks that must keep the
   same number of channels each: the input and the output of a grouped
   convolution, and every input of an AlexeyAB ``[route]`` with ``groups``
@@ -36,8 +37,9 @@ import numpy as np
 from .layout import Layer, Model
 
 #: Darknet's element-wise activations, as functions of float64 arrays.  A
-#: convolution or shortcut with any other activation (``normalize_channels``
-#: mixes channels; the rare piecewise ones are not modelled) is frozen.
+#: convolution with any other activation (``normalize_channels`` mixes
+#: channels; the rare piecewise ones are not modelled) is not ranked; a
+#: ``[shortcut]`` or ``[activation]`` layer with one is frozen.
 ACTIVATIONS = {
     "linear": lambda x: x,
     "leaky": lambda x: np.where(x > 0, x, 0.1 * x),
@@ -66,8 +68,8 @@ _CONV_OPTIONS_FROZEN = ("numload", "dontload", "dontloadscales", "flipped", "bin
 class LayerChannels:
     """How one layer's channels relate to nodes.
 
-    ``input``/``output`` hold the node behind each channel (``-1``-free int
-    arrays; empty for flat tensors).  ``role`` is ``conv``, ``connected``,
+    ``input``/``output`` hold the node behind each channel (int arrays,
+    empty for flat tensors).  ``role`` is ``conv``, ``connected``,
     ``pass``, ``route``, ``shortcut`` or ``frozen``.
     """
 

@@ -462,7 +462,8 @@ def test_cli_dry_run_writes_nothing(tmp_path):
                                       "--dry-run"])
     assert result.exit_code == 0 and "dry run, nothing written" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.weights"]
-    no_output = CliRunner().invoke(cli, ["slim", str(weights), "--cfg", str(CFGS / "slim_exact.cfg"), "--percent", "0.3"])
+    no_output = CliRunner().invoke(cli, ["slim", str(weights), "--cfg", str(CFGS / "slim_exact.cfg"),
+                                         "--percent", "0.3"])
     assert no_output.exit_code == 2 and no_output.output.startswith("Error: slim needs -o")
 
 
