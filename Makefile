@@ -73,7 +73,7 @@ data/fashion/fashion.data:
 binding: venv darknet
 	$(VPY) -m darknet_sparse._darknet_build
 
-test: setup models images fashion darknet darknet-stock binding
+test: setup models images fashion darknet darknet-stock darknet-omp binding
 	$(VPY) -m pytest -q tests
 
 demo: setup models images darknet binding

@@ -32,7 +32,7 @@ SPARSITIES = (0.0, 0.5, 0.9, 0.99)
 @pytest.fixture(scope="module")
 def drivers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Driver]:
     folder = tmp_path_factory.mktemp("forward_driver")
-    return {name: compile_driver(name, folder) for name in ("stock", "patched")}
+    return {name: compile_driver(name, folder) for name in ("stock", "patched", "patched-omp")}
 
 
 def outputs(drivers: dict[str, Driver], build: str, cfg: Path, weights: Path) -> np.ndarray:
@@ -92,6 +92,23 @@ CFGS = {
     + "".join(f"\n[connected]\noutput={n}\n{'batch_normalize=1' if n == 61 else ''}\nactivation={act}\n"
               for n, act in ((61, "leaky"), (42, "leaky"), (31, "linear"), (40, "leaky"), (3, "leaky"),
                              (2, "linear"), (5, "leaky"))),
+    # Convolutions tiled as yolov3-tiny's are: more than 128 input-matrix rows
+    # (several row blocks), an odd filter count (filters go in pairs), 1x1
+    # with k > 128, and enough 64-pixel tiles plus a partial one (20x23) for
+    # the OpenMP build to split the tiles; then 7x7 (one partial tile), where
+    # it splits each tile's filters.
+    "conv_blocks_tiles": _NET.format(h=20, w=23, c=30)
+    + _CONV.format(n=131, size=3, stride=1, extra="batch_normalize=1\npad=1\n")
+    + _CONV.format(n=5, size=1, stride=1, extra="")
+    + _CONV.format(n=33, size=3, stride=3, extra="pad=1\n")
+    + _CONV.format(n=9, size=3, stride=1, extra="pad=1\n"),
+    # Rows of at least 64 outputs at stride 1 (the AVX-512 build reads a
+    # zero-padded copy of the input in place of im2col): 3x3, 5x5 with
+    # padding 2, 3x3 without padding; 139 = 2*64 + 11 outputs a row.
+    "conv_wide_rows": _NET.format(h=4, w=139, c=3)
+    + _CONV.format(n=5, size=3, stride=1, extra="pad=1\n")
+    + _CONV.format(n=3, size=5, stride=1, extra="padding=2\nbatch_normalize=1\n")
+    + _CONV.format(n=4, size=3, stride=1, extra=""),
     # A conv feeding a connected layer, as in a classifier.
     "conv_connected": _NET.format(h=8, w=7, c=3)
     + _CONV.format(n=6, size=3, stride=1, extra="pad=1\n")
@@ -115,6 +132,19 @@ def test_outputs_equal_stock(drivers, models, name: str, sparsity: float):
         assert_same_bytes(stock, outputs(drivers, "patched", with_mode(cfg, mode), weights))
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("name", ["conv_blocks_tiles", "conv_wide_rows", "conv_groups_stride2", "connected"])
+def test_openmp_build_equals_stock(drivers, models, monkeypatch, name: str, threads: int):
+    """The OPENMP=1 build shares tiles, im2col rows and filters among its
+    threads; each output's sum must still be made in stock's order."""
+    monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
+    cfg, weights = models[name]
+    for sparsity in (0.5, 0.9):
+        target = pruned(cfg, weights, sparsity)
+        stock = outputs(drivers, "stock", cfg, target)
+        assert_same_bytes(stock, outputs(drivers, "patched-omp", with_mode(cfg, "sparse"), target))
+
+
 @pytest.mark.parametrize("name", ["conv3x3_nonsquare", "connected"])
 def test_single_weight_at_the_last_position(drivers, models, name: str):
     """Only the last weight of every layer is non-zero: an off-by-one in a
@@ -133,13 +163,18 @@ def test_single_weight_at_the_last_position(drivers, models, name: str):
     assert_same_bytes(stock, outputs(drivers, "patched", with_mode(cfg, "sparse"), target))
 
 
-def test_yolov3_tiny_at_90_percent(drivers, tmp_path: Path):
-    """The benchmark's model, auto mode: every conv takes the sparse path."""
+@pytest.mark.parametrize("sparsity", [0.7, 0.9])
+def test_yolov3_tiny(drivers, tmp_path: Path, monkeypatch, sparsity: float):
+    """The benchmark's model, auto mode: every conv takes the sparse path;
+    also on the OpenMP build at two threads."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     text = Path("/usr/share/darknet/cfg/yolov3-tiny.cfg").read_text()
     cfg, weights = write_model(tmp_path, "yolov3-tiny", text)
-    weights = pruned(cfg, weights, 0.9)
+    weights = pruned(cfg, weights, sparsity)
     assert set(drivers["patched"].run("paths", cfg, weights).stdout.split()) == {"0", "1"}
-    assert_same_bytes(outputs(drivers, "stock", cfg, weights), outputs(drivers, "patched", cfg, weights))
+    stock = outputs(drivers, "stock", cfg, weights)
+    assert_same_bytes(stock, outputs(drivers, "patched", cfg, weights))
+    assert_same_bytes(stock, outputs(drivers, "patched-omp", cfg, weights))
 
 
 def test_paths_follow_the_python_rule(drivers, tmp_path: Path):
