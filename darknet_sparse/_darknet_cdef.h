@@ -10,6 +10,14 @@ int ds_set_batch(ds_net *net, int batch);
 int ds_forward(ds_net *net, const float *x, float *out, int n, int train);
 int ds_train(ds_net *net, const float *x, const float *y, int n, int iterations, float *losses);
 int ds_save(ds_net *net, const char *path);
+/* detection (_shim_detect.c): detector test's image preparation, decode and NMS */
+typedef struct ds_dets ds_dets;
+const char *ds_detector_error(ds_net *net);
+int ds_detector_classes(ds_net *net);
+ds_dets *ds_detect(ds_net *net, const char *image, float thresh, float hier, float nms, const char **error);
+int ds_dets_count(ds_dets *dets, int *classes, int *w, int *h);
+void ds_dets_read(ds_dets *dets, float *boxes, float *probs, float *objectness);
+void ds_dets_free(ds_dets *dets);
 /* sparse: only against a patched Darknet (DARKNET_SPARSE) */
 float *ds_param(ds_net *net, int index, int k, const char **sub, const char **name, int *count);
 int ds_get_prune(ds_net *net, int index, float *threshold);

@@ -273,5 +273,6 @@ int ds_on_gpu(ds_net *h)
 #endif
 }
 
+#include "_shim_detect.c"  /* ds_detect: detection as `detector test` does it */
 #include "_shim_outputs.c"  /* ds_layer_output: any layer's output, e.g. every [yolo] head */
 #include "_shim_distill.c"  /* ds_distill_step: the distillation deltas of one batch */

@@ -336,3 +336,51 @@ class Network:
             for arrays, index in zip(found, layers):
                 arrays.append(output(index)[:len(rows)].copy())
         return [np.concatenate(arrays) for arrays in found]
+
+    # Detection: one image as `darknet detector test` computes it (_shim_detect.c).
+
+    def detector_error(self) -> str | None:
+        """Why this network cannot detect (last layer not [yolo], [region]
+        or [detection], mixed class counts, not 3 channels), or None."""
+        ffi = self._backend.ffi
+        reason = self._backend.lib.ds_detector_error(self._net)
+        return None if reason == ffi.NULL else ffi.string(reason).decode()
+
+    @property
+    def detector_classes(self) -> int:
+        """How many classes each detected box has probabilities for."""
+        reason = self.detector_error()
+        if reason:
+            raise BindingError(f"this network cannot detect: {reason}")
+        return self._backend.lib.ds_detector_classes(self._net)
+
+    def detect(self, image: str | Path, thresh: float, hier: float = 0.5, nms: float = 0.45
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+        """Upstream's own path for one image file: ``load_image_color``,
+        ``letterbox_image``, ``network_predict`` at batch 1,
+        ``get_network_boxes`` over every detection layer, ``do_nms_sort``
+        (``nms`` 0: none).  Returns boxes (n, 4: centre x, y, width, height
+        as fractions of the image), probabilities (n, classes: 0 at or below
+        ``thresh`` or suppressed), objectness (n,) and the image's (width,
+        height).  :func:`darknet_sparse.detect.detect` wraps this."""
+        for name, value in (("thresh", thresh), ("hier", hier), ("nms", nms)):
+            if not 0 <= value <= 1:
+                raise BindingError(f"{name} must be in [0, 1], not {value}")
+        reason = self.detector_error()
+        if reason:
+            raise BindingError(f"this network cannot detect: {reason}")
+        ffi, lib = self._backend.ffi, self._backend.lib
+        error = ffi.new("const char **")
+        found = lib.ds_detect(self._net, os.fsencode(image), thresh, hier, nms, error)
+        if found == ffi.NULL:
+            raise BindingError(f"{image}: Darknet cannot read the image ({ffi.string(error[0]).decode()})")
+        found = ffi.gc(found, lib.ds_dets_free)
+        classes, width, height = ffi.new("int *"), ffi.new("int *"), ffi.new("int *")
+        n = lib.ds_dets_count(found, classes, width, height)
+        boxes = np.zeros((n, 4), np.float32)
+        probs = np.zeros((n, classes[0]), np.float32)
+        objectness = np.zeros(n, np.float32)
+        if n:
+            lib.ds_dets_read(found, ffi.from_buffer("float[]", boxes), ffi.from_buffer("float[]", probs),
+                             ffi.from_buffer("float[]", objectness))
+        return boxes, probs, objectness, (width[0], height[0])

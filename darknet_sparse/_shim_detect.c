@@ -1,0 +1,110 @@
+/* Detection through the binding, as `darknet detector test` does it
+ * (examples/detector.c, test_detector): upstream's load_image_color and
+ * letterbox_image, one network_predict at batch 1, get_network_boxes over
+ * every [yolo], [region] and [detection] layer, and do_nms_sort with the
+ * last layer's class count.  Included by _darknet_shim.c, so it sees the
+ * ds_net handle; it uses nothing the patches add.
+ *
+ * load_image_color exits on a file stb_image cannot decode, so the image is
+ * first asked of stb_image's own stbi_info (built into libdarknet).  And
+ * get_network_boxes sizes each box's probabilities by the last layer's
+ * classes, so the last layer must be a detection layer whose class count
+ * every detection layer shares. */
+
+int stbi_info(char const *filename, int *x, int *y, int *comp);  /* stb_image.h, in image.c */
+const char *stbi_failure_reason(void);
+
+static int is_detection_layer(LAYER_TYPE type)
+{
+    return type == YOLO || type == REGION || type == DETECTION;
+}
+
+/* Why get_network_boxes would overrun this net's buffers, or NULL. */
+const char *ds_detector_error(ds_net *h)
+{
+    network *net = h->net;
+    int i, classes = net->layers[net->n - 1].classes;
+    if (!is_detection_layer(net->layers[net->n - 1].type)) return "the last layer is not [yolo], [region] or [detection]";
+    if (net->c != 3) return "detector test feeds 3-channel images, and the network does not take 3 channels";
+    for (i = 0; i < net->n; ++i)
+        if (is_detection_layer(net->layers[i].type) && net->layers[i].classes != classes)
+            return "the detection layers do not all have the last one's classes=";
+    return NULL;
+}
+
+/* The class count of every box's probabilities: the last layer's. */
+int ds_detector_classes(ds_net *h)
+{
+    return h->net->layers[h->net->n - 1].classes;
+}
+
+struct ds_dets {
+    detection *dets;
+    int n, classes, w, h;
+};
+
+/* The boxes of one image: probabilities at or below thresh are 0, and so are
+ * those NMS suppressed (nms 0: no NMS).  Boxes are relative to the image:
+ * centre x, y and width, height as fractions of its width and height.
+ * NULL with *error set for a net that is no detector, a file stb_image
+ * cannot read, or no memory. */
+ds_dets *ds_detect(ds_net *h, const char *path, float thresh, float hier, float nms, const char **error)
+{
+    network *net = h->net;
+    int batch = net->batch, width, height, channels;
+    ds_dets *d;
+    image im, sized;
+    if ((*error = ds_detector_error(h))) return NULL;
+    if (!stbi_info(path, &width, &height, &channels)) {
+        *error = stbi_failure_reason();
+        return NULL;
+    }
+    if (!(d = calloc(1, sizeof(*d)))) {
+        *error = "out of memory";
+        return NULL;
+    }
+    im = load_image_color((char *)path, 0, 0);
+    sized = letterbox_image(im, net->w, net->h);
+    sync_weights(h);
+    set_batch_network(net, 1);  /* as test_detector; also keeps yolo's flip averaging off */
+    network_predict(net, sized.data);
+    d->classes = ds_detector_classes(h);
+    d->w = im.w;
+    d->h = im.h;
+    d->dets = get_network_boxes(net, im.w, im.h, thresh, hier, 0, 1, &d->n);
+    if (nms > 0) do_nms_sort(d->dets, d->n, d->classes, nms);
+    set_batch_network(net, batch);
+    free_image(im);
+    free_image(sized);
+    return d;
+}
+
+/* How many boxes, their probabilities' width, and the image's size. */
+int ds_dets_count(ds_dets *d, int *classes, int *w, int *h)
+{
+    *classes = d->classes;
+    *w = d->w;
+    *h = d->h;
+    return d->n;
+}
+
+/* Copy the boxes out: boxes[4n] (x, y, w, h), probs[n * classes], objectness[n]. */
+void ds_dets_read(ds_dets *d, float *boxes, float *probs, float *objectness)
+{
+    int i;
+    for (i = 0; i < d->n; ++i) {
+        box b = d->dets[i].bbox;
+        boxes[4 * i] = b.x;
+        boxes[4 * i + 1] = b.y;
+        boxes[4 * i + 2] = b.w;
+        boxes[4 * i + 3] = b.h;
+        memcpy(probs + (size_t)i * d->classes, d->dets[i].prob, (size_t)d->classes * sizeof(float));
+        objectness[i] = d->dets[i].objectness;
+    }
+}
+
+void ds_dets_free(ds_dets *d)
+{
+    free_detections(d->dets, d->n);
+    free(d);
+}

@@ -1,0 +1,111 @@
+"""``eval``: a detector's mAP or a classifier's top-1/top-k, in-process."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .. import darknet_text, find_cfg, images, load_model, reports
+from .. import evaluate as evaluate_
+from ..errors import PolicyError
+from . import cfg_option, cli, json_option, weights_argument
+
+path_type = click.Path(dir_okay=False, path_type=Path)
+
+
+@cli.command("eval")
+@weights_argument
+@cfg_option
+@click.option("--images", "image_source", type=click.Path(path_type=Path),
+              help="Detector: an image, a folder of images or a list file (default: the --data file's valid= list).")
+@click.option("--data", type=path_type,
+              help="A Darknet .data file: a classifier's valid=, labels= and top=; a detector's valid= and names=.")
+@click.option("--reference", type=path_type,
+              help="Detector: score agreement with these (dense) weights instead of label files: their "
+                   "detections above --reference-conf are the ground truth.")
+@click.option("--reference-cfg", type=path_type, help="The reference's cfg (default: the model's).")
+@click.option("--reference-conf", type=click.FloatRange(0, 1, max_open=True), default=evaluate_.REFERENCE_CONF,
+              show_default=True, help="Confidence a reference detection needs to count as ground truth.")
+@click.option("--conf", type=click.FloatRange(0, 1, max_open=True), default=evaluate_.CONF, show_default=True,
+              help="Detector: the evaluated model's detection threshold (low, as for mAP).")
+@click.option("--nms", type=click.FloatRange(0, 1, max_open=True), default=evaluate_.NMS, show_default=True,
+              help="Detector: NMS overlap (0: none), as `detector test`.")
+@click.option("--names", type=path_type, help="Detector: class names, one a line (default: the --data file's names=).")
+@click.option("--top", "k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Classifier: also report top-K.")
+@click.option("--max-images", type=click.IntRange(min=1), help="Use at most this many images (a seeded random choice).")
+@json_option
+def evaluate(weights: Path, cfg: Path | None, image_source: Path | None, data: Path | None,
+             reference: Path | None, reference_cfg: Path | None, reference_conf: float, conf: float, nms: float,
+             names: Path | None, k: int, max_images: int | None, as_json: bool) -> None:
+    """Score WEIGHTS in-process through the binding: a detector's mAP@0.5 and
+    mAP@0.5:0.95 (COCO's evaluator) against Darknet label files or a
+    reference model, or a classifier's top-1 and top-K as `classifier valid`."""
+    from ..darknet import Network
+
+    cfg = cfg or find_cfg(weights)
+    task = evaluate_.task_of(load_model(cfg, "pjreddie", weights).layers[-1].type)
+    if task == "classifier":
+        for given, option in ((reference, "--reference"), (reference_cfg, "--reference-cfg"),
+                              (image_source, "--images"), (names, "--names")):
+            if given is not None:
+                raise PolicyError(f"{cfg} is a classifier (its last layer is no [yolo], [region] or "
+                                  f"[detection]): {option} is for detectors; give --data")
+        if data is None:
+            raise PolicyError(f"{cfg} is a classifier: give --data (its valid=, labels= and classes=)")
+        net = Network(cfg, weights)
+        count = len(images.labelled_list(data)[0])
+        with click.progressbar(length=count, label="images", file=sys.stderr) as bar:
+            report = evaluate_.evaluate_classifier(net, data, k, on_progress=lambda done: bar.update(done - bar.pos))
+        click.echo(reports.to_json(report) if as_json else _classifier_text(weights, cfg, data, report))
+        return
+
+    if reference_cfg is not None and reference is None:
+        raise PolicyError("--reference-cfg goes with --reference")
+    options = darknet_text.read_options(data) if data is not None else {}
+    if image_source is None:
+        if "valid" not in options:
+            raise PolicyError("give --images (a folder or list file), or --data with a valid= list")
+        image_source = Path(options["valid"])
+    single = image_source.suffix.lower() in images.SUFFIXES and image_source.is_file()
+    paths = images.sample([image_source] if single else images.image_paths(image_source), max_images)
+    names_file = names or (Path(options["names"]) if "names" in options else None)
+    class_names = darknet_text.read_lines(names_file) if names_file is not None else None
+    net = Network(cfg, weights)
+    reference_net = Network(reference_cfg or cfg, reference) if reference is not None else None
+    if class_names is not None and len(class_names) < net.detector_classes:  # before the bar starts
+        raise PolicyError(f"{names_file}: {len(class_names)} class names for a model with "
+                          f"{net.detector_classes} classes")
+    with click.progressbar(length=len(paths), label="images", file=sys.stderr) as bar:
+        report = evaluate_.evaluate_detector(
+            net, paths, reference=reference_net, reference_conf=reference_conf,
+            reference_name=str(reference), conf=conf, nms=nms, names=class_names,
+            on_progress=lambda done: bar.update(done - bar.pos))
+    click.echo(reports.to_json(report) if as_json else _detector_text(weights, cfg, image_source, report))
+
+
+def _detector_text(weights: Path, cfg: Path, source: Path, report: evaluate_.DetectorReport) -> str:
+    def score(value: float | None) -> str:
+        return "n/a (no ground-truth objects)" if value is None else f"{value:.4f}"
+    lines = [f"eval: {weights} ({cfg}) on {report.images} images of {source}",
+             f"ground truth: {report.truth_source}",
+             f"  {report.truths} objects in {len(report.classes)} classes; {report.detections} detections "
+             f"above {report.conf:g}, NMS {report.nms:g}",
+             f"mAP@0.5       {score(report.map50)}",
+             f"mAP@0.5:0.95  {score(report.map)}",
+             f"{report.seconds_per_image:.3f} s per image (load, letterbox, forward, decode, NMS)"]
+    if report.truth == "reference":
+        lines.insert(2, "  (agreement with the reference model, not accuracy against human labels)")
+    if report.classes:
+        width = max(5, *(len(c.name) for c in report.classes))
+        lines += ["", f"{'class':>5}  {'name':<{width}}  {'objects':>7}  {'AP@0.5':>7}  {'AP@.5:.95':>9}"]
+        lines += [f"{c.index:>5}  {c.name:<{width}}  {c.truths:>7}  {c.ap50:>7.4f}  {c.ap:>9.4f}"
+                  for c in report.classes]
+    return "\n".join(lines)
+
+
+def _classifier_text(weights: Path, cfg: Path, data: Path, report: evaluate_.ClassifierReport) -> str:
+    return "\n".join([f"eval: {weights} ({cfg}) on {report.images} images of {data}'s valid= list",
+                      f"top-1  {report.top1:.4f}",
+                      f"top-{report.k}  {report.topk:.4f}"])
