@@ -45,7 +45,7 @@ from .weightsfile import atomic_path
 
 TARGETS = ("sparsity", "flops")
 #: The metric a plan minimises when none is named, first present wins.
-PREFERRED_METRICS = ("top1", "kl", "rel_l2")
+PREFERRED_METRICS = ("top1", "map50", "map", "kl", "rel_l2")
 BISECTION_STEPS = 60
 #: Slack when comparing totals with the target (float sums of counts).
 EPSILON = 1e-12

@@ -32,14 +32,14 @@ this needs a CPU build of the binding (:func:`sensitivity.check_host`).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import darknet_text, load
+from . import darknet_text, images, load
 from .errors import CfgError, PolicyError
 from .layout import Layer, Model
 from .reports import render_table
@@ -133,10 +133,25 @@ def pass_size(images: int, batch: int) -> int:
     return images // -(-images // batch)
 
 
-def recalibrate(net: Network, model: Model, x: np.ndarray,
+class ImageFiles:
+    """Calibration images read pass by pass (a few at a time in memory), as
+    :func:`recalibrate` takes them: their count, and slices as arrays."""
+
+    def __init__(self, paths: Sequence[str | Path], shape: tuple[int, int, int], how: str = "crop"):
+        self.paths, self.shape, self.how = list(paths), shape, how
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        return images.load_batch(self.paths[part], self.shape, self.how)
+
+
+def recalibrate(net: Network, model: Model, x: np.ndarray | ImageFiles,
                 on_progress: Callable[[int], None] | None = None) -> Recalibration:
     """Set every recalibrated layer's rolling mean and variance to those of
-    the calibration images ``x`` (N, C, H, W); nothing else changes.
+    the calibration images ``x`` (N, C, H, W), an array or
+    :class:`ImageFiles`; nothing else changes.
 
     ``model`` is the cfg's layout (for each layer's output size);
     ``on_progress(n)`` is told how many passes are done.  Fewer than one

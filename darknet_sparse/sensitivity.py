@@ -7,10 +7,11 @@ whole sweep).  A level is a sparsity asked of each weight array of the layer,
 reached by magnitude within the array exactly as ``threshold --mode
 magnitude`` and a spec's per-layer sparsity reach it: with ``k = round(s*n)``,
 every ``|w|`` below the ``(k+1)``-th smallest becomes 0.  Level 0 is always
-measured, so every layer's curve starts at the unpruned network (the idea of
+in the sweep (the unpruned network's values, measured once), so every
+layer's curve starts at the unpruned network (the idea of
 Han et al. 2015, section 4; Distiller's ``sensitivity_analysis``).
 
-Two measures, each a ``Network -> {name: value}`` function:
+Three measures, each a ``Network -> {name: value}`` function:
 
 :func:`top1`       a classifier's top-1 on the ``valid=`` list of a ``.data``
                    file, images prepared as ``darknet classifier valid``
@@ -25,6 +26,10 @@ Two measures, each a ``Network -> {name: value}`` function:
                    pruned outputs from the dense ones (summed over softmax
                    groups).  A layer that feeds only one head moves only
                    that head's outputs, so every head is measured.
+:func:`agreement`  a detector's agreement with a reference model (the dense
+                   one): ``map50`` and ``map`` (@0.5:0.95), COCO's mAP of
+                   its detections against the reference's confident ones
+                   (:func:`darknet_sparse.evaluate.evaluate_detector`).
 
 The CSV (:func:`write_csv`, :func:`read_csv`) holds one row per layer and
 level with the layer's weight count and FLOPs, so ``plan`` needs no cfg.
@@ -56,7 +61,7 @@ if TYPE_CHECKING:
 
 Measure = Callable[["Network"], dict]
 #: Metrics where higher is better; the rest are distances (0 = unchanged).
-HIGHER_IS_BETTER = ("top1",)
+HIGHER_IS_BETTER = ("top1", "map50", "map")
 #: Probabilities below this count as this in the KL divergence.
 KL_FLOOR = 1e-12
 #: Layer types whose outputs are a detector's results: its heads.
@@ -145,6 +150,47 @@ def deviation(net: Network, x: np.ndarray, heads: Sequence[int], softmax: bool =
     return measure
 
 
+def agreement(paths: Sequence[str | Path], reference: Network, reference_conf: float = 0.5) -> Measure:
+    """Agreement mAP on the images ``paths`` with ``reference`` (a network
+    the sweep does not edit): its detections with confidence above
+    ``reference_conf`` are the ground truth; ``map50`` and ``map``."""
+    from . import evaluate  # which imports this module
+
+    fixed = _Unchanging(reference)
+
+    def measure(network: Network) -> dict:
+        report = evaluate.evaluate_detector(network, paths, reference=fixed, reference_conf=reference_conf)
+        if report.map50 is None:
+            raise PolicyError(f"the reference model finds nothing above confidence {reference_conf:g} in the "
+                              f"{len(paths)} images: there is nothing to agree with")
+        return {"map50": report.map50, "map": report.map}
+    return measure
+
+
+class _Unchanging:
+    """A network no one edits during the sweep (the reference): each image's
+    detections are computed once, not once per measurement."""
+
+    def __init__(self, net: Network):
+        self._net = net
+        self._seen: dict[tuple, tuple] = {}
+
+    def detect(self, image: str | Path, *options: float) -> tuple:
+        key = (str(image), *options)
+        if key not in self._seen:
+            self._seen[key] = self._net.detect(image, *options)
+        return self._seen[key]
+
+    def __getattr__(self, name: str):
+        return getattr(self._net, name)
+
+
+def default_resize(model: Model) -> str:
+    """How ``darknet`` fits images to this network: ``letterbox`` for a
+    detector (``detector test``), ``crop`` otherwise (``classifier valid``)."""
+    return "letterbox" if any(layer.type in HEAD_TYPES for layer in model.layers) else "crop"
+
+
 def output_layers(model: Model) -> list[int]:
     """The layers whose outputs a user reads: every detector head, or the last layer."""
     heads = [layer.index for layer in model.layers if layer.type in HEAD_TYPES]
@@ -213,8 +259,10 @@ def sweep(net: Network, model: Model, levels: Sequence[float], measure: Measure,
                 for view, _ in views:
                     prune_array(view, level)
                 nonzero = [int(np.count_nonzero(view)) for view, _ in views]
+                # Level 0 changes nothing: the network is the one measured first.
+                metrics = dict(baseline) if level == 0 else measure(net)
                 rows.append(Row(layer.index, layer.type, weights, flops, level, sum(nonzero),
-                                2 * sum(n * macs for n, (_, macs) in zip(nonzero, views)), measure(net)))
+                                2 * sum(n * macs for n, (_, macs) in zip(nonzero, views)), metrics))
             finally:
                 for (view, _), copy in zip(views, saved):
                     view[:] = copy

@@ -173,3 +173,15 @@ def test_the_yaml_spec_is_what_yaml_reads_back(tmp_path):
     assert text.startswith("# darknet-sparse plan from s.csv: sparsity target 0.8\n# total sparsity 0.8")
     assert yaml.safe_load(text) == plan.to_spec(result) == {
         "default": "skip", "layers": {"0": 0.0, "2": 0.5, "4": 0.5, "6": 0.9, "7": 0.0}}
+
+
+def test_agreement_map_is_a_score_to_lose_least_of(tmp_path):
+    """A map50 sweep (sensitivity --metric map50): the loss is the drop."""
+    rows = [sensitivity.Row(layer, "convolutional", 100, 200, level, 100 - round(100 * level), 0,
+                            {"map50": 1.0 - cost * level, "map": 0.9 - cost * level})
+            for layer, cost in ((0, 0.5), (1, 0.05)) for level in (0.0, 0.5)]
+    path = tmp_path / "map.csv"
+    sensitivity.write_csv(sensitivity.Sensitivity(("map50", "map"), {"map50": 1.0, "map": 0.9}, rows), path)
+    result = plan.make_plan(sensitivity.read_csv(path), "sparsity", 0.25)
+    assert result.metric == "map50" and result.levels == {0: 0.0, 1: 0.5}
+    assert result.totals.loss == pytest.approx(0.025) and result.baseline == 1.0

@@ -169,3 +169,19 @@ def test_a_detector_is_recalibrated_and_only_its_rolling_statistics_change(tmp_p
     batchnorm = (0, 2, 4, 6, 8, 10, 12, 13, 14, 18, 21)  # every convolution but the two before the heads
     assert changed == {(i, name) for i in batchnorm for name in ROLLING}
     assert out.read_bytes()[:20] == pruned.read_bytes()[:20]
+
+
+def test_image_files_are_read_pass_by_pass_with_the_same_result(digits, monkeypatch):
+    paths = images.sample(images.image_paths(digits.parent / "train.list"), 120)
+    model = load_model(CFG, "pjreddie")
+    loaded = recalibrate.calibration_network(CFG, WEIGHTS, 40)
+    recalibrate.recalibrate(loaded, model, images.load_batch(paths, (3, 16, 16)))
+    reads = []
+    real = images.load_batch
+    monkeypatch.setattr(images, "load_batch", lambda some, *args: reads.append(len(some)) or real(some, *args))
+    streamed = recalibrate.calibration_network(CFG, WEIGHTS, 40)
+    recalibrate.recalibrate(streamed, model, recalibrate.ImageFiles(paths, (3, 16, 16)))
+    assert reads == [40, 40, 40]
+    for index in (0, 2, 4, 6):
+        for name in ROLLING:
+            assert streamed.params(index)[name].tobytes() == loaded.params(index)[name].tobytes()

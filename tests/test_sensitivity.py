@@ -25,6 +25,10 @@ PATCHED = REPO / "build" / "darknet" / "darknet"
 LIBDARKNET = "/usr/lib/darknet/libdarknet.so"
 #: A detector with two [yolo] heads (7 and 14); layer 6 feeds only the first.
 TWO_HEADS = Path(__file__).resolve().parent / "cfgs" / "two_heads.cfg"
+#: The official COCO yolov3-tiny (`make models`): layers 14 and 15 feed only its first head (16).
+YOLO_CFG = Path("/usr/share/darknet/cfg/yolov3-tiny.cfg")
+YOLO_WEIGHTS = REPO / "models" / "yolov3-tiny.weights"
+PHOTOS = [Path("/usr/share/darknet/data") / f"{name}.jpg" for name in ("dog", "horses", "person", "kite")]
 
 
 @pytest.fixture(scope="module")
@@ -322,3 +326,39 @@ def test_csv_and_plot_replace_the_old_file_only_when_complete(tmp_path, monkeypa
         plots.sensitivity(result, plot)
     assert csv_path.read_text() == "old" and plot.read_bytes() == b"old"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["sens.csv", "sens.png"]
+
+
+def test_yolov3_tiny_layers_that_feed_only_the_first_head_are_measured(tmp_path):
+    """Output deviation and agreement mAP@0.5 with the dense model both see
+    layer 15, which only the first [yolo] head (16) reads."""
+    assert YOLO_WEIGHTS.is_file(), f"{YOLO_WEIGHTS} is missing: run `make models`"
+    model = load_model(YOLO_CFG, "pjreddie", YOLO_WEIGHTS)
+    assert sensitivity.output_layers(model) == [16, 23]
+    net = Network(YOLO_CFG, YOLO_WEIGHTS)
+    x = images.load_batch(PHOTOS[:2], net.input_shape, sensitivity.default_resize(model))
+    layer = sensitivity.select_layers(model, "15")
+    every = sensitivity.sweep(net, model, [0.9], sensitivity.deviation(net, x, [16, 23]), layer)
+    last = sensitivity.sweep(net, model, [0.9], sensitivity.deviation(net, x, [23]), layer)
+    assert every.rows[1].metrics["rel_l2"] > 0.05 and last.rows[1].metrics["rel_l2"] == 0.0
+    photos, csv_path = tmp_path / "photos.list", tmp_path / "map.csv"
+    photos.write_text("".join(f"{path}\n" for path in PHOTOS))
+    swept = CliRunner().invoke(cli, ["sensitivity", "-w", str(YOLO_WEIGHTS), "--cfg", str(YOLO_CFG), "--images",
+                                     str(photos), "--metric", "map50", "--reference", str(YOLO_WEIGHTS),
+                                     "--layers", "15", "--levels", "0.9", "--csv", str(csv_path)])
+    assert swept.exit_code == 0, swept.output
+    assert "map50 with one layer pruned to each level (dense: 1.0000)" in swept.output
+    rows = {row.level: row.metrics for row in sensitivity.read_csv(csv_path).rows}
+    assert rows[0.0] == {"map50": 1.0, "map": 1.0}  # the dense model agrees with itself
+    assert rows[0.9]["map50"] < 0.99
+
+
+def test_agreement_options_go_together(tmp_path, two_heads):
+    cfg, weights, _ = two_heads
+    runner = CliRunner()
+    base = ["sensitivity", "-w", str(weights), "--cfg", str(cfg)]
+    alone = runner.invoke(cli, base + ["--images", str(tmp_path), "--metric", "map50"])
+    assert alone.exit_code == 2 and "--metric map50 needs --reference" in alone.output
+    stray = runner.invoke(cli, base + ["--images", str(tmp_path), "--reference", str(weights)])
+    assert stray.exit_code == 2 and "--metric map50 needs --reference" in stray.output
+    data = runner.invoke(cli, base + ["--data", str(tmp_path / "x.data"), "--metric", "deviation"])
+    assert data.exit_code == 2 and "--metric goes with --images" in data.output

@@ -16,9 +16,9 @@ from . import cfg_option, cli, json_option
 
 weights_option = click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False, path_type=Path),
                               help="The model's .weights; only read.")
-resize_option = click.option("--resize", type=click.Choice(images.RESIZE), default="crop", show_default=True,
+resize_option = click.option("--resize", type=click.Choice(images.RESIZE),
                              help="How images are fitted to the network: crop (as `classifier valid`) or "
-                                  "letterbox (as `detector test`).")
+                                  "letterbox (as `detector test`); default: letterbox for a detector, else crop.")
 max_images_option = click.option("--max-images", type=click.IntRange(min=1),
                                  help="Use at most this many of the images (a seeded random choice).")
 
@@ -43,6 +43,14 @@ def _sample(source: Path, max_images: int | None) -> list[Path]:
               help="A folder (or list file) of sample images: measure how far the outputs of every "
                    "[yolo]/[region] head (else the last layer) move (mean relative L2; KL divergence "
                    "where the net ends in softmax).")
+@click.option("--metric", type=click.Choice(("deviation", "map50")),
+              help="With --images: deviation of the outputs (the default), or map50, a detector's agreement "
+                   "mAP@0.5 and @0.5:0.95 with --reference (COCO's evaluator; the images as `detector test` "
+                   "reads them, so --resize does not apply).")
+@click.option("--reference", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --metric map50: the model to agree with (the dense .weights, same cfg).")
+@click.option("--reference-conf", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
+              help="With --metric map50: the reference's detections above this confidence are the ground truth.")
 @click.option("--levels", default="0.3,0.5,0.7,0.8,0.9,0.95", show_default=True, callback=_levels,
               help="Sparsities to prune each layer to, comma-separated (0 is always added).")
 @click.option("--layers", help="Only these layers: indices, a-b ranges or types, comma-separated.")
@@ -54,23 +62,31 @@ def _sample(source: Path, max_images: int | None) -> list[Path]:
               help="Draw the curves into this image (needs matplotlib: the plot extra).")
 @json_option
 def sensitivity(weights: Path, cfg: Path | None, data: Path | None, image_source: Path | None,
-                levels: list[float], layers: str | None, resize: str, max_images: int | None,
-                csv_path: Path | None, plot: Path | None, as_json: bool) -> None:
+                metric: str | None, reference: Path | None, reference_conf: float, levels: list[float],
+                layers: str | None, resize: str | None, max_images: int | None, csv_path: Path | None,
+                plot: Path | None, as_json: bool) -> None:
     """Prune one layer at a time to each level and measure the network,
     in-process through the binding; the weights file is only read."""
     from ..darknet import Network
 
     if (data is None) == (image_source is None):
-        raise click.UsageError("give --data (classifier top-1) or --images (output deviation), not both")
+        raise click.UsageError("give --data (classifier top-1) or --images (outputs, or agreement mAP), not both")
+    if metric is not None and image_source is None:
+        raise click.UsageError("--metric goes with --images (--data measures top-1)")
+    if (metric == "map50") != (reference is not None):
+        raise click.UsageError("--metric map50 needs --reference DENSE.weights, and --reference needs it")
     cfg = cfg or find_cfg(weights)
     model = load_model(cfg, "pjreddie", weights)
     chosen = sensitivity_.select_layers(model, layers)
     levels = sensitivity_.check_levels(levels)
     net = Network(cfg, weights)
     if data is not None:
-        measure = sensitivity_.top1(net, data, resize)
+        measure = sensitivity_.top1(net, data, resize or "crop")
+    elif metric == "map50":
+        measure = sensitivity_.agreement(_sample(image_source, max_images), Network(cfg, reference), reference_conf)
     else:
-        x = images.load_batch(_sample(image_source, max_images), net.input_shape, resize)
+        x = images.load_batch(_sample(image_source, max_images), net.input_shape,
+                              resize or sensitivity_.default_resize(model))
         measure = sensitivity_.deviation(net, x, sensitivity_.output_layers(model),
                                          sensitivity_.ends_in_softmax(model))
     with click.progressbar(length=len(chosen) * len(levels), label="layers x levels", file=sys.stderr) as bar:
@@ -93,8 +109,9 @@ def sensitivity(weights: Path, cfg: Path | None, data: Path | None, image_source
                    "in (0, 1).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The spec file to write (YAML, or TOML for a .toml name).")
-@click.option("--metric", type=click.Choice(("top1", "kl", "rel_l2")),
-              help="What to lose least of (default: top1, else kl, else rel_l2, as measured).")
+@click.option("--metric", type=click.Choice(plan_.PREFERRED_METRICS),
+              help="What to lose least of (default: the first of "
+                   f"{', '.join(plan_.PREFERRED_METRICS)} the sweep measured).")
 @json_option
 def plan(sensitivity_csv: Path, target_sparsity: float | None, target_flops: float | None, output: Path,
          metric: str | None, as_json: bool) -> None:
@@ -122,17 +139,17 @@ def plan(sensitivity_csv: Path, target_sparsity: float | None, target_flops: flo
 @max_images_option
 @json_option
 def recalibrate(weights: Path, cfg: Path | None, image_source: Path, output: Path, batch: int | None,
-                resize: str, max_images: int | None, as_json: bool) -> None:
+                resize: str | None, max_images: int | None, as_json: bool) -> None:
     """Re-estimate batch-norm rolling mean and variance on calibration
     images after pruning; weights, biases and scales stay as they are."""
     cfg = cfg or find_cfg(weights)
     check_output(weights, output)
     paths = _sample(image_source, max_images)
     net = recalibrate_.calibration_network(cfg, weights, batch)
-    x = images.load_batch(paths, net.input_shape, resize)
+    model = load_model(cfg, "pjreddie", weights)
+    x = recalibrate_.ImageFiles(paths, net.input_shape, resize or sensitivity_.default_resize(model))
     passes = len(x) // recalibrate_.pass_size(len(x), net.batch)
     with click.progressbar(length=passes, label="calibration passes", file=sys.stderr) as bar:
-        result = recalibrate_.recalibrate(net, load_model(cfg, "pjreddie", weights), x,
-                                          on_progress=lambda done: bar.update(done - bar.pos))
+        result = recalibrate_.recalibrate(net, model, x, on_progress=lambda done: bar.update(done - bar.pos))
     net.save(output)
     click.echo(reports.to_json(result) if as_json else recalibrate_.table(result) + f"\n\nwritten: {output}")
