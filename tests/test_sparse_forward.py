@@ -104,9 +104,9 @@ CFGS = {
     + _CONV.format(n=9, size=3, stride=1, extra="pad=1\n"),
     # Rows of at least 64 outputs at stride 1 (the AVX-512 build reads a
     # zero-padded copy of the input in place of im2col): 3x3, 5x5 with
-    # padding 2, 3x3 without padding; 139 = 2*64 + 11 outputs a row.
-    "conv_wide_rows": _NET.format(h=4, w=139, c=3)
-    + _CONV.format(n=5, size=3, stride=1, extra="pad=1\n")
+    # padding 2, 3x3 without padding; groups; 139 = 2*64 + 11 outputs a row.
+    "conv_wide_rows": _NET.format(h=4, w=139, c=4)
+    + _CONV.format(n=6, size=3, stride=1, extra="groups=2\npad=1\n")
     + _CONV.format(n=3, size=5, stride=1, extra="padding=2\nbatch_normalize=1\n")
     + _CONV.format(n=4, size=3, stride=1, extra=""),
     # A conv feeding a connected layer, as in a classifier.
