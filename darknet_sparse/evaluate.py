@@ -179,14 +179,16 @@ def evaluate_detector(net: Network, paths: Sequence[str | Path], *, reference: N
                               f"the model {net.detector_classes}")
     if names is not None and len(names) < net.detector_classes:
         raise PolicyError(f"{len(names)} class names for a model with {net.detector_classes} classes")
+    # Every label file is read before the first image is run: a bad one fails at once.
+    labels = None if reference is not None else [read_labels(label_path(p), net.detector_classes) for p in paths]
     found, truths, seconds = [], [], 0.0
     for done, path in enumerate(paths, 1):
         start = time.perf_counter()
         dets = detect(net, path, conf, hier, nms)
         seconds += time.perf_counter() - start
-        if reference is None:
-            labels = read_labels(label_path(path), dets.classes)
-            truth = (labels[:, 0].astype(np.int64), _label_corners(labels, dets.width, dets.height))
+        if labels is not None:
+            rows = labels[done - 1]
+            truth = (rows[:, 0].astype(np.int64), _label_corners(rows, dets.width, dets.height))
         else:
             ref = detect(reference, path, reference_conf, hier, nms)
             pairs = ref.found()

@@ -28,7 +28,7 @@ from darknet_sparse.detect import detect
 from darknet_sparse.errors import BindingError, PolicyError
 from darknet_sparse.evaluate import evaluate_classifier, evaluate_detector, label_path, read_labels
 from darknet_sparse.examples import classifier_top1, write_digits
-from darknet_sparse.policies import Global
+from darknet_sparse.policies import Global, Magnitude
 
 REPO = Path(__file__).resolve().parent.parent
 UPSTREAM = Path("/usr/share/darknet")
@@ -115,6 +115,21 @@ def test_every_box_comes_with_upstreams_probabilities(dense):
     assert dets.classes == 80 and len(dets) > len(detect(dense, DOG, 0.5))
     assert np.all((dets.probs == 0) | (dets.probs > 0.005))
     assert np.all(dets.probs <= dets.objectness[:, None] + 1e-6)  # prob = objectness * class score
+
+
+def test_edits_through_the_views_reach_the_sparse_forward_pass(tmp_path):
+    # At 60% every layer takes the patched sparse path, whose compressed copy
+    # of the weights is made at the first forward pass: a later edit must
+    # rebuild it, so detect sees what a net edited before any pass sees.
+    pruned = tmp_path / "y60.weights"
+    ds.threshold(ds.load(YOLO_CFG, YOLO_WEIGHTS), pruned, Magnitude(0.6))
+    used, fresh = Network(YOLO_CFG, pruned), Network(YOLO_CFG, pruned)
+    before = detect(used, DOG, 0.005)
+    for net in (used, fresh):
+        net.params(15)["weights"][:] = 0
+    after, expected = detect(used, DOG, 0.005), detect(fresh, DOG, 0.005)
+    assert not np.array_equal(before.boxes, after.boxes) or not np.array_equal(before.probs, after.probs)
+    assert np.array_equal(after.boxes, expected.boxes) and np.array_equal(after.probs, expected.probs)
 
 
 # Agreement with a reference model.
@@ -263,6 +278,14 @@ def test_cli_bad_detector_input_is_one_error_line(tmp_path, args, message):
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error:"), result.stderr
     assert message in lines[0]
+
+
+def test_cli_missing_label_file_is_one_error_line(tmp_path):
+    (tmp_path / "images").mkdir()
+    shutil.copyfile(DOG, tmp_path / "images" / "dog.jpg")
+    result = run("eval", YOLO_WEIGHTS, "--cfg", YOLO_CFG, "--images", tmp_path / "images")
+    assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
+        f"Error: {tmp_path / 'labels' / 'dog.txt'}: cannot read the label file: No such file or directory"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,7 +1,9 @@
 """``eval``: a detector's mAP or a classifier's top-1/top-k, in-process."""
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -12,6 +14,24 @@ from ..errors import PolicyError
 from . import cfg_option, cli, json_option, weights_argument
 
 path_type = click.Path(dir_okay=False, path_type=Path)
+
+
+@contextlib.contextmanager
+def _progress(length: int) -> Iterator[Callable[[int], None]]:
+    """``on_progress`` for a bar on stderr that appears with the first image
+    done, so an error found before any work is the only line printed."""
+    bars: list = []
+
+    def update(done: int) -> None:
+        if not bars:
+            bars.append(click.progressbar(length=length, label="images", file=sys.stderr))
+            bars[0].__enter__()
+        bars[0].update(done - bars[0].pos)
+    try:
+        yield update
+    finally:
+        if bars:
+            bars[0].__exit__(None, None, None)
 
 
 @cli.command("eval")
@@ -56,8 +76,8 @@ def evaluate(weights: Path, cfg: Path | None, image_source: Path | None, data: P
             raise PolicyError(f"{cfg} is a classifier: give --data (its valid=, labels= and classes=)")
         net = Network(cfg, weights)
         count = len(images.labelled_list(data)[0])
-        with click.progressbar(length=count, label="images", file=sys.stderr) as bar:
-            report = evaluate_.evaluate_classifier(net, data, k, on_progress=lambda done: bar.update(done - bar.pos))
+        with _progress(count) as on_progress:
+            report = evaluate_.evaluate_classifier(net, data, k, on_progress=on_progress)
         click.echo(reports.to_json(report) if as_json else _classifier_text(weights, cfg, data, report))
         return
 
@@ -74,14 +94,10 @@ def evaluate(weights: Path, cfg: Path | None, image_source: Path | None, data: P
     class_names = darknet_text.read_lines(names_file) if names_file is not None else None
     net = Network(cfg, weights)
     reference_net = Network(reference_cfg or cfg, reference) if reference is not None else None
-    if class_names is not None and len(class_names) < net.detector_classes:  # before the bar starts
-        raise PolicyError(f"{names_file}: {len(class_names)} class names for a model with "
-                          f"{net.detector_classes} classes")
-    with click.progressbar(length=len(paths), label="images", file=sys.stderr) as bar:
+    with _progress(len(paths)) as on_progress:
         report = evaluate_.evaluate_detector(
             net, paths, reference=reference_net, reference_conf=reference_conf,
-            reference_name=str(reference), conf=conf, nms=nms, names=class_names,
-            on_progress=lambda done: bar.update(done - bar.pos))
+            reference_name=str(reference), conf=conf, nms=nms, names=class_names, on_progress=on_progress)
     click.echo(reports.to_json(report) if as_json else _detector_text(weights, cfg, image_source, report))
 
 
