@@ -482,3 +482,21 @@ def test_depthwise_and_grouped_convolutions_stay_consistent(driver, tmp_path):
     assert new[3].get_int("groups") == 2
     slimmed = run_stock(driver, out.with_suffix(".cfg"), out, ds.load_model(out.with_suffix(".cfg"), "pjreddie"))
     assert assert_same_outputs(run_stock(driver, cfg, wf.path, model), slimmed, choice) >= 3
+
+
+def test_percent_is_one_global_threshold(tmp_path):
+    """The threshold is the |gamma| below which the fraction lies among all
+    prunable channels; every class scoring below it goes."""
+    cfg = CFGS / "slim_exact.cfg"
+    model = ds.load_model(cfg, "pjreddie")
+    random_weights(model, tmp_path / "r.weights", np.random.default_rng(14))
+    wf = WeightsFile(tmp_path / "r.weights", model)
+    graph = channel_graph(model)
+    classes = prunable_classes(model)
+    gamma = {int(n): abs(float(wf.arrays(int(graph.node_layer[n]))["scales"][graph.node_channel[n]]))
+             for c in classes for n in c}
+    ranked = sorted(gamma.values())
+    choice = slim.choose(wf, percent=0.3)
+    assert choice.threshold == ranked[round(0.3 * len(ranked))] and choice.prunable == len(ranked)
+    gone = sorted(int(n) for c in classes if max(gamma[int(n)] for n in c) < choice.threshold for n in c)
+    assert np.flatnonzero(~choice.kept).tolist() == gone
