@@ -61,13 +61,15 @@ def darknet_labels(path: str, labels: tuple[str, ...] = LABELS) -> list[str]:
     return [label for label in labels if label in path]
 
 
-def write_digits(outdir: str | Path = DEFAULT_OUTDIR) -> Path:
+def write_digits(outdir: str | Path = DEFAULT_OUTDIR, split_seed: int = SPLIT_SEED) -> Path:
     """Write the digits as 3-channel PNGs plus Darknet's lists; return the ``.data`` path.
 
     Layout under ``outdir`` (see :func:`write_classification_set`):
     ``train/<label>/NNNN.png`` and ``valid/<label>/NNNN.png`` (NNNN is the
     index in ``load_digits()``) and ``digits.data``.  The split is
-    stratified: ``VALID_FRACTION`` of each class is held out.
+    stratified: ``VALID_FRACTION`` of each class is held out, drawn with
+    ``split_seed`` (another seed, another split: the shipped model's is
+    ``SPLIT_SEED``).
     """
     try:
         from sklearn.datasets import load_digits
@@ -77,7 +79,7 @@ def write_digits(outdir: str | Path = DEFAULT_OUTDIR) -> Path:
     digits = load_digits()
     targets = digits.target
     images = _to_pixels(digits.images)
-    held_out = _validation_mask(targets)
+    held_out = _validation_mask(targets, split_seed)
     items = (("valid" if valid else "train", target, f"{index:04d}", pixels)
              for index, (pixels, target, valid) in enumerate(zip(images, targets, held_out)))
     return write_classification_set(outdir, "digits", LABELS, items)
@@ -187,8 +189,8 @@ def _to_pixels(images: np.ndarray) -> np.ndarray:
     return grey.repeat(factor, axis=1).repeat(factor, axis=2).astype(np.uint8)
 
 
-def _validation_mask(targets: np.ndarray) -> np.ndarray:
-    rng = np.random.RandomState(SPLIT_SEED)
+def _validation_mask(targets: np.ndarray, seed: int = SPLIT_SEED) -> np.ndarray:
+    rng = np.random.RandomState(seed)
     mask = np.zeros(len(targets), dtype=bool)
     for label in range(len(LABELS)):
         members = rng.permutation(np.flatnonzero(targets == label))

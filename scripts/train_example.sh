@@ -12,6 +12,10 @@
 # build of the same upstream commit); override with DARKNET=.  Python: .venv
 # unless PYTHON= says otherwise.
 #
+# SPLIT_SEED=N (digits only) trains on another train/validation split, in
+# data/NAME-splitN/, and leaves the model there (NAME.weights, NAME.top1):
+# cfg/NAME.weights is only ever written by the default split.
+#
 # Reproducibility: the dataset and split are byte-identical on every run, but
 # training is not.  pjreddie's `classifier train` seeds rand() with time(0) for
 # the initial weights and again for sampling and augmentation, offers no seed
@@ -29,13 +33,18 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 name=${1:-digits}
 [ -f "cfg/$name.cfg" ] || { echo "train_example.sh: no cfg/$name.cfg" >&2; exit 2; }
-data=$("$PYTHON" scripts/make_example_data.py "$name" "data/$name")
-backup=data/$name/backup
+folder=data/$name dest=cfg
+seed_option=()
+if [ -n "${SPLIT_SEED:-}" ]; then
+  folder=data/$name-split$SPLIT_SEED dest=$folder seed_option=(--split-seed "$SPLIT_SEED")
+fi
+data=$("$PYTHON" scripts/make_example_data.py "$name" "$folder" "${seed_option[@]}")
+backup=$folder/backup
 rm -f "$backup/$name"*.weights
 
 start=$(date +%s)
-"$DARKNET" classifier train "$data" "cfg/$name.cfg" > "data/$name/train.log" 2>&1 \
-  || { tail -n 20 "data/$name/train.log"; exit 1; }
+"$DARKNET" classifier train "$data" "cfg/$name.cfg" > "$folder/train.log" 2>&1 \
+  || { tail -n 20 "$folder/train.log"; exit 1; }
 seconds=$(( $(date +%s) - start ))
 rm -f "$backup/$name"_*.weights   # the per-epoch snapshots
 
@@ -45,7 +54,7 @@ from darknet_sparse.examples import classifier_top1
 print(classifier_top1(*sys.argv[1:]))
 PY
 )
-cp "$backup/$name.weights" "cfg/$name.weights"
+cp "$backup/$name.weights" "$dest/$name.weights"
 printf 'top1=%s\nvalid_images=%s\ntrain_seconds=%s\ndarknet=%s\n' \
-  "$top1" "$(wc -l < "data/$name/valid.list")" "$seconds" "$DARKNET" > "cfg/$name.top1"
-echo "top-1 $top1 after ${seconds}s of training with $DARKNET: cfg/$name.weights, cfg/$name.top1"
+  "$top1" "$(wc -l < "$folder/valid.list")" "$seconds" "$DARKNET" > "$dest/$name.top1"
+echo "top-1 $top1 after ${seconds}s of training with $DARKNET: $dest/$name.weights, $dest/$name.top1"
