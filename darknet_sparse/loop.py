@@ -31,11 +31,15 @@ distill_cfg=OUT/teacher.cfg`` (the teacher's cfg, or the user's, at the
 retraining input and batch), ``distill_weights``, ``distill_temperature`` and
 ``distill_alpha`` (patches/0020-distill.patch): the teacher's soft targets
 weigh ``alpha``, the labels ``1 - alpha``.  With ``alpha`` 1 a detector needs
-no labels at all, so no pseudo-labels are made.
+no labels at all, so no pseudo-labels are made.  By default
+(:data:`STARTING`) a classifier is taught by its own starting weights at
+:data:`DISTILL_DEFAULTS`' temperature and alpha; ``teacher=None`` retrains
+on the labels alone.
 
 The user's cfg, data file and weights are only read.  Darknet trains from a
 private copy of the cfg (``OUT/train.cfg``: ``max_batches`` and ``prune=1``
-set in ``[net]``, and ``learning_rate`` when given) and of the data file
+set in ``[net]``, and ``learning_rate``: the given one, else for a
+classifier the cfg's times :data:`RETRAIN_RATE_SCALE`) and of the data file
 (``OUT/train.data``: ``backup=`` pointing at ``OUT/backup``; for
 pseudo-labels, ``train=`` naming ``OUT/pseudo/train.list``).  It runs with
 ``-clear``: otherwise ``train`` would carry on from the ``seen`` stored in the
@@ -90,7 +94,7 @@ from . import images as images_
 from . import load_model, pseudolabels, reports, runner, schedule
 from .errors import CfgError, OutputError, PolicyError, WeightsFormatError
 from .layout import Model
-from .policies import Magnitude, Policy, check_kind
+from .policies import Global, Policy, check_kind
 from .search import max_sparsity, prune_to, weight_sparsity
 from .weightsfile import WeightsFile, atomic_path
 
@@ -105,6 +109,22 @@ DETECTOR_TRAIN_SIZE = 256
 #: small enough for a CPU step of a few minutes, big enough for batch norm.
 DETECTOR_BATCH = 8
 METRICS = ("top1", "map50", "score")
+#: Without ``learning_rate``, a classifier retrains at the cfg's rate times
+#: this: fine-tuning, not training from scratch (digits: 0.1 -> 0.02); a
+#: detector at the cfg's.  Chosen with
+#: the other defaults (global mode, the CLI's steps and final fine-tune step)
+#: on digits models of other splits: benchmarks/quality.md, (e).
+RETRAIN_RATE_SCALE = 0.2
+#: The command line's schedule: this many AGP steps, then this many more
+#: retraining steps at the final target (its threshold changes nothing).
+DEFAULT_STEPS, DEFAULT_FINE_TUNE_STEPS = 5, 1
+#: ``LoopSettings.teacher``'s default: a classifier is taught by its own
+#: starting (dense) weights, a detector by no one (it has its pseudo-labels).
+STARTING = "starting"
+#: Distillation's defaults per task: (temperature, alpha).  A classifier
+#: mixes the teacher's soft targets with the labels; a detector's teacher
+#: alone (alpha 1) needs no labels at all.
+DISTILL_DEFAULTS = {"classifier": (4.0, 0.7), "detector": (1.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -117,13 +137,13 @@ class LoopSettings:
     out: Path
     targets: tuple[float, ...]
     iterations: int
-    policy: type[Policy] = Magnitude
+    policy: type[Policy] = Global  # one threshold for all layers: the big ones take most of it
     spec: dict | None = None
     task: str = "classifier"
     eval_cmd: str | None = None
     min_score: float | None = None
     darknet: Path | None = None  # None: runner.darknet_binary()
-    learning_rate: float | None = None
+    learning_rate: float | None = None  # None: a classifier's cfg's times RETRAIN_RATE_SCALE
     fork: str = "auto"
     images: Path | None = None  # detector: unlabelled training images (a folder or a list)
     eval_images: Path | None = None  # detector: scored by agreement with ``weights``
@@ -131,10 +151,10 @@ class LoopSettings:
     train_size: int | None = None  # detector: the retraining input; None: DETECTOR_TRAIN_SIZE
     batch: int | None = None  # None: the cfg's (classifier), DETECTOR_BATCH (detector)
     subdivisions: int | None = None
-    teacher: Path | None = None  # distillation: the teacher's weights
+    teacher: Path | str | None = STARTING  # distillation: the teacher's weights; None: labels only
     teacher_cfg: Path | None = None  # None: ``cfg``
-    temperature: float = 1.0
-    alpha: float = 1.0
+    temperature: float | None = None  # None: DISTILL_DEFAULTS of the task
+    alpha: float | None = None
 
     @property
     def metric(self) -> str:
@@ -146,7 +166,8 @@ class LoopSettings:
     @property
     def needs_labels(self) -> bool:
         """Whether retraining reads labels (not with a teacher at alpha 1)."""
-        return self.teacher is None or self.alpha < 1
+        settings = with_defaults(self)
+        return settings.teacher is None or settings.alpha < 1
 
 
 @dataclass
@@ -204,6 +225,7 @@ def run(settings: LoopSettings, resume: bool = False,
     """
     if settings.darknet is None:
         settings = dataclasses.replace(settings, darknet=runner.darknet_binary())
+    settings = with_defaults(settings)
     model = _check(settings)
     out = settings.out.resolve()
     log = out / "log.jsonl"
@@ -242,6 +264,20 @@ def run(settings: LoopSettings, resume: bool = False,
         final.unlink(missing_ok=True)
     stopped = _floor_message(failed, accepted, settings) if failed else None
     return LoopResult(steps, len(done), final if accepted else None, stopped, labelled)
+
+
+def with_defaults(settings: LoopSettings) -> LoopSettings:
+    """``settings`` with the task's defaults in place of :data:`STARTING`
+    and of no temperature or alpha."""
+    teacher = settings.teacher
+    if isinstance(teacher, str):
+        if teacher != STARTING:
+            raise PolicyError(f"teacher {teacher!r}: give a weights path, {STARTING!r} or None")
+        teacher = settings.weights if settings.task == "classifier" else None
+    temperature, alpha = DISTILL_DEFAULTS.get(settings.task, DISTILL_DEFAULTS["detector"])
+    return dataclasses.replace(settings, teacher=teacher,
+                               temperature=temperature if settings.temperature is None else settings.temperature,
+                               alpha=alpha if settings.alpha is None else settings.alpha)
 
 
 def _write_training_files(settings: LoopSettings, model: Model, out: Path,
@@ -285,6 +321,8 @@ def _retrain_options(settings: LoopSettings, model: Model) -> tuple[dict, dict |
     beyond ``max_batches``, ``prune`` and ``learning_rate``."""
     net: dict = {}
     sections = None
+    if settings.learning_rate is None and settings.task == "classifier":  # Darknet's default rate is 0.001
+        net["learning_rate"] = f"{model.net.get_float('learning_rate', 0.001) * RETRAIN_RATE_SCALE:g}"
     if "burn_in" in model.net.options:
         net["burn_in"] = 0  # a burn-in longer than the step would keep the rate near 0 throughout
     if settings.task == "detector":

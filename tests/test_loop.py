@@ -93,7 +93,7 @@ def test_loop_runs_every_step_and_logs_it(two_steps):
     for line in lines:
         assert set(line) == LOG_KEYS
         assert line["sparsity"] == pytest.approx(line["target_sparsity"], abs=1e-4)
-        assert 0 <= line["top1"] <= 1 and line["mode"] == "magnitude" and line["iterations"] == 10
+        assert 0 <= line["top1"] <= 1 and line["mode"] == "global" and line["iterations"] == 10
         assert Path(line["weights"]) == out / f"step-{line['step']:02d}.weights"
     assert (out / "final.weights").read_bytes() == (out / "step-02.weights").read_bytes()
     assert "final: " + str(out / "final.weights") in two_steps["result"].output
@@ -221,7 +221,8 @@ def test_darknet_gets_a_private_cfg_and_data_and_clears_seen(tmp_path, digits, m
     assert (data, cfg, weights) == (str(out / "train.data"), str(out / "train.cfg"),
                                     str(out / "step-02.pruned.weights"))
     text = (fake.parent / "last.cfg").read_text()
-    assert "[net]\n# set by darknet-sparse loop\nmax_batches=7\nprune=1\nbatch=64\n" in text
+    # no learning rate given: the cfg's 0.1 times RETRAIN_RATE_SCALE; then the default teacher's options
+    assert "[net]\n# set by darknet-sparse loop\nmax_batches=7\nprune=1\nlearning_rate=0.02\ndistill_cfg=" in text
     assert "max_batches=1500" not in text
     assert f"backup={out / 'backup'}" in (out / "train.data").read_text().splitlines()
 
@@ -279,7 +280,7 @@ def test_an_existing_loop_is_not_overwritten(tmp_path, digits, model_files, fake
 
 def test_resume_refuses_a_different_schedule(tmp_path, digits, model_files, fake):
     run(_settings(tmp_path, digits, model_files, fake))
-    with pytest.raises(PolicyError, match="step 1 was magnitude to 0.5 .*now magnitude to 0.4"):
+    with pytest.raises(PolicyError, match="step 1 was global to 0.5 .*now global to 0.4"):
         run(_settings(tmp_path, digits, model_files, fake, targets=(0.4, 0.6)), resume=True)
 
 
@@ -296,7 +297,7 @@ def test_resume_of_a_finished_loop_runs_nothing(tmp_path, digits, model_files, f
     ({"task": "detector", "data": None}, PolicyError, r"task detector needs training images \(--images\)"),
     ({"data": None}, PolicyError, r"task classifier needs a data file \(--data\)"),
     ({"eval_images": Path("x")}, PolicyError, r"--eval-images is for detectors"),
-    ({"teacher_cfg": Path("x.cfg")}, PolicyError, r"--teacher-cfg\) goes with a teacher"),
+    ({"teacher_cfg": Path("x.cfg"), "teacher": None}, PolicyError, r"--teacher-cfg\) goes with a teacher"),
     ({"teacher": Path("/nonexistent/t.weights")}, WeightsFormatError, "no such teacher weights file"),
     ({"teacher": Path(__file__), "alpha": 1.5}, PolicyError, r"alpha 1.5 must be in \[0, 1\]"),
     ({"teacher": Path(__file__), "temperature": 0.0}, PolicyError, "temperature 0.0 must be a number > 0"),

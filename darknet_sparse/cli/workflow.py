@@ -33,13 +33,17 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
                    "Needed for classifiers; a detector may give --images instead.")
 @click.option("--final-sparsity", type=float,
               help="Total sparsity of the prunable weights after the last step, in [0, 1).")
-@click.option("--steps", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--steps", type=click.IntRange(min=1), default=loop_.DEFAULT_STEPS, show_default=True,
               help="Number of prune/retrain steps to reach --final-sparsity.")
+@click.option("--fine-tune-steps", type=click.IntRange(min=0), default=loop_.DEFAULT_FINE_TUNE_STEPS,
+              show_default=True, help="Extra retraining steps at --final-sparsity after the schedule's "
+                                         "(not with --sparsities, which lists every step).")
 @click.option("--sparsities", callback=_sparsity_list,
               help="Explicit step targets instead of a schedule, e.g. 0.5,0.7,0.9.")
 @click.option("--schedule", "schedule_name", type=click.Choice(schedule.SCHEDULES), default="agp",
               show_default=True, help="agp: Zhu & Gupta's cubic ramp (big steps first); linear: equal steps.")
-@click.option("--mode", type=click.Choice(tuple(POLICIES)), default="magnitude", show_default=True,
+@click.option("--mode", type=click.Choice(tuple(POLICIES)), default=loop_.LoopSettings.policy.name,
+              show_default=True,
               help="How each step's thresholds are chosen; the mode's level is searched so the total "
                    "sparsity reaches the step's target (magnitude and global take it as it is).")
 @click.option("--spec", type=click.Path(dir_okay=False, path_type=Path),
@@ -47,7 +51,8 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--iterations-per-step", "iterations", required=True, type=click.IntRange(min=1),
               help="Batches of retraining after each threshold (max_batches of the private cfg).")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True),
-              help="Override the cfg's learning_rate while retraining.")
+              help=f"The retraining rate (default: for classifiers the cfg's learning_rate x "
+                   f"{loop_.RETRAIN_RATE_SCALE:g}, for detectors the cfg's).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for every step's weights, log.jsonl and final.weights.")
 @click.option("--task", type=click.Choice(tuple(runner.TASKS)), default="classifier", show_default=True,
@@ -70,13 +75,18 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--subdivisions", type=click.IntRange(min=1), help="Split each batch in this many passes.")
 @click.option("--teacher", type=click.Path(dir_okay=False, path_type=Path),
               help="Distil: retrain on the soft targets of these (dense) weights (patched Darknet's "
-                   "distill_* options); with --alpha 1 a detector needs no labels.")
+                   "distill_* options); with --alpha 1 a detector needs no labels.  Default: a "
+                   "classifier is taught by --weights, a detector by none.")
+@click.option("--no-teacher", is_flag=True, help="Retrain on the labels alone (no default teacher).")
 @click.option("--teacher-cfg", type=click.Path(dir_okay=False, path_type=Path),
               help="The teacher's cfg (default: --cfg); its heads must have the student's shapes.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Distillation temperature T (soft targets softmax(z/T), sigmoid(z/T) for [yolo]).")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=1.0, show_default=True,
-              help="Weight of the teacher's term; 1 - alpha weighs the labels.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True),
+              help="Distillation temperature T (soft targets softmax(z/T), sigmoid(z/T) for [yolo]); "
+                   "default: " + ", ".join(f"{t:g} for {task}s" for task, (t, _) in loop_.DISTILL_DEFAULTS.items())
+                   + ".")
+@click.option("--alpha", type=click.FloatRange(0, 1),
+              help="Weight of the teacher's term; 1 - alpha weighs the labels; default: "
+                   + ", ".join(f"{a:g} for {task}s" for task, (_, a) in loop_.DISTILL_DEFAULTS.items()) + ".")
 @click.option("--eval-cmd",
               help="Shell command printing the score as its last line; {weights}, {cfg}, {data}, {step} "
                    "are replaced (also $DARKNET_SPARSE_WEIGHTS etc.).  Default: for classifiers top-1 of "
@@ -88,11 +98,12 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
               help="The patched Darknet binary (default: the one `darknet-sparse build` made).")
 @cfg_option
 @fork_option
-def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: int,
+def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: int, fine_tune_steps: int,
          sparsities: list[float] | None, schedule_name: str, mode: str, spec: Path | None, iterations: int,
          learning_rate: float | None, out: Path, task: str, images: Path | None, label_conf: float,
          eval_images: Path | None, train_size: int | None, batch: int | None, subdivisions: int | None,
-         teacher: Path | None, teacher_cfg: Path | None, temperature: float, alpha: float,
+         teacher: Path | None, no_teacher: bool, teacher_cfg: Path | None, temperature: float | None,
+         alpha: float | None,
          eval_cmd: str | None, min_score: float | None, resume: bool, darknet: Path | None,
          cfg: Path | None, fork: str) -> None:
     """Prune and retrain in steps: threshold to each step's target, retrain
@@ -106,6 +117,11 @@ def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: 
     A detector needs no labels: with --images the starting model labels them
     (OUT/pseudo), with --eval-images each step is scored by agreement mAP@0.5
     with it.  --teacher retrains on a teacher's soft targets instead.
+
+    With no more than --final-sparsity and --iterations-per-step, a
+    classifier is pruned in global mode, 5 AGP steps and one fine-tune step,
+    at a fifth of its cfg's learning rate, taught by its own starting weights
+    (temperature 4, alpha 0.7): the defaults benchmarks/quality.md checks.
     """
     if sparsities is not None:
         targets = schedule.explicit(sparsities)
@@ -115,12 +131,16 @@ def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: 
         raise click.UsageError("give --final-sparsity (with --steps) or --sparsities")
     else:
         targets = schedule.targets(final_sparsity, steps, schedule_name)
+        targets += [targets[-1]] * fine_tune_steps
+    if no_teacher and teacher is not None:
+        raise click.UsageError("--no-teacher and --teacher exclude each other")
     settings = loop_.LoopSettings(
         cfg=cfg or find_cfg(weights), weights=weights, data=data, out=out, targets=tuple(targets),
         iterations=iterations, policy=POLICIES[mode], spec=read_spec(spec) if spec else None, task=task,
         eval_cmd=eval_cmd, min_score=min_score, darknet=darknet, learning_rate=learning_rate, fork=fork,
         images=images, eval_images=eval_images, label_conf=label_conf, train_size=train_size, batch=batch,
-        subdivisions=subdivisions, teacher=teacher, teacher_cfg=teacher_cfg, temperature=temperature,
+        subdivisions=subdivisions,
+        teacher=None if no_teacher else teacher or loop_.STARTING, teacher_cfg=teacher_cfg, temperature=temperature,
         alpha=alpha)
     with click.progressbar(length=len(targets), label="prune/retrain steps",
                            file=sys.stderr) as bar:
