@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sparsity-iterations", type=int, default=10)
     parser.add_argument("--retrain-iterations", type=int, default=12)
     parser.add_argument("--rate", type=float, default=0.001, help="learning rate of both trainings")
+    parser.add_argument("--rank", choices=("gamma", "layer"), default="gamma",
+                        help="slim's channel score: |gamma|, or |gamma| over its layer's mean")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2, help="forwards per timed run")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-slim")
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def slimmed(name: str, weights: Path, level: float, cfg: Path = CFG) -> dict:
         target = work / f"{name}.weights"
-        result = slim(ds.load(cfg, weights), target, target_flops=level)
+        result = slim(ds.load(cfg, weights), target, target_flops=level, rank=args.rank)
         totals = result.totals
         return {"name": name, "weights": target, "cfg": result.cfg, "level": level,
                 "params": totals["params_after"], "bflops": totals["bflops_after"],
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         score(recalibrated(one_shot, f"b-{level:.0%}"))
 
     # (c): sparsity training, slim, retrain.
-    threshold = choose(dense_model, target_flops=TARGET_LEVEL).threshold
+    threshold = choose(dense_model, target_flops=TARGET_LEVEL).threshold  # in |gamma|: what slim=λ moves
     lam = threshold / (args.rate * momentum_gain(momentum, args.sparsity_iterations))
     before = gammas(CFG, WEIGHTS)
     sparse_trained = train("sparsity", CFG, WEIGHTS, args.sparsity_iterations, {"slim": f"{lam:.6g}"})
@@ -275,7 +277,7 @@ def write(args, rows, cells, stages, total, load_before, before, after, lam, thr
         "",
         f"models/yolov3-tiny.cfg + yolov3-tiny.weights (COCO). Agreement with the dense model on the {n_eval} "
         "images of data/images/eval (its detections above 0.5 are the ground truth). (a) one-shot "
-        "`slim --target-flops`; (b) (a) with batch-norm statistics recalibrated on "
+        f"`slim --target-flops --rank {args.rank}`; (b) (a) with batch-norm statistics recalibrated on "
         f"{args.calibration_images} training images; (c) the dense model trained {args.sparsity_iterations} "
         f"iterations with `slim={lam:.4g}` (λ such that the penalty alone moves |γ| by {threshold:.3f}, "
         f"the |γ| threshold of the dense model's 50% choice, at rate {args.rate:g} and momentum {momentum:g}), "

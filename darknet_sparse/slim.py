@@ -56,6 +56,10 @@ from .policies import parse_exclude, selector_matches
 from .weightsfile import FLOAT, WeightsFile, atomic_path, check_output
 
 MODES = ("gamma-threshold", "percent", "target-flops")
+#: How channels are scored: ``gamma`` is |gamma| itself; ``layer`` is |gamma|
+#: over the mean |gamma| of the convolution producing it, so that a layer
+#: whose scales are all small (yolov3-tiny's layer 13) is not emptied first.
+RANKS = ("gamma", "layer")
 
 
 @dataclass
@@ -114,17 +118,21 @@ class _Candidates:
     count: int  # prunable nodes
 
 
-def _gammas(wf: WeightsFile, graph: ChannelGraph) -> np.ndarray:
+def _gammas(wf: WeightsFile, graph: ChannelGraph, rank: str = "gamma") -> np.ndarray:
     gamma = np.full(len(graph.node_layer), np.nan)
     for entry in graph.layers:
         if entry.role == "conv" and graph.rankable[entry.output].all() and len(entry.output):
-            gamma[entry.output] = np.abs(np.asarray(wf.arrays(entry.index)["scales"], np.float64))
+            scores = np.abs(np.asarray(wf.arrays(entry.index)["scales"], np.float64))
+            if rank == "layer":
+                mean = scores.mean()
+                scores = scores / mean if mean > 0 else scores
+            gamma[entry.output] = scores
     return gamma
 
 
-def _candidates(wf: WeightsFile, graph: ChannelGraph, keep: np.ndarray) -> _Candidates:
+def _candidates(wf: WeightsFile, graph: ChannelGraph, keep: np.ndarray, rank: str = "gamma") -> _Candidates:
     """Every class with no frozen, unranked or kept node."""
-    gamma = _gammas(wf, graph)
+    gamma = _gammas(wf, graph, rank)
     roots = graph.classes()
     blocked = keep | ~graph.rankable | np.isnan(gamma)
     blocked[list(graph.frozen)] = True
@@ -411,8 +419,13 @@ class Choice:
 
 
 def choose(wf: WeightsFile, *, gamma_threshold: float | None = None, percent: float | None = None,
-           target_flops: float | None = None, min_channels: int = 1, exclude: str | None = None) -> Choice:
-    """Decide which channels go, by exactly one of the three rules."""
+           target_flops: float | None = None, min_channels: int = 1, exclude: str | None = None,
+           rank: str = "gamma") -> Choice:
+    """Decide which channels go, by exactly one of the three rules; scores
+    by ``rank`` (:data:`RANKS`: |gamma|, or |gamma| relative to its layer's
+    mean, which ``gamma_threshold`` then also means)."""
+    if rank not in RANKS:
+        raise PolicyError(f"unknown rank {rank!r}: expected one of {', '.join(RANKS)}")
     chosen = [(name, v) for name, v in zip(MODES, (gamma_threshold, percent, target_flops)) if v is not None]
     if len(chosen) != 1:
         raise PolicyError("slim needs exactly one of --gamma-threshold, --percent, --target-flops")
@@ -429,20 +442,20 @@ def choose(wf: WeightsFile, *, gamma_threshold: float | None = None, percent: fl
     for layer in model.layers:
         if any(selector_matches(s, layer, model) for s in selectors):
             keep[graph.node_layer == layer.index] = True
-    cand = _candidates(wf, graph, keep)
+    cand = _candidates(wf, graph, keep, rank)
     kept, threshold = _choose(graph, cand, mode, float(value), min_channels)
     return Choice(graph, kept, mode, float(value), float(threshold), cand.count, keep)
 
 
 def slim(wf: WeightsFile, output: str | Path | None, *, gamma_threshold: float | None = None,
          percent: float | None = None, target_flops: float | None = None, min_channels: int = 1,
-         exclude: str | None = None) -> SlimResult:
+         exclude: str | None = None, rank: str = "gamma") -> SlimResult:
     """Remove channels of ``wf`` by one of the three rules (:func:`choose`)
     and write the result (:func:`apply`)."""
     if output is not None:
         _check_targets(wf, Path(output))
     choice = choose(wf, gamma_threshold=gamma_threshold, percent=percent, target_flops=target_flops,
-                    min_channels=min_channels, exclude=exclude)
+                    min_channels=min_channels, exclude=exclude, rank=rank)
     return apply(wf, choice, output)
 
 

@@ -347,6 +347,23 @@ def test_gamma_threshold_removes_exactly_the_channels_below_it(tmp_path):
     assert choice.kept_channels(9).tolist() == list(range(8))  # no batch norm: not ranked
 
 
+def test_rank_layer_scores_gamma_relative_to_its_layer(tmp_path):
+    cfg = CFGS / "slim_exact.cfg"
+    model = ds.load_model(cfg, "pjreddie")
+    arrays = random_arrays(model, np.random.default_rng(7))
+    arrays[1, "scales"] = arrays[1, "scales"] * 1e-3  # a layer of small scales: emptied first by |gamma|
+    new_file(model, tmp_path / "r.weights", arrays)
+    wf = WeightsFile(tmp_path / "r.weights", model)
+    t = 0.8
+    assert slim.choose(wf, gamma_threshold=t).kept_channels(1).size == 1  # min_channels
+    choice = slim.choose(wf, gamma_threshold=t, rank="layer")
+    for index in (0, 1, 3, 10):  # nothing ties these
+        gamma = np.abs(wf.arrays(index)["scales"])
+        assert choice.kept_channels(index).tolist() == np.flatnonzero(gamma / gamma.mean() >= t).tolist()
+    with pytest.raises(ds.PolicyError, match="unknown rank"):
+        slim.choose(wf, gamma_threshold=t, rank="size")
+
+
 def test_heads_keep_their_filters_and_min_channels_holds(tmp_path):
     cfg = sized_cfg(UPSTREAM_CFG_DIR / "yolov3-tiny.cfg", tmp_path, 96)
     model = ds.load_model(cfg, "pjreddie")

@@ -21,6 +21,8 @@ from . import ToolError, cfg_option, cli, fork_option, json_option, weights_argu
 @click.option("--min-channels", type=int, default=1, show_default=True,
               help="Keep at least this many channels in every convolution.")
 @click.option("--exclude", help="Comma-separated layers whose channels all stay: indices, a-b ranges, types.")
+@click.option("--rank", type=click.Choice(slim_.RANKS), default="gamma", show_default=True,
+              help="Score channels by |gamma|, or by |gamma| over its layer's mean |gamma| (layer).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Output weights (required); its cfg is written beside it as OUT.cfg.")
 @click.option("--dry-run", is_flag=True, help="Report what would be removed; write nothing.")
@@ -28,7 +30,7 @@ from . import ToolError, cfg_option, cli, fork_option, json_option, weights_argu
 @fork_option
 @json_option
 def slim(weights: Path, gamma_threshold: float | None, percent: float | None, target_flops: float | None,
-         min_channels: int, exclude: str | None, output: Path | None, dry_run: bool, cfg: Path | None, fork: str,
+         min_channels: int, exclude: str | None, rank: str, output: Path | None, dry_run: bool, cfg: Path | None, fork: str,
          as_json: bool) -> None:
     """Structured pruning: remove the channels with the smallest batch-norm
     scales, and write a smaller dense model (OUT.weights and OUT.cfg) that
@@ -42,5 +44,6 @@ def slim(weights: Path, gamma_threshold: float | None, percent: float | None, ta
         raise ToolError("slim needs -o OUT.weights (or --dry-run)")
     wf = load(cfg, weights, fork)
     result = slim_.slim(wf, None if dry_run else output, gamma_threshold=gamma_threshold, percent=percent,
-                        target_flops=target_flops, min_channels=min_channels, exclude=exclude)
+                        target_flops=target_flops, min_channels=min_channels, exclude=exclude,
+                        rank=rank)
     click.echo(reports.to_json(result) if as_json else slim_.table(result))
