@@ -22,8 +22,10 @@ Darknet label files in ``OUT/pseudo`` (:mod:`darknet_sparse.pseudolabels`;
 never beside the user's images), and ``detector train`` retrains on them.
 The retraining cfg of a detector also sets ``random=0`` in its ``[yolo]`` and
 ``[region]`` sections (``random=1`` resizes the input to up to 608 every 10
-batches), a smaller input (``train_size``, default :data:`DETECTOR_TRAIN_SIZE`;
-the weights do not depend on it) and a CPU-sized batch
+batches), the cfg's own input size unless ``train_size`` says otherwise (the
+weights do not depend on it, but on yolov3-tiny at 50% sparsity retraining
+at 256 lost agreement at 416 where retraining at 416 for the same CPU time
+gained it; README "The workflow") and a CPU-sized batch
 (:data:`DETECTOR_BATCH`).  Evaluation runs at the user's cfg.
 
 Distillation (``teacher``).  The retraining cfg gets ``[net]
@@ -102,9 +104,6 @@ TRAIN_CFG = "train.cfg"
 TRAIN_DATA = "train.data"
 TEACHER_CFG = "teacher.cfg"
 PSEUDO = "pseudo"
-#: A detector's retraining input (width and height; at most the cfg's).
-#: The weights do not depend on it; see README "Retraining a detector".
-DETECTOR_TRAIN_SIZE = 256
 #: A detector's retraining batch and subdivisions when the loop sizes them:
 #: small enough for a CPU step of a few minutes, big enough for batch norm.
 DETECTOR_BATCH = 8
@@ -148,7 +147,7 @@ class LoopSettings:
     images: Path | None = None  # detector: unlabelled training images (a folder or a list)
     eval_images: Path | None = None  # detector: scored by agreement with ``weights``
     label_conf: float = pseudolabels.LABEL_CONF
-    train_size: int | None = None  # detector: the retraining input; None: DETECTOR_TRAIN_SIZE
+    train_size: int | None = None  # detector: the retraining input; None: the cfg's
     batch: int | None = None  # None: the cfg's (classifier), DETECTOR_BATCH (detector)
     subdivisions: int | None = None
     teacher: Path | str | None = STARTING  # distillation: the teacher's weights; None: labels only
@@ -326,9 +325,8 @@ def _retrain_options(settings: LoopSettings, model: Model) -> tuple[dict, dict |
     if "burn_in" in model.net.options:
         net["burn_in"] = 0  # a burn-in longer than the step would keep the rate near 0 throughout
     if settings.task == "detector":
-        size = settings.train_size
-        net["width"] = size or min(DETECTOR_TRAIN_SIZE, model.net.get_int("width", 0))
-        net["height"] = size or min(DETECTOR_TRAIN_SIZE, model.net.get_int("height", 0))
+        if settings.train_size is not None:
+            net["width"] = net["height"] = settings.train_size
         net["batch"], net["subdivisions"] = DETECTOR_BATCH, 1
         sections = {"yolo": {"random": 0}, "region": {"random": 0}}
     if settings.batch is not None:

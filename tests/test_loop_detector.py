@@ -152,6 +152,7 @@ def test_the_retraining_cfg_is_sized_for_a_cpu(two_steps):
     net = text.split("[convolutional]")[0]
     for option in ("max_batches=3", "prune=1", "burn_in=0", "width=64", "height=64", "batch=8", "subdivisions=1"):
         assert option in net.splitlines(), option
+    assert net.count("width=") == 1 and net.count("batch=") == 1
     assert "burn_in=100" not in text
     heads = text.split("\n[yolo]\n")[1:]
     assert len(heads) == 2
@@ -187,18 +188,20 @@ def test_a_loop_folder_that_misleads_darknet_is_refused(tmp_path, detector, name
 
 
 def test_a_teacher_needs_no_labels(tmp_path, detector):
+    """... and runs at the student's retraining input (32 here: Darknet
+    refuses a teacher whose input differs)."""
     out = tmp_path / "taught"
     result = _cli(detector, out, "--sparsities", "0.5", "--iterations-per-step", 3, "--darknet", PATCHED,
-                  "--teacher", detector["weights"], "--temperature", 2)
+                  "--teacher", detector["weights"], "--temperature", 2, "--train-size", 32)
     assert result.exit_code == 0, result.output
     assert not list((out / "pseudo" / "labels").iterdir())  # alpha 1: nothing labelled
     line, = _log(out)
     assert line["zeros_revived"] == 0 and 0 <= line["map50"] <= 1
     text = (out / "train.cfg").read_text().split("[convolutional]")[0].splitlines()
     assert f"distill_cfg={out / 'teacher.cfg'}" in text and f"distill_weights={detector['weights']}" in text
-    assert "distill_temperature=2" in text and "distill_alpha=1" in text
+    assert "distill_temperature=2" in text and "distill_alpha=1" in text and "width=32" in text
     teacher = (out / "teacher.cfg").read_text().split("[convolutional]")[0].splitlines()
-    assert {"width=64", "height=64", "batch=8", "subdivisions=1"} <= set(teacher)
+    assert {"width=32", "height=32", "batch=8", "subdivisions=1"} <= set(teacher)
     assert not any(option.startswith(("prune", "distill")) for option in teacher)
     assert "distill: teacher" in (out / "step-01.log").read_text()
 

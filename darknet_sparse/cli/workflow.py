@@ -68,8 +68,8 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
               help="Detector: score each step by agreement mAP@0.5 with the starting model on these "
                    "images (a folder or list file).")
 @click.option("--train-size", type=click.IntRange(min=32),
-              help=f"Detector: network width and height while retraining, a multiple of 32 (default: "
-                   f"{loop_.DETECTOR_TRAIN_SIZE} or the cfg's if smaller).  Evaluation uses the cfg's.")
+              help="Detector: network width and height while retraining, a multiple of 32 (default: "
+                   "the cfg's; smaller is cheaper per batch but, on yolov3-tiny, recovered less).")
 @click.option("--batch", type=click.IntRange(min=1),
               help=f"Images per retraining batch (default: the cfg's; detectors {loop_.DETECTOR_BATCH}).")
 @click.option("--subdivisions", type=click.IntRange(min=1), help="Split each batch in this many passes.")
