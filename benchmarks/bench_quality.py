@@ -1,6 +1,6 @@
-"""Top-1 against weight sparsity on the example digits model: ``make bench-quality``.
+"""Top-1 against weight sparsity on the example models: ``make bench-quality``.
 
-Writes ``benchmarks/quality.md``.  The methods:
+Writes ``benchmarks/quality.md``.  The methods on digits:
 
 (a) one-shot ``threshold --mode magnitude`` (every layer to the same sparsity);
 (b) (a), then ``recalibrate`` (batch-norm statistics on the training images);
@@ -15,22 +15,40 @@ training images, so nothing is tuned on what is reported.  A FLOPs table
 compares ``plan --target-flops`` with ``triangle`` and ``magnitude`` at the
 plan's total sparsity (effective FLOPs as ``info`` counts them).
 
+(e) The loop's defaults (``loop --final-sparsity 0.92 --iterations-per-step
+    200``, nothing else) on digits models of other splits and training runs
+    (``SPLIT_SEED=N scripts/train_example.sh``, trained here if
+    ``data/digits-splitN`` lacks one), none of which chose the defaults.
+
+On Fashion-MNIST (``cfg/fashion.cfg``, top-1 on its 10,000 test images), at
+90% and 95% sparsity: one-shot global magnitude; the loop without a teacher
+(labels only); the loop with the dense model as teacher, at the same
+iteration budget.
+
 Targets: the loop reaches at least 92% weight sparsity with at most 0.5
-points of top-1 lost; the FLOPs plan removes more effective FLOPs than
-triangle mode at the same total sparsity.  The script always exits 0 after
+points of top-1 lost, with (d)'s settings and with (e)'s defaults on every
+held-out model; the FLOPs plan removes more effective FLOPs than triangle
+mode at the same total sparsity; on Fashion-MNIST the teacher recovers at
+least half of the gap label retraining leaves (dense top-1 - loop without
+teacher) at each sparsity.  The script always exits 0 after
 writing the report: it is a report, and says PASS or FAIL per target.
 """
 from __future__ import annotations
 
+import json
+import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from darknet_sparse import (images, load, load_model, loop, plan, prune, recalibrate, reports, schedule, search,
                             sensitivity)
-from darknet_sparse.policies import POLICIES, Magnitude, Policy, Triangle
+from darknet_sparse.policies import POLICIES, Global, Magnitude, Policy, Triangle
 from darknet_sparse.errors import PolicyError
 from darknet_sparse.examples import classifier_top1, write_digits
 from darknet_sparse.home import find_darknet
@@ -50,6 +68,22 @@ FLOPS_TARGETS = (0.3, 0.5, 0.6)
 LOOP_FINAL, LOOP_STEPS, LOOP_ITERATIONS, LOOP_MODE, LOOP_RATE = 0.93, 5, 300, "global", 0.02
 #: Targets of the issue.
 LOOP_MIN_SPARSITY, LOOP_MAX_LOSS = 0.92, 0.005
+#: (e): digits models of these split seeds (none used to choose the
+#: defaults, which were tuned on seeds 1 and 2), the loop with no flags beyond these.
+HELD_OUT_SEEDS = (4, 5)
+DEFAULTS_ARGS = ("--final-sparsity", "0.92", "--iterations-per-step", "200")
+#: Fashion-MNIST: the loop's budget is STEPS x ITERATIONS batches of BATCH
+#: images (the cfg's 128 would make each step minutes on the shared CPUs).
+FASHION_CFG = ROOT / "cfg" / "fashion.cfg"
+FASHION_WEIGHTS = ROOT / "cfg" / "fashion.weights"
+FASHION_DATA = ROOT / "data" / "fashion" / "fashion.data"
+FASHION_SPARSITIES = (0.9, 0.95)
+FASHION_STEPS, FASHION_ITERATIONS, FASHION_BATCH = 3, 100, 32
+#: The loop's defaults for classifiers (cfg rate 0.1 x 0.2; the teacher's).
+FASHION_RATE = 0.1 * loop.RETRAIN_RATE_SCALE
+FASHION_TEMPERATURE, FASHION_ALPHA = loop.DISTILL_DEFAULTS["classifier"]
+#: The teacher recovers at least this share of the gap label retraining leaves.
+RECOVERY_MIN = 0.5
 
 
 class Bench:
@@ -124,10 +158,73 @@ def run_loop(bench: Bench) -> list[loop.StepRecord]:
     settings = loop.LoopSettings(
         cfg=CFG, weights=WEIGHTS, data=bench.data, out=bench.work / "loop",
         targets=tuple(schedule.targets(LOOP_FINAL, LOOP_STEPS, "agp")), iterations=LOOP_ITERATIONS,
-        policy=POLICIES[LOOP_MODE], learning_rate=LOOP_RATE)
+        policy=POLICIES[LOOP_MODE], learning_rate=LOOP_RATE, teacher=None)
     result = loop.run(settings, on_progress=lambda done: print(f"loop: {done} steps done", file=sys.stderr))
     bench.timed("(d) loop", start)
     return result.steps
+
+
+def held_out_defaults(bench: Bench) -> Callable[[], list[dict]]:
+    """(e): per held-out seed, the CLI loop with its defaults on that model,
+    all seeds at once; the returned call waits for them and gives their rows."""
+    start = time.perf_counter()
+    runs = []
+    for seed in HELD_OUT_SEEDS:
+        folder = ROOT / "data" / f"digits-split{seed}"
+        weights, data = folder / "digits.weights", folder / "digits.data"
+        if not weights.is_file():
+            subprocess.run(["scripts/train_example.sh", "digits"], cwd=ROOT, check=True,
+                           env={**os.environ, "SPLIT_SEED": str(seed)})
+        out = bench.work / f"defaults-{seed}"
+        command = [sys.executable, "-m", "darknet_sparse", "loop", "--cfg", str(CFG), "--weights", str(weights),
+                   "--data", str(data), "--out", str(out), "--darknet", str(DARKNET), *DEFAULTS_ARGS]
+        runs.append((seed, weights, data, out, subprocess.Popen(command, stdout=subprocess.DEVNULL)))
+
+    def finish() -> list[dict]:
+        rows = []
+        for seed, weights, data, out, process in runs:
+            if process.wait():
+                raise SystemExit(f"the loop on split seed {seed} failed: exit status {process.returncode}")
+            steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+            rows.append({"seed": seed, "dense": classifier_top1(DARKNET, data, CFG, weights),
+                         "sparsity": steps[-1]["sparsity"], "top1": steps[-1]["top1"], "steps": len(steps)})
+        bench.timed("(e) defaults on held-out digits models (both at once)", start)
+        return rows
+    return finish
+
+
+def fashion(bench: Bench) -> tuple[float, list[dict]]:
+    """Fashion-MNIST: the dense top-1 and, per sparsity, one-shot, the loop
+    without and with the teacher (all four loops at once).  The loop's steps
+    are not scored (an evaluation command printing 0: 10,000 images take
+    20 s or more each); its final weights are."""
+    def top1(weights: Path) -> float:
+        return classifier_top1(DARKNET, FASHION_DATA, FASHION_CFG, weights)
+
+    def retrained(target: float, name: str, teacher: Path | None) -> tuple[float, float]:
+        settings = loop.LoopSettings(
+            cfg=FASHION_CFG, weights=FASHION_WEIGHTS, data=FASHION_DATA, out=bench.work / f"fashion-{name}-{target}",
+            targets=tuple(schedule.targets(target, FASHION_STEPS, "agp")), iterations=FASHION_ITERATIONS,
+            policy=Global, learning_rate=FASHION_RATE, batch=FASHION_BATCH, eval_cmd="echo 0",
+            teacher=teacher, temperature=FASHION_TEMPERATURE, alpha=FASHION_ALPHA)
+        result = loop.run(settings)
+        return top1(result.final), result.steps[-1].sparsity
+
+    start = time.perf_counter()
+    rows = []
+    with ThreadPoolExecutor(max_workers=2 * len(FASHION_SPARSITIES)) as pool:
+        loops = {(target, name): pool.submit(retrained, target, name, teacher) for target in FASHION_SPARSITIES
+                 for name, teacher in (("labels", None), ("teacher", FASHION_WEIGHTS))}
+        dense = top1(FASHION_WEIGHTS)
+        for target in FASHION_SPARSITIES:
+            shot = bench.work / f"fashion-shot-{target}.weights"
+            prune.threshold(load(FASHION_CFG, FASHION_WEIGHTS), shot, Global(target))
+            row = {"target": target, "one-shot": top1(shot)}
+            for name in ("labels", "teacher"):
+                row[name], row[f"{name} sparsity"] = loops[target, name].result()
+            rows.append(row)
+    bench.timed("Fashion-MNIST: one-shot, loops without and with the teacher", start)
+    return dense, rows
 
 
 def flops(bench: Bench, sens: sensitivity.Sensitivity) -> tuple[list[list[str]], bool]:
@@ -166,8 +263,61 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def held_out_section(rows: list[dict]) -> str:
+    ok = all(r["sparsity"] >= LOOP_MIN_SPARSITY and r["dense"] - r["top1"] <= LOOP_MAX_LOSS + 1e-9 for r in rows)
+    table = markdown_table(["split seed", "dense top-1", "steps", "sparsity", "top-1", "points lost"],
+                           [[str(r["seed"]), f"{r['dense']:.4f}", str(r["steps"]), f"{r['sparsity']:.4f}",
+                             f"{r['top1']:.4f}", f"{(r['dense'] - r['top1']) * 100:.2f}"] for r in rows])
+    return f"""## (e) The loop's defaults on held-out digits models
+
+`SPLIT_SEED=N scripts/train_example.sh` trains `cfg/digits.cfg` on another train/validation split
+(`make_example_data.py --split-seed N`) with Darknet's clock-seeded initialisation, into
+`data/digits-splitN/`; each is scored on its own held-out 20%.  The defaults were chosen on seeds 1 and 2;
+these seeds were not looked at before.  Command:
+
+```
+darknet-sparse loop --cfg cfg/digits.cfg --weights data/digits-splitN/digits.weights \\
+    --data data/digits-splitN/digits.data --out OUT {' '.join(DEFAULTS_ARGS)}
+```
+
+{table}
+
+Target: every model at least {LOOP_MIN_SPARSITY:.0%} sparse with at most {LOOP_MAX_LOSS * 100:.1f} points lost:
+**{'PASS' if ok else 'FAIL'}**.
+"""
+
+
+def fashion_section(dense: float, rows: list[dict]) -> str:
+    cells, ok = [], True
+    for r in rows:
+        gap, recovered = dense - r["labels"], r["teacher"] - r["labels"]
+        share = recovered / gap if gap > 0 else float("nan")
+        ok &= gap <= 0 or recovered >= RECOVERY_MIN * gap
+        cells.append([f"{r['target']:.2f}", f"{r['one-shot']:.4f}", f"{r['labels']:.4f}", f"{r['teacher']:.4f}",
+                      f"{r['teacher sparsity']:.4f}", f"{gap * 100:.2f}", f"{recovered * 100:.2f}",
+                      f"{share:.0%}" if gap > 0 else "no gap"])
+    budget = FASHION_STEPS * FASHION_ITERATIONS
+    return f"""## Fashion-MNIST: one-shot, the loop without a teacher, the loop with the teacher
+
+`cfg/fashion.cfg` + `cfg/fashion.weights`, top-1 of `darknet classifier valid` on the 10,000 test images
+(never trained on).  Dense top-1: **{dense:.4f}**.  One-shot: `threshold --mode global --sparsity S`.
+Both loops: `loop --mode global --final-sparsity S --steps {FASHION_STEPS} --iterations-per-step
+{FASHION_ITERATIONS} --batch {FASHION_BATCH} --learning-rate {FASHION_RATE:g} --fine-tune-steps 0`
+({budget} batches of {FASHION_BATCH} images in all); "labels only" adds `--no-teacher`, "with teacher"
+`--teacher cfg/fashion.weights --temperature {FASHION_TEMPERATURE:g} --alpha {FASHION_ALPHA:g}` (the
+defaults: the dense model distils into its pruned self).
+Gap: dense - without teacher; recovered: with teacher - without teacher, in points of top-1.
+
+{markdown_table(["S", "one-shot top-1", "loop, labels only", "loop, with teacher", "sparsity", "gap",
+                 "recovered", "share"], cells)}
+
+Target: the teacher recovers at least {RECOVERY_MIN:.0%} of the gap at each sparsity: **{'PASS' if ok else 'FAIL'}**.
+"""
+
+
 def report(bench: Bench, dense: tuple[float, float], sens: sensitivity.Sensitivity, shots: list[list[str]],
-           steps: list[loop.StepRecord], flop_rows: list[list[str]], beaten: bool, total: float) -> str:
+           steps: list[loop.StepRecord], flop_rows: list[list[str]], beaten: bool, held: list[dict],
+           fashion_result: tuple[float, list[dict]], total: float) -> str:
     dense, dense_recalibrated = dense
     triangle_reach = search.max_sparsity(load(CFG, WEIGHTS), Triangle)
     final = steps[-1]
@@ -176,7 +326,7 @@ def report(bench: Bench, dense: tuple[float, float], sens: sensitivity.Sensitivi
     loop_rows = [[str(s.step), f"{s.target_sparsity:.4f}", f"{s.sparsity:.4f}", f"{s.value:.4f}",
                   str(s.zeros_revived), f"{s.seconds:.1f}"] for s in steps]
     timing_rows = [[name, f"{seconds:.1f}"] for name, seconds in bench.seconds.items()]
-    return f"""# Quality: top-1 against weight sparsity on the digits model
+    return f"""# Quality: top-1 against weight sparsity on the example models
 
 Made by {COMMAND} on {time.strftime('%Y-%m-%d')}, {cpu_name()}, {platform.python_version()},
 in {total / 60:.1f} minutes.  Model: `cfg/digits.cfg` + `cfg/digits.weights` (16x16x3 classifier, 10 classes,
@@ -202,7 +352,8 @@ predicted loss is the sum of the layers' losses measured alone, in top-1 on the 
 ## (d) The prune/retrain loop
 
 `loop --mode {LOOP_MODE} --final-sparsity {LOOP_FINAL} --steps {LOOP_STEPS} --schedule agp
---iterations-per-step {LOOP_ITERATIONS} --learning-rate {LOOP_RATE}` (patched Darknet, `prune=1`).
+--iterations-per-step {LOOP_ITERATIONS} --learning-rate {LOOP_RATE} --fine-tune-steps 0 --no-teacher`
+(patched Darknet, `prune=1`; the labels alone, as before the defaults of (e)).
 
 {markdown_table(["step", "target", "sparsity", "top-1", "zeros revived", "seconds"], loop_rows)}
 
@@ -210,6 +361,8 @@ Target: at least {LOOP_MIN_SPARSITY:.0%} sparsity with at most {LOOP_MAX_LOSS * 
 Reached {final.sparsity:.4f} ({density:.1f}x fewer non-zero weights) at top-1 {final.value:.4f},
 {(dense - final.value) * 100:.2f} points lost: **{'PASS' if loop_ok else 'FAIL'}**.
 
+{held_out_section(held)}
+{fashion_section(*fashion_result)}
 ## FLOPs: `plan --target-flops F` against triangle and magnitude at the same total sparsity
 
 Effective FLOPs count 2 per multiply-add of a non-zero weight (`info`); "removed" is 1 - effective/dense.
@@ -239,12 +392,19 @@ def main() -> None:
     begin = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dsq-", dir="/tmp") as folder:
         bench = Bench(Path(folder))
-        dense = bench.top1(WEIGHTS), bench.top1(bench.recalibrated(WEIGHTS))
-        sens = sweep(bench)
-        shots = one_shot(bench, sens)
-        steps = run_loop(bench)
-        flop_rows, beaten = flops(bench, sens)
-        REPORT.write_text(report(bench, dense, sens, shots, steps, flop_rows, beaten, time.perf_counter() - begin))
+        # The three parts run side by side: on a shared machine the loops are most of the time.
+        held_rows = held_out_defaults(bench)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            fashion_future = pool.submit(fashion, bench)
+            dense = bench.top1(WEIGHTS), bench.top1(bench.recalibrated(WEIGHTS))
+            sens = sweep(bench)
+            shots = one_shot(bench, sens)
+            steps = run_loop(bench)
+            flop_rows, beaten = flops(bench, sens)
+            fashion_result = fashion_future.result()
+        held = held_rows()
+        REPORT.write_text(report(bench, dense, sens, shots, steps, flop_rows, beaten, held, fashion_result,
+                                 time.perf_counter() - begin))
     print(REPORT.read_text())
 
 
