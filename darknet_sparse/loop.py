@@ -154,6 +154,7 @@ class LoopSettings:
     teacher_cfg: Path | None = None  # None: ``cfg``
     temperature: float | None = None  # None: DISTILL_DEFAULTS of the task
     alpha: float | None = None
+    slim: float | None = None  # ``[net] slim=λ`` in the retraining cfg (patches/0021); None: not set
 
     @property
     def metric(self) -> str:
@@ -334,6 +335,8 @@ def _retrain_options(settings: LoopSettings, model: Model) -> tuple[dict, dict |
         net["subdivisions"] = 1
     if settings.subdivisions is not None:
         net["subdivisions"] = settings.subdivisions
+    if settings.slim is not None:
+        net["slim"] = f"{settings.slim:g}"  # network slimming's L1 on batch-norm scales
     return net, sections
 
 
@@ -379,6 +382,8 @@ def _check(settings: LoopSettings) -> Model:
     if settings.learning_rate is not None and not (math.isfinite(settings.learning_rate)
                                                    and settings.learning_rate > 0):
         raise PolicyError(f"learning rate {settings.learning_rate!r} must be a number > 0")
+    if settings.slim is not None and not (math.isfinite(settings.slim) and settings.slim >= 0):
+        raise PolicyError(f"slim {settings.slim!r} must be a number >= 0")
     _check_paths(settings)
     model = load_model(settings.cfg, settings.fork, settings.weights)
     if not settings.weights.is_file():

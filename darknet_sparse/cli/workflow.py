@@ -87,6 +87,9 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--alpha", type=click.FloatRange(0, 1),
               help="Weight of the teacher's term; 1 - alpha weighs the labels; default: "
                    + ", ".join(f"{a:g} for {task}s" for task, (_, a) in loop_.DISTILL_DEFAULTS.items()) + ".")
+@click.option("--slim", "slim_lambda", type=click.FloatRange(min=0),
+              help="Retrain with [net] slim=λ (the patched Darknet's L1 on batch-norm scales), so that "
+                   "`darknet-sparse slim` can then remove channels.")
 @click.option("--eval-cmd",
               help="Shell command printing the score as its last line; {weights}, {cfg}, {data}, {step} "
                    "are replaced (also $DARKNET_SPARSE_WEIGHTS etc.).  Default: for classifiers top-1 of "
@@ -103,7 +106,7 @@ def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: 
          learning_rate: float | None, out: Path, task: str, images: Path | None, label_conf: float,
          eval_images: Path | None, train_size: int | None, batch: int | None, subdivisions: int | None,
          teacher: Path | None, no_teacher: bool, teacher_cfg: Path | None, temperature: float | None,
-         alpha: float | None,
+         alpha: float | None, slim_lambda: float | None,
          eval_cmd: str | None, min_score: float | None, resume: bool, darknet: Path | None,
          cfg: Path | None, fork: str) -> None:
     """Prune and retrain in steps: threshold to each step's target, retrain
@@ -141,7 +144,7 @@ def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: 
         images=images, eval_images=eval_images, label_conf=label_conf, train_size=train_size, batch=batch,
         subdivisions=subdivisions,
         teacher=None if no_teacher else teacher or loop_.STARTING, teacher_cfg=teacher_cfg, temperature=temperature,
-        alpha=alpha)
+        alpha=alpha, slim=slim_lambda)
     with click.progressbar(length=len(targets), label="prune/retrain steps",
                            file=sys.stderr) as bar:
         result = loop_.run(settings, resume, on_progress=lambda done: bar.update(done - bar.pos),
