@@ -7,14 +7,21 @@ Stock Darknet as an oracle (see ``helpers/stock.py``):
 - ``stock_saved``: ``stock_saved(cfg) -> Saved``, the file stock Darknet
   initialises and saves for a cfg, made once per session and cached (its
   size and layer table always; the file itself up to ``ROUND_TRIP_LIMIT``).
+
+The example model, once per test module (a module may write into them):
+
+- ``digits``: the digits data set (``write_digits``), its ``.data`` path.
+- ``model_files``: a private copy of ``cfg/digits.cfg`` and ``cfg/digits.weights``.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
+from darknet_sparse.examples import write_digits
 from helpers.stock import ROUND_TRIP_LIMIT, Saved, StockTool, build
 
 
@@ -35,3 +42,20 @@ def stock_saved(stock_tool: StockTool, tmp_path_factory: pytest.TempPathFactory)
         return cache[cfg]
 
     return saved
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_digits(tmp_path_factory.mktemp("digits") / "digits")
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A private copy of the example cfg and weights."""
+    folder = tmp_path_factory.mktemp("model")
+    for name in ("digits.cfg", "digits.weights"):
+        shutil.copy(REPO / "cfg" / name, folder / name)
+    return folder / "digits.cfg", folder / "digits.weights"

@@ -16,7 +16,8 @@ import pytest
 
 from darknet_sparse import darknet
 from darknet_sparse.examples import classifier_top1, write_digits
-from helpers.darknet_run import CLASSIFIER, ROOT, check_zeros_frozen, one_hot_data, sparse_start, write_images
+from helpers.darknet_run import (CLASSIFIER, ROOT, check_zeros_frozen, gpu_include_dirs, one_hot_data, sparse_start,
+                                 write_images)
 from helpers.distill_run import (DARKNET, backend, distill_options, distill_step, finite_difference,
                                  top_fraction_zeroed, with_net_options)
 
@@ -444,14 +445,10 @@ def test_distill_gpu_code_compiles(tmp_path):
     stand-ins for the two types darknet.h takes from cuBLAS and cuRAND, so
     the GPU code paths (pulling and pushing the head's arrays) are compiled
     and their calls reach the object."""
-    (tmp_path / "curand.h").write_text("typedef struct curandGenerator_st *curandGenerator_t;\n")
-    (tmp_path / "cublas_v2.h").write_text("typedef struct cublasContext *cublasHandle_t;\n")
     tree = ROOT / "build" / "darknet"
-    cuda = next((p for p in (Path("/usr/local/cuda/include"), *sorted(Path("/usr/local").glob("cuda*/include")))
-                 if (p / "cuda_runtime.h").is_file()), None)
-    assert cuda is not None, "no CUDA runtime headers under /usr/local/cuda*/include"
+    gpu = gpu_include_dirs(tmp_path)
     target = tmp_path / "distill.o"
-    subprocess.run(["gcc", "-DGPU", f"-I{tree / 'include'}", f"-I{tree / 'src'}", f"-I{tmp_path}", f"-I{cuda}",
+    subprocess.run(["gcc", "-DGPU", f"-I{tree / 'include'}", f"-I{tree / 'src'}", *gpu,
                     "-Wall", "-Werror", "-c", str(tree / "src" / "distill.c"), "-o", str(target)], check=True)
     symbols = subprocess.run(["nm", str(target)], check=True, capture_output=True, text=True).stdout
     assert " T distill_network" in symbols

@@ -30,11 +30,6 @@ def _tree(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    return write_digits(tmp_path_factory.mktemp("examples") / "digits")
-
-
 def _read_list(path: Path) -> list[str]:
     return path.read_text().splitlines()
 

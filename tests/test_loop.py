@@ -23,7 +23,6 @@ from darknet_sparse import load
 from darknet_sparse import runner
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
 from darknet_sparse.errors import CfgError, DarknetRunError, OutputError, PolicyError, WeightsFormatError
-from darknet_sparse.examples import write_digits
 from darknet_sparse.loop import LoopSettings, run
 from darknet_sparse.policies import Absolute, Magnitude, Sensitivity, Triangle
 from darknet_sparse.runner import private_data, retrain_cfg, set_options
@@ -53,20 +52,6 @@ def _sha(path: Path) -> str:
 
 def _log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    return write_digits(tmp_path_factory.mktemp("loop") / "digits")
-
-
-@pytest.fixture(scope="module")
-def model_files(tmp_path_factory) -> tuple[Path, Path]:
-    """A private copy of the example cfg and weights."""
-    folder = tmp_path_factory.mktemp("model")
-    for name in ("digits.cfg", "digits.weights"):
-        shutil.copy(REPO / "cfg" / name, folder / name)
-    return folder / "digits.cfg", folder / "digits.weights"
 
 
 def _cli(*args: str):

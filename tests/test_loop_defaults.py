@@ -10,10 +10,8 @@ well the defaults do is measured in ``benchmarks/quality.md`` (e).
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from darknet_sparse import loop as loop_
@@ -26,19 +24,6 @@ from darknet_sparse import load
 
 REPO = Path(__file__).resolve().parent.parent
 PATCHED = REPO / "build" / "darknet" / "darknet"
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    return write_digits(tmp_path_factory.mktemp("defaults") / "digits")
-
-
-@pytest.fixture(scope="module")
-def model_files(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("model")
-    for name in ("digits.cfg", "digits.weights"):
-        shutil.copy(REPO / "cfg" / name, folder / name)
-    return folder / "digits.cfg", folder / "digits.weights"
 
 
 def _settings_of(monkeypatch, *args) -> loop_.LoopSettings:

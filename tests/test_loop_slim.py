@@ -2,7 +2,6 @@
 so sparse training for slimming runs inside the loop; bad values are errors."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,23 +10,9 @@ from click.testing import CliRunner
 from darknet_sparse import loop as loop_
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
 from darknet_sparse.errors import PolicyError
-from darknet_sparse.examples import write_digits
 from test_loop import FAKE_DARKNET
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    return write_digits(tmp_path_factory.mktemp("slimloop") / "digits")
-
-
-@pytest.fixture(scope="module")
-def model_files(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("model")
-    for name in ("digits.cfg", "digits.weights"):
-        shutil.copy(REPO / "cfg" / name, folder / name)
-    return folder / "digits.cfg", folder / "digits.weights"
 
 
 @pytest.fixture()

@@ -14,7 +14,6 @@ from darknet_sparse import Magnitude, images, load, load_model, recalibrate, sen
 from darknet_sparse.cli import cli
 from darknet_sparse.darknet import Network
 from darknet_sparse.errors import BindingError, PolicyError
-from darknet_sparse.examples import write_digits
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = REPO / "cfg" / "digits.cfg"
@@ -24,11 +23,6 @@ ROLLING = ("rolling_mean", "rolling_variance")
 YOLO_CFG = Path("/usr/share/darknet/cfg/yolov3-tiny.cfg")
 YOLO_WEIGHTS = REPO / "models" / "yolov3-tiny.weights"
 PHOTOS = sorted(Path("/usr/share/darknet/data").glob("*.jpg"))
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    return write_digits(tmp_path_factory.mktemp("digits") / "digits")
 
 
 @pytest.fixture(scope="module")

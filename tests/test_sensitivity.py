@@ -15,7 +15,7 @@ from darknet_sparse import Magnitude, images, load, load_model, sensitivity, thr
 from darknet_sparse.cli import cli
 from darknet_sparse.darknet import Network
 from darknet_sparse.errors import BindingError, CfgError, PolicyError
-from darknet_sparse.examples import classifier_top1, write_digits
+from darknet_sparse.examples import classifier_top1
 from tiny_models import write_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,11 +29,6 @@ TWO_HEADS = Path(__file__).resolve().parent / "cfgs" / "two_heads.cfg"
 YOLO_CFG = Path("/usr/share/darknet/cfg/yolov3-tiny.cfg")
 YOLO_WEIGHTS = REPO / "models" / "yolov3-tiny.weights"
 PHOTOS = [Path("/usr/share/darknet/data") / f"{name}.jpg" for name in ("dog", "horses", "person", "kite")]
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    return write_digits(tmp_path_factory.mktemp("digits") / "digits")
 
 
 @pytest.fixture(scope="module")

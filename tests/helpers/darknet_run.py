@@ -272,3 +272,16 @@ def run(binary: Path, *args: object, cwd: Path) -> subprocess.CompletedProcess:
         raise AssertionError(f"{binary} {' '.join(map(str, args))} exited {done.returncode}:\n"
                              f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return done
+
+
+def gpu_include_dirs(folder: Path) -> list[str]:
+    """``-I`` options that let a Darknet source compile with ``-DGPU`` on a
+    machine with CUDA's runtime headers but no cuBLAS or cuRAND (see
+    patches/README.md): one-line stand-ins, written into ``folder``, for the
+    two types darknet.h takes from those libraries, then CUDA's include dir."""
+    (folder / "curand.h").write_text("typedef struct curandGenerator_st *curandGenerator_t;\n")
+    (folder / "cublas_v2.h").write_text("typedef struct cublasContext *cublasHandle_t;\n")
+    cuda = next((p for p in (Path("/usr/local/cuda/include"), *sorted(Path("/usr/local").glob("cuda*/include")))
+                 if (p / "cuda_runtime.h").is_file()), None)
+    assert cuda is not None, "no CUDA runtime headers under /usr/local/cuda*/include"
+    return [f"-I{folder}", f"-I{cuda}"]
