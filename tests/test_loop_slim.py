@@ -10,18 +10,9 @@ from click.testing import CliRunner
 from darknet_sparse import loop as loop_
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
 from darknet_sparse.errors import PolicyError
-from test_loop import FAKE_DARKNET
+from test_loop import fake  # noqa: F401  (the stand-in Darknet fixture)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture()
-def fake(tmp_path) -> Path:
-    path = tmp_path / "bin" / "darknet"
-    path.parent.mkdir()
-    path.write_text(FAKE_DARKNET)
-    path.chmod(0o755)
-    return path
 
 
 def _settings(tmp_path, digits, model_files, binary, **changes) -> loop_.LoopSettings:
