@@ -14,5 +14,5 @@ for w in plan-$S plan-$S-recal; do
   echo "== $w"
   $DS eval $B/$w.weights --cfg $CFG --images data/images/eval.txt --reference models/yolov3-tiny.weights --json 2>/dev/null \
     | python3 -c 'import json,sys; d=json.load(sys.stdin); print("map50 %.4f map %.4f" % (d["map50"], d["map"]))'
-  $DS info $B/$w.weights --cfg $CFG --json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); t=d.get("total", d); print({k: v for k, v in t.items() if "flops" in k.lower() or "sparsity" in k.lower()})'
+  $DS info $B/$w.weights --cfg $CFG 2>/dev/null | tail -n 1   # total: params, non-zero, sparsity, BFLOPs, effective BFLOPs
 done
