@@ -59,6 +59,4 @@ def main() -> None:
 
 
 # The submodules register their commands on the group defined above.
-from . import analysis, core, workflow  # noqa: E402,F401
-from . import slim  # noqa: E402,F401
-from . import evaluate  # noqa: E402,F401
+from . import analysis, core, evaluate, slim, workflow  # noqa: E402,F401
