@@ -179,3 +179,52 @@ def test_image_files_are_read_pass_by_pass_with_the_same_result(digits, monkeypa
     for index in (0, 2, 4, 6):
         for name in ROLLING:
             assert streamed.params(index)[name].tobytes() == loaded.params(index)[name].tobytes()
+
+
+def test_relative_to_itself_the_statistics_stay_as_they_were(digits):
+    """The reference unpruned: the shift is zero and the ratio one, so the
+    model's own statistics come back (to float rounding), whatever the
+    images; absolute recalibration on the same images moves them."""
+    model = load_model(CFG, "pjreddie")
+    x = _train_images(digits, 128)
+    net = recalibrate.calibration_network(CFG, WEIGHTS, 64)
+    before = {i: {name: net.params(i)[name].copy() for name in ROLLING} for i in (0, 2, 4, 6)}
+    passes = []
+    result = recalibrate.recalibrate(net, model, x, on_progress=passes.append,
+                                     reference=recalibrate.calibration_network(CFG, WEIGHTS, 64))
+    assert result.relative and passes == [1, 2, 3, 4]  # the model's two passes, then the reference's
+    for i, arrays in before.items():
+        for name, old in arrays.items():
+            np.testing.assert_allclose(net.params(i)[name], old, rtol=1e-5, atol=1e-6)
+    absolute = recalibrate.calibration_network(CFG, WEIGHTS, 64)
+    recalibrate.recalibrate(absolute, model, x)
+    assert not np.allclose(absolute.params(0)["rolling_mean"], before[0]["rolling_mean"], rtol=1e-3)
+
+
+def test_relative_applies_the_shift_pruning_made(digits, pruned):
+    """mean = old + (m_pruned - m_reference), variance = old * v_pruned / v_reference."""
+    model = load_model(CFG, "pjreddie")
+    x = _train_images(digits, 128)
+    measured = {}
+    for name, weights in (("pruned", pruned), ("dense", WEIGHTS)):
+        measured[name], _, _ = recalibrate.measure(recalibrate.calibration_network(CFG, weights, 64), model, x)
+    net = recalibrate.calibration_network(CFG, pruned, 64)
+    old = {i: [net.params(i)[name].copy() for name in ROLLING] for i in (0, 2, 4, 6)}
+    recalibrate.recalibrate(net, model, x, reference=recalibrate.calibration_network(CFG, WEIGHTS, 64))
+    for i, (old_mean, old_variance) in old.items():
+        (mean, variance), (ref_mean, ref_variance) = measured["pruned"][i], measured["dense"][i]
+        np.testing.assert_allclose(net.params(i)["rolling_mean"], old_mean + mean - ref_mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(net.params(i)["rolling_variance"], old_variance * variance / ref_variance,
+                                   rtol=1e-5)
+    assert not np.allclose(net.params(6)["rolling_mean"], old[6][0])
+
+
+def test_relative_needs_a_reference_of_the_same_layers(tmp_path, digits):
+    other = tmp_path / "other.cfg"
+    other.write_text(CFG.read_text().replace("filters=32", "filters=16", 1))
+    assert other.read_text() != CFG.read_text()
+    Network(other).save(tmp_path / "other.weights")
+    net = recalibrate.calibration_network(CFG, WEIGHTS, 8)
+    with pytest.raises(PolicyError, match="layer 2: the reference has 16 channels, the model 32"):
+        recalibrate.recalibrate(net, load_model(CFG, "pjreddie"), _train_images(digits, 16),
+                                reference=recalibrate.calibration_network(other, tmp_path / "other.weights", 8))

@@ -135,21 +135,30 @@ def plan(sensitivity_csv: Path, target_sparsity: float | None, target_flops: flo
               help="Where to write the recalibrated weights.")
 @click.option("--batch", type=click.IntRange(min=2),
               help="Images per calibration pass (default: the cfg's batch/subdivisions).")
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The dense weights the model was pruned from: apply only the shift pruning made to "
+                   "the statistics, measured against them on the same images (recommended: calibration "
+                   "images unlike the training data then cost nothing).")
+@click.option("--reference-cfg", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The reference's cfg (default: the model's).")
 @resize_option
 @max_images_option
 @json_option
 def recalibrate(weights: Path, cfg: Path | None, image_source: Path, output: Path, batch: int | None,
-                resize: str | None, max_images: int | None, as_json: bool) -> None:
+                reference: Path | None, reference_cfg: Path | None, resize: str | None, max_images: int | None,
+                as_json: bool) -> None:
     """Re-estimate batch-norm rolling mean and variance on calibration
     images after pruning; weights, biases and scales stay as they are."""
     cfg = cfg or find_cfg(weights)
     check_output(weights, output)
     paths = _sample(image_source, max_images)
     net = recalibrate_.calibration_network(cfg, weights, batch)
+    base = None if reference is None else recalibrate_.calibration_network(reference_cfg or cfg, reference, batch)
     model = load_model(cfg, "pjreddie", weights)
     x = recalibrate_.ImageFiles(paths, net.input_shape, resize or sensitivity_.default_resize(model))
-    passes = len(x) // recalibrate_.pass_size(len(x), net.batch)
+    passes = len(x) // recalibrate_.pass_size(len(x), net.batch) * (1 if base is None else 2)
     with click.progressbar(length=passes, label="calibration passes", file=sys.stderr) as bar:
-        result = recalibrate_.recalibrate(net, model, x, on_progress=lambda done: bar.update(done - bar.pos))
+        result = recalibrate_.recalibrate(net, model, x, on_progress=lambda done: bar.update(done - bar.pos),
+                                          reference=base)
     net.save(output)
     click.echo(reports.to_json(result) if as_json else recalibrate_.table(result) + f"\n\nwritten: {output}")
