@@ -29,14 +29,18 @@ trained on: yolov3-tiny recalibrated *unpruned* on frames of two videos
 agrees with itself at only mAP@0.5 0.964 on the evaluation images, and
 that loss adds to the pruned model's (benchmarks/detector.md).  So with a
 reference, both models are measured on the same images in the same way,
-and only the *change* pruning made is applied to the pruned model's own
-statistics: ``mean = old_mean + (m_pruned - m_reference)`` and
-``variance = old_variance * v_pruned / v_reference`` per channel.  The
+and only the *change* pruning made is applied to the reference's
+statistics: ``mean = ref_mean + (m_pruned - m_reference)`` and
+``variance = ref_variance * v_pruned / v_reference`` per channel.  The
 reference unpruned recalibrates to exactly its own statistics, whatever
-the images; what is estimated on them is only how pruning moved each
-channel (bias correction, as in Nagel et al., "Data-Free Quantization
-Through Weight Equalization and Bias Correction", 2019, here applied to
-both moments of batch norm).
+the images; what is estimated on them is only how pruning (and any
+retraining since) moved each channel (bias correction, as in Nagel et al.,
+"Data-Free Quantization Through Weight Equalization and Bias Correction",
+2019, here applied to both moments of batch norm).  The reference's
+statistics are the base, not the model's own: for a pruned copy they are
+the same, and after retraining on calibration-like images (whose batches
+pull Darknet's rolling averages toward them) only the reference's still
+describe the data the model was trained for.
 
 Only ``[convolutional]``, ``[deconvolutional]``, ``[connected]`` and
 ``[batchnorm]`` layers are recalibrated: they update their statistics once
@@ -214,7 +218,7 @@ def recalibrate(net: Network, model: Model, x: np.ndarray | ImageFiles,
 
     With ``reference`` (a network of the same layers, e.g. the dense model
     loaded by :func:`calibration_network`), both are measured and only the
-    pruned network's shift from the reference is applied to its own
+    network's shift from the reference is applied to the reference's
     statistics (module docstring); ``on_progress`` then counts the
     reference's passes after the network's.
     """
@@ -237,7 +241,8 @@ def recalibrate(net: Network, model: Model, x: np.ndarray | ImageFiles,
         if reference is not None:
             ref_mean, ref_variance = base[index]
             ratio = np.divide(variance, ref_variance, out=np.ones_like(variance), where=ref_variance > 0)
-            mean, variance = old_mean + (mean - ref_mean), old_variance * ratio
+            theirs = reference.params(index)
+            mean, variance = theirs["rolling_mean"] + (mean - ref_mean), theirs["rolling_variance"] * ratio
         v["rolling_mean"][:] = mean
         v["rolling_variance"][:] = variance
         changes.append(_change(model.layers[index], old_mean, old_variance, v["rolling_mean"],

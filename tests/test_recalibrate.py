@@ -202,21 +202,25 @@ def test_relative_to_itself_the_statistics_stay_as_they_were(digits):
 
 
 def test_relative_applies_the_shift_pruning_made(digits, pruned):
-    """mean = old + (m_pruned - m_reference), variance = old * v_pruned / v_reference."""
+    """mean = ref + (m_pruned - m_reference), variance = ref * v_pruned / v_reference,
+    from the reference's statistics (a pruned copy's are the same until they
+    are recalibrated or retrained: here they were recalibrated first)."""
     model = load_model(CFG, "pjreddie")
     x = _train_images(digits, 128)
     measured = {}
     for name, weights in (("pruned", pruned), ("dense", WEIGHTS)):
         measured[name], _, _ = recalibrate.measure(recalibrate.calibration_network(CFG, weights, 64), model, x)
     net = recalibrate.calibration_network(CFG, pruned, 64)
-    old = {i: [net.params(i)[name].copy() for name in ROLLING] for i in (0, 2, 4, 6)}
-    recalibrate.recalibrate(net, model, x, reference=recalibrate.calibration_network(CFG, WEIGHTS, 64))
+    recalibrate.recalibrate(net, model, x[:64])  # its own statistics now differ from the reference's
+    dense = recalibrate.calibration_network(CFG, WEIGHTS, 64)
+    old = {i: [dense.params(i)[name].copy() for name in ROLLING] for i in (0, 2, 4, 6)}
+    assert not np.allclose(net.params(6)["rolling_mean"], old[6][0])
+    recalibrate.recalibrate(net, model, x, reference=dense)
     for i, (old_mean, old_variance) in old.items():
         (mean, variance), (ref_mean, ref_variance) = measured["pruned"][i], measured["dense"][i]
         np.testing.assert_allclose(net.params(i)["rolling_mean"], old_mean + mean - ref_mean, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(net.params(i)["rolling_variance"], old_variance * variance / ref_variance,
                                    rtol=1e-5)
-    assert not np.allclose(net.params(6)["rolling_mean"], old[6][0])
 
 
 def test_relative_needs_a_reference_of_the_same_layers(tmp_path, digits):
