@@ -123,17 +123,55 @@ def yolo_truth(boxes: bool) -> np.ndarray:
     return y.ravel()
 
 
+def stated_yolo_loss(zs: np.ndarray, zt: np.ndarray, temperature: float, box_thresh: float = 0.5) -> float:
+    """The [yolo] distillation loss as distill.h states it, in float64:
+    logits (batch, anchor, entry, cell), entries x, y, w, h, objectness,
+    classes.  T^2 binary KL (cross-entropy less the target's entropy) of
+    sigmoid(z_s/T) against sigmoid(z_t/T) on objectness, and on each class
+    weighted by the teacher's objectness p = sigmoid(z_t); 1/2 (b_s - b_t)^2
+    on x, y after the logistic and w, h raw where p > box_thresh."""
+    zs, zt = zs.astype(np.float64), zt.astype(np.float64)
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    s, q = zs[:, :, 4:] / temperature, sigmoid(zt[:, :, 4:] / temperature)
+    kl = q * np.logaddexp(0, -s) + (1 - q) * np.logaddexp(0, s) + q * np.log(q) + (1 - q) * np.log(1 - q)
+    p = sigmoid(zt[:, :, 4])
+    weight = np.concatenate([np.ones_like(p[:, :, None]), np.repeat(p[:, :, None], zs.shape[2] - 5, 2)], 2)
+    box = lambda z: np.concatenate([sigmoid(z[:, :, :2]), z[:, :, 2:4]], 2)  # noqa: E731
+    pull = 0.5 * ((box(zs) - box(zt)) ** 2).sum(2) * (p > box_thresh)
+    return float(temperature ** 2 * (weight * kl).sum() + pull.sum())
+
+
 @pytest.mark.parametrize("temperature", [1, 2.5])
 def test_yolo_delta_is_the_gradient_of_the_stated_loss(tmp_path, yolo_teacher, temperature):
-    """A = 1: T^2 BCE(sigmoid(z_s/T), sigmoid(z_t/T)) on objectness and
-    classes, and 1/2 (b_s - b_t)^2 on x, y (after the logistic) and w, h
-    (raw) where the teacher's objectness is above 0.5."""
+    """A = 1: the loss Darknet reports is the stated one (computed here),
+    and its delta is that loss's gradient by finite differences."""
     net = student(tmp_path, "student", YOLO_NET, YOLO_HEAD, distill_options(*yolo_teacher, 1, temperature))
     x = np.random.default_rng(1).normal(0, 2, 2 * 4 * 14).astype(np.float32)
+    teacher = darknet.Network(*yolo_teacher, using=backend())
+    zt = np.broadcast_to(teacher.params(0)["biases"].reshape(1, 2, 7, 1), (2, 2, 7, 4))
+    _, loss = distill_step(net, x, yolo_truth(False), 0)
+    assert loss == pytest.approx(stated_yolo_loss(x.reshape(2, 2, 7, 4), zt, temperature), rel=1e-5)
     delta = assert_gradient(net, x, yolo_truth(False)).reshape(2, 2, 7, 4)  # batch, anchor, entry, cell
     assert np.all(delta[:, 1, :4] == 0)  # no box pull where the teacher sees no object
     assert np.all(delta[:, 0, :4] != 0)
     np.testing.assert_array_equal(distill_step(net, x, yolo_truth(True), 0)[0], delta.ravel())
+
+
+def test_yolo_classes_are_taught_in_proportion_to_the_teachers_objectness(tmp_path, yolo_teacher):
+    """Where the teacher sees no object (anchor 1: p = 0.18) its class
+    outputs weigh p, where it does (anchor 0: p = 0.82) they weigh 0.82:
+    the class deltas are p T (q - sigmoid(z_s/T)), objectness unweighted."""
+    net = student(tmp_path, "student", YOLO_NET, YOLO_HEAD, distill_options(*yolo_teacher, 1, 2))
+    x = np.random.default_rng(3).normal(0, 2, 2 * 4 * 14).astype(np.float32)
+    delta = distill_step(net, x, yolo_truth(False), 0)[0].reshape(2, 2, 7, 4)
+    zs = x.reshape(2, 2, 7, 4).astype(np.float64)
+    zt = darknet.Network(*yolo_teacher, using=backend()).params(0)["biases"].reshape(1, 2, 7, 1).astype(np.float64)
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    plain = 2 * (sigmoid(zt[:, :, 4:] / 2) - sigmoid(zs[:, :, 4:] / 2))
+    p = sigmoid(zt[0, :, 4, 0])
+    np.testing.assert_allclose(delta[:, :, 4], plain[:, :, 0], rtol=1e-5, atol=1e-7)
+    for anchor in (0, 1):
+        np.testing.assert_allclose(delta[:, anchor, 5:], p[anchor] * plain[:, anchor, 1:], rtol=1e-5, atol=1e-7)
 
 
 def test_yolo_alpha_mixes_in_darknets_own_delta_and_cost(tmp_path, yolo_teacher):
