@@ -28,6 +28,13 @@ at 256 lost agreement at 416 where retraining at 416 for the same CPU time
 gained it; README "The workflow") and a CPU-sized batch
 (:data:`DETECTOR_BATCH`).  Evaluation runs at the user's cfg.
 
+Batch-norm recalibration (``recalibrate``, a detector with ``images``; the
+command line's default).  After each retraining, the rolling statistics are
+re-estimated on that many training images relative to the starting model
+(:mod:`darknet_sparse.recalibrate`): retraining batches pull Darknet's
+rolling averages toward the training images, which are rarely what the
+model was trained for (two videos, here).
+
 Distillation (``teacher``).  The retraining cfg gets ``[net]
 distill_cfg=OUT/teacher.cfg`` (the teacher's cfg, or the user's, at the
 retraining input and batch), ``distill_weights``, ``distill_temperature`` and
@@ -120,6 +127,12 @@ DEFAULT_STEPS, DEFAULT_FINE_TUNE_STEPS = 5, 1
 #: ``LoopSettings.teacher``'s default: a classifier is taught by its own
 #: starting (dense) weights, a detector by no one (it has its pseudo-labels).
 STARTING = "starting"
+#: The command line's images for a detector's batch-norm recalibration after
+#: each step (``recalibrate``), in passes of this many.  Retraining batches
+#: pull Darknet's rolling averages toward the training images' statistics;
+#: recalibrating relative to the starting model keeps only the shift the
+#: pruned weights make (:mod:`darknet_sparse.recalibrate`).
+DETECTOR_RECALIBRATION, RECALIBRATION_BATCH = 64, 8
 #: Distillation's defaults per task: (temperature, alpha).  A classifier
 #: mixes the teacher's soft targets with the labels; a detector's teacher
 #: alone (alpha 1) needs no labels at all.
@@ -155,6 +168,9 @@ class LoopSettings:
     temperature: float | None = None  # None: DISTILL_DEFAULTS of the task
     alpha: float | None = None
     slim: float | None = None  # ``[net] slim=λ`` in the retraining cfg (patches/0021); None: not set
+    #: Detector with ``images``: after each retraining, batch-norm statistics
+    #: recalibrated relative to ``weights`` on this many of them; 0: not.
+    recalibrate: int = 0
 
     @property
     def metric(self) -> str:
@@ -408,13 +424,18 @@ def _check_task(settings: LoopSettings) -> None:
                               "starting model) or an evaluation command (--eval-cmd)")
         if settings.train_size is not None and (settings.train_size < 32 or settings.train_size % 32):
             raise PolicyError(f"training input {settings.train_size} must be a multiple of 32")
+        if settings.recalibrate and settings.images is None:
+            raise PolicyError("recalibration after each step needs the training images (--images)")
     else:
         if settings.data is None:
             raise PolicyError(f"task {settings.task} needs a data file (--data)")
         for given, option in ((settings.images, "--images"), (settings.eval_images, "--eval-images"),
-                              (settings.train_size, "--train-size")):
+                              (settings.train_size, "--train-size"), (settings.recalibrate or None, "--recalibrate")):
             if given is not None:
                 raise PolicyError(f"{option} is for detectors (--task detector)")
+    if isinstance(settings.recalibrate, bool) or not isinstance(settings.recalibrate, int) \
+            or settings.recalibrate < 0 or settings.recalibrate == 1:
+        raise PolicyError(f"recalibration images {settings.recalibrate!r}: 0 (none) or a whole number >= 2")
     if not 0 < settings.label_conf < 1:
         raise PolicyError(f"label confidence {settings.label_conf!r} must be in (0, 1)")
     for name, value in (("batch", settings.batch), ("subdivisions", settings.subdivisions)):
@@ -479,6 +500,8 @@ def _step(settings: LoopSettings, model: Model, step: int, source: Path,
     pruned = out / f"step-{step:02d}.pruned.weights"
     _, level = prune_to(WeightsFile(source, model), pruned, target, settings.policy, settings.spec)
     trained = _retrain(settings, pruned, step)
+    if settings.recalibrate:
+        _recalibrate(settings, model, trained)
     revived = reports.diff(WeightsFile(pruned, model), WeightsFile(trained, model)).revived
     pruned.unlink()
     sparsity = weight_sparsity(WeightsFile(trained, model))
@@ -496,6 +519,18 @@ def _retrain(settings: LoopSettings, weights: Path, step: int) -> Path:
     runner.train(settings.darknet, settings.task, out / TRAIN_DATA, out / TRAIN_CFG, weights, out / "backup",
                  out / f"step-{step:02d}.log", trained)
     return trained
+
+
+def _recalibrate(settings: LoopSettings, model: Model, weights: Path) -> None:
+    """Recalibrate ``weights`` in place on ``settings.recalibrate`` of the
+    training images, relative to the starting weights."""
+    from . import recalibrate
+    paths = images_.sample(images_.image_paths(settings.images), settings.recalibrate)
+    net = recalibrate.calibration_network(settings.cfg, weights, RECALIBRATION_BATCH)
+    reference = recalibrate.calibration_network(settings.cfg, settings.weights, RECALIBRATION_BATCH)
+    recalibrate.recalibrate(net, model, recalibrate.ImageFiles(paths, net.input_shape, "letterbox"),
+                            reference=reference)
+    net.save(weights)
 
 
 def step_name(step: int) -> str:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from darknet_sparse import darknet, load
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
-from darknet_sparse.errors import OutputError
+from darknet_sparse.errors import OutputError, PolicyError
 from darknet_sparse.loop import LoopSettings, run
 from darknet_sparse.reports import diff
 from darknet_sparse.search import weight_sparsity
@@ -219,3 +219,38 @@ def test_outputs_under_the_user_images_are_refused(tmp_path, detector):
                          out=tmp_path / "run", targets=(0.3,), iterations=1, task="detector",
                          images=tmp_path / "run" / "pseudo" / "images", eval_images=detector["eval"],
                          darknet=PATCHED))
+
+
+def test_each_step_is_recalibrated_relative_to_the_starting_model(tmp_path, detector, monkeypatch):
+    """With retraining replaced by a copy, a step's weights are exactly the
+    pruned weights recalibrated relative to the starting model on the
+    training images; weights and biases are the pruned ones."""
+    from darknet_sparse import images, load_model, loop, recalibrate
+
+    monkeypatch.setattr(loop, "_retrain", lambda settings, weights, step: Path(shutil.copy(
+        weights, settings.out.resolve() / loop.step_name(step))))
+    out = tmp_path / "recalibrated"
+    result = _cli(detector, out, "--sparsities", "0.5", "--iterations-per-step", 1, "--darknet", PATCHED,
+                  "--teacher", detector["weights"], "--recalibrate", 8)
+    assert result.exit_code == 0, result.output
+    pruned = tmp_path / "pruned.weights"
+    from darknet_sparse.policies import Global
+    from darknet_sparse.search import prune_to
+    model = load_model(detector["cfg"], "pjreddie")
+    prune_to(load(detector["cfg"], detector["weights"]), pruned, 0.5, Global)
+    net = recalibrate.calibration_network(detector["cfg"], pruned, 8)
+    reference = recalibrate.calibration_network(detector["cfg"], detector["weights"], 8)
+    paths = images.sample(images.image_paths(detector["train"]), 8)
+    recalibrate.recalibrate(net, model, recalibrate.ImageFiles(paths, net.input_shape, "letterbox"),
+                            reference=reference)
+    expected = tmp_path / "expected.weights"
+    net.save(expected)
+    assert (out / "step-01.weights").read_bytes() == expected.read_bytes()
+    assert expected.read_bytes() != pruned.read_bytes()
+
+
+def test_recalibration_needs_the_training_images(tmp_path, detector):
+    with pytest.raises(PolicyError, match="needs the training images"):
+        run(LoopSettings(cfg=detector["cfg"], weights=detector["weights"], data=detector["folder"] / "x.data",
+                         out=tmp_path / "run", targets=(0.3,), iterations=1, task="detector",
+                         eval_images=detector["eval"], darknet=PATCHED, recalibrate=8))

@@ -90,6 +90,10 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--slim", "slim_lambda", type=click.FloatRange(min=0),
               help="Retrain with [net] slim=λ (the patched Darknet's L1 on batch-norm scales), so that "
                    "`darknet-sparse slim` can then remove channels.")
+@click.option("--recalibrate", "recalibrate_images", type=click.IntRange(min=0),
+              help="Detector with --images: after each retraining, recalibrate batch norm relative to the "
+                   f"starting model on this many of the images (0: not).  Default: "
+                   f"{loop_.DETECTOR_RECALIBRATION} for a detector with --images, else 0.")
 @click.option("--eval-cmd",
               help="Shell command printing the score as its last line; {weights}, {cfg}, {data}, {step} "
                    "are replaced (also $DARKNET_SPARSE_WEIGHTS etc.).  Default: for classifiers top-1 of "
@@ -106,7 +110,7 @@ def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: 
          learning_rate: float | None, out: Path, task: str, images: Path | None, label_conf: float,
          eval_images: Path | None, train_size: int | None, batch: int | None, subdivisions: int | None,
          teacher: Path | None, no_teacher: bool, teacher_cfg: Path | None, temperature: float | None,
-         alpha: float | None, slim_lambda: float | None,
+         alpha: float | None, slim_lambda: float | None, recalibrate_images: int | None,
          eval_cmd: str | None, min_score: float | None, resume: bool, darknet: Path | None,
          cfg: Path | None, fork: str) -> None:
     """Prune and retrain in steps: threshold to each step's target, retrain
@@ -144,7 +148,9 @@ def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: 
         images=images, eval_images=eval_images, label_conf=label_conf, train_size=train_size, batch=batch,
         subdivisions=subdivisions,
         teacher=None if no_teacher else teacher or loop_.STARTING, teacher_cfg=teacher_cfg, temperature=temperature,
-        alpha=alpha, slim=slim_lambda)
+        alpha=alpha, slim=slim_lambda,
+        recalibrate=(loop_.DETECTOR_RECALIBRATION if task == "detector" and images is not None else 0)
+        if recalibrate_images is None else recalibrate_images)
     with click.progressbar(length=len(targets), label="prune/retrain steps",
                            file=sys.stderr) as bar:
         result = loop_.run(settings, resume, on_progress=lambda done: bar.update(done - bar.pos),
