@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -245,7 +245,7 @@ def to_json(report) -> str:
     """Any report dataclass as JSON, with its totals."""
     def plain(value):
         if is_dataclass(value):
-            data = {k: plain(v) for k, v in asdict(value).items()}
+            data = {f.name: plain(getattr(value, f.name)) for f in fields(value)}
             for extra in ("totals", "sparsity"):
                 if hasattr(type(value), extra):
                     data[extra] = plain(getattr(value, extra))
