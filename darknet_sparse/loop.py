@@ -28,6 +28,20 @@ at 256 lost agreement at 416 where retraining at 416 for the same CPU time
 gained it; README "The workflow") and a CPU-sized batch
 (:data:`DETECTOR_BATCH`).  Evaluation runs at the user's cfg.
 
+Structured (``structured``).  Each step removes whole channels instead of
+zeroing weights: the previous step's model is slimmed until the step's
+target share of the *starting* model's FLOPs is gone, channels chosen by the
+data rank and the layers after them refit by least squares on
+``slim_images`` of the training images
+(:func:`darknet_sparse.reconstruct.slim_refit`); the smaller model (its cfg
+``OUT/step-NN.cfg``, the retraining cfg rewritten from it) is retrained,
+recalibrated relative to itself before retraining, and scored against the
+starting model.  Its log lines carry the FLOPs shares in ``target_sparsity``
+and ``sparsity``, ``mode`` ``structured`` and the step's ``cfg``; the last
+accepted step is also ``final.weights`` with ``final.cfg``.  A teacher
+(``teacher``, ``teacher_cfg`` the starting model's) distils into the
+channel-pruned student; the heads keep their shapes.
+
 Batch-norm recalibration (``recalibrate``, a detector with ``images``; the
 command line's default).  After each retraining, the rolling statistics are
 re-estimated on that many training images relative to the starting model
@@ -100,13 +114,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import images as images_
-from . import load_model, pseudolabels, reports, runner, schedule
+from . import load_model, pseudolabels, reports, runner, schedule, slim
 from .errors import CfgError, OutputError, PolicyError, WeightsFormatError
 from .layout import Model
 from .policies import Global, Policy, check_kind
 from .search import max_sparsity, prune_to, weight_sparsity
 from .weightsfile import WeightsFile, atomic_path
 
+STRUCTURED = "structured"
 TRAIN_CFG = "train.cfg"
 TRAIN_DATA = "train.data"
 TEACHER_CFG = "teacher.cfg"
@@ -171,6 +186,12 @@ class LoopSettings:
     #: Detector with ``images``: after each retraining, batch-norm statistics
     #: recalibrated relative to ``weights`` on this many of them; 0: not.
     recalibrate: int = 0
+    #: Structured: each step removes whole channels (slim, data rank and
+    #: refit on ``slim_images`` of ``images``) until ``targets`` (then the
+    #: fractions of the starting model's FLOPs removed) instead of zeroing
+    #: weights, and retrains the smaller model.
+    structured: bool = False
+    slim_images: int = 64
 
     @property
     def metric(self) -> str:
@@ -178,6 +199,11 @@ class LoopSettings:
         if self.eval_cmd:
             return "score"
         return "map50" if self.task == "detector" else "top1"
+
+    @property
+    def mode(self) -> str:
+        """The log's ``mode``: the policy's name, or ``structured``."""
+        return STRUCTURED if self.structured else self.policy.name
 
     @property
     def needs_labels(self) -> bool:
@@ -262,7 +288,11 @@ def run(settings: LoopSettings, resume: bool = False,
     score = _scorer(settings)
     while failed is None and len(steps) < len(settings.targets):
         source = Path(steps[-1].weights) if steps else settings.weights
-        record = _step(settings, model, len(steps) + 1, source, score)
+        if settings.structured:
+            source_cfg = slim.cfg_beside(source) if steps else settings.cfg
+            record = _structured_step(settings, model, len(steps) + 1, source, source_cfg, score)
+        else:
+            record = _step(settings, model, len(steps) + 1, source, score)
         with open(log, "a", encoding="utf-8") as fp:
             fp.write(record.to_line())
             fp.flush()
@@ -276,6 +306,8 @@ def run(settings: LoopSettings, resume: bool = False,
     final = out / "final.weights"
     if accepted:
         _copy(Path(accepted[-1].weights), final)
+        if settings.structured:
+            _copy(slim.cfg_beside(Path(accepted[-1].weights)), slim.cfg_beside(final))
     else:
         final.unlink(missing_ok=True)
     stopped = _floor_message(failed, accepted, settings) if failed else None
@@ -305,12 +337,9 @@ def _write_training_files(settings: LoopSettings, model: Model, out: Path,
         teacher_cfg = settings.teacher_cfg or settings.cfg
         shape = {k: net[k] for k in ("width", "height", "batch", "subdivisions") if k in net}
         (out / TEACHER_CFG).write_text(runner.set_options(teacher_cfg.read_text(), shape, sections))
-        net.update(distill_cfg=out / TEACHER_CFG, distill_weights=settings.teacher.resolve(),
-                   distill_temperature=f"{settings.temperature:g}", distill_alpha=f"{settings.alpha:g}")
-    (out / TRAIN_CFG).write_text(runner.retrain_cfg(settings.cfg.read_text(), settings.iterations,
-                                                    settings.learning_rate, net, sections))
+    _write_train_cfg(settings, model, settings.cfg)
     labelled, train = None, None
-    if settings.images is not None:
+    if settings.images is not None and settings.task == "detector":
         labeller = None
         if settings.needs_labels:
             def labeller():
@@ -330,6 +359,17 @@ def _write_training_files(settings: LoopSettings, model: Model, out: Path,
     data = settings.data.read_text() if settings.data else f"classes={_classes(model)}\n"
     (out / TRAIN_DATA).write_text(runner.private_data(data, out / "backup", train))
     return labelled
+
+
+def _write_train_cfg(settings: LoopSettings, model: Model, cfg: Path) -> None:
+    """``OUT/train.cfg``: ``cfg`` (the user's, or a structured step's) with
+    the retraining options."""
+    net, sections = _retrain_options(settings, model)
+    if settings.teacher is not None:
+        net.update(distill_cfg=settings.out.resolve() / TEACHER_CFG, distill_weights=settings.teacher.resolve(),
+                   distill_temperature=f"{settings.temperature:g}", distill_alpha=f"{settings.alpha:g}")
+    (settings.out.resolve() / TRAIN_CFG).write_text(runner.retrain_cfg(cfg.read_text(), settings.iterations,
+                                                                      settings.learning_rate, net, sections))
 
 
 def _retrain_options(settings: LoopSettings, model: Model) -> tuple[dict, dict | None]:
@@ -360,11 +400,11 @@ def _classes(model: Model) -> int:
     return model.layers[-1].section.get_int("classes", 20)
 
 
-def _scorer(settings: LoopSettings) -> Callable[[Path, int], tuple[float, dict]]:
+def _scorer(settings: LoopSettings) -> Callable[..., tuple[float, dict]]:
     """The evaluation of a step's weights: its value and details."""
     if settings.eval_cmd or settings.task != "detector":
-        def score(weights: Path, step: int) -> tuple[float, dict]:
-            return runner.evaluate(settings.darknet, settings.eval_cmd, settings.cfg, settings.data, weights,
+        def score(weights: Path, step: int, cfg: Path | None = None) -> tuple[float, dict]:
+            return runner.evaluate(settings.darknet, settings.eval_cmd, cfg or settings.cfg, settings.data, weights,
                                    step), {}
         return score
 
@@ -373,10 +413,10 @@ def _scorer(settings: LoopSettings) -> Callable[[Path, int], tuple[float, dict]]
     paths = images_.image_paths(settings.eval_images)
     reference = []
 
-    def agreement(weights: Path, step: int) -> tuple[float, dict]:
+    def agreement(weights: Path, step: int, cfg: Path | None = None) -> tuple[float, dict]:
         if not reference:
             reference.append(Network(settings.cfg, settings.weights))
-        report = evaluate_detector(Network(settings.cfg, weights), paths, reference=reference[0],
+        report = evaluate_detector(Network(cfg or settings.cfg, weights), paths, reference=reference[0],
                                    reference_name=str(settings.weights))
         if report.map50 is None:
             raise PolicyError(f"the starting model {settings.weights} finds nothing above the reference "
@@ -395,6 +435,8 @@ def _check(settings: LoopSettings) -> Model:
     if settings.task not in runner.TASKS:
         raise PolicyError(f"unknown task {settings.task!r}: expected one of {', '.join(runner.TASKS)}")
     _check_task(settings)
+    if settings.structured:
+        _check_structured(settings)
     if settings.learning_rate is not None and not (math.isfinite(settings.learning_rate)
                                                    and settings.learning_rate > 0):
         raise PolicyError(f"learning rate {settings.learning_rate!r} must be a number > 0")
@@ -405,12 +447,26 @@ def _check(settings: LoopSettings) -> Model:
     if not settings.weights.is_file():
         raise WeightsFormatError(f"{settings.weights}: no such weights file")
     wf = WeightsFile(settings.weights, model)  # checks the size against the cfg
-    if settings.spec is not None or not kind.exact:
+    if not settings.structured and (settings.spec is not None or not kind.exact):
         reach = max_sparsity(wf, kind, settings.spec)
         if reach < settings.targets[-1]:
             raise PolicyError(f"mode {kind.name} reaches at most {reach:.4f} total sparsity on "
                               f"{settings.weights} (with its spec, if any), not {settings.targets[-1]:g}")
     return model
+
+
+def _check_structured(settings: LoopSettings) -> None:
+    """A structured loop's targets are FLOPs shares in (0, 1); it needs
+    calibration images and no per-layer spec."""
+    if settings.targets[0] <= 0 or settings.targets[-1] >= 1:
+        raise PolicyError(f"structured targets are shares of the FLOPs removed, in (0, 1): {settings.targets}")
+    if settings.images is None:
+        raise PolicyError("a structured loop chooses and refits channels on calibration images: give --images")
+    if settings.spec is not None:
+        raise PolicyError("a structured loop takes no --spec (it removes channels, not weights)")
+    if isinstance(settings.slim_images, bool) or not isinstance(settings.slim_images, int) \
+            or settings.slim_images < 2:
+        raise PolicyError(f"slim images {settings.slim_images!r}: a whole number >= 2")
 
 
 def _check_task(settings: LoopSettings) -> None:
@@ -429,7 +485,8 @@ def _check_task(settings: LoopSettings) -> None:
     else:
         if settings.data is None:
             raise PolicyError(f"task {settings.task} needs a data file (--data)")
-        for given, option in ((settings.images, "--images"), (settings.eval_images, "--eval-images"),
+        for given, option in ((None if settings.structured else settings.images, "--images"),
+                              (settings.eval_images, "--eval-images"),
                               (settings.train_size, "--train-size"), (settings.recalibrate or None, "--recalibrate")):
             if given is not None:
                 raise PolicyError(f"{option} is for detectors (--task detector)")
@@ -492,7 +549,7 @@ def _check_paths(settings: LoopSettings) -> None:
 
 
 def _step(settings: LoopSettings, model: Model, step: int, source: Path,
-          score: Callable[[Path, int], tuple[float, dict]]) -> StepRecord:
+          score: Callable[..., tuple[float, dict]]) -> StepRecord:
     """Threshold ``source``, retrain, measure, evaluate: one log record."""
     started = time.monotonic()
     out = settings.out.resolve()
@@ -521,16 +578,54 @@ def _retrain(settings: LoopSettings, weights: Path, step: int) -> Path:
     return trained
 
 
-def _recalibrate(settings: LoopSettings, model: Model, weights: Path) -> None:
-    """Recalibrate ``weights`` in place on ``settings.recalibrate`` of the
-    training images, relative to the starting weights."""
+def _recalibrate(settings: LoopSettings, model: Model, weights: Path, cfg: Path | None = None,
+                 reference: Path | None = None) -> None:
+    """Recalibrate ``weights`` (of ``cfg``, default the user's) in place on
+    ``settings.recalibrate`` of the training images, relative to
+    ``reference`` (default the starting weights; of the same cfg)."""
     from . import recalibrate
+    from .sensitivity import default_resize
+    cfg = cfg or settings.cfg
     paths = images_.sample(images_.image_paths(settings.images), settings.recalibrate)
-    net = recalibrate.calibration_network(settings.cfg, weights, RECALIBRATION_BATCH)
-    reference = recalibrate.calibration_network(settings.cfg, settings.weights, RECALIBRATION_BATCH)
-    recalibrate.recalibrate(net, model, recalibrate.ImageFiles(paths, net.input_shape, "letterbox"),
-                            reference=reference)
+    net = recalibrate.calibration_network(cfg, weights, RECALIBRATION_BATCH)
+    base = recalibrate.calibration_network(cfg, reference or settings.weights, RECALIBRATION_BATCH)
+    recalibrate.recalibrate(net, model, recalibrate.ImageFiles(paths, net.input_shape, default_resize(model)),
+                            reference=base)
     net.save(weights)
+
+
+def _structured_step(settings: LoopSettings, model: Model, step: int, source: Path, source_cfg: Path,
+                     score: Callable[..., tuple[float, dict]]) -> StepRecord:
+    """Slim ``source`` until the step's share of the starting model's FLOPs
+    is gone (data rank and refit, :func:`darknet_sparse.reconstruct.slim_refit`),
+    retrain, recalibrate relative to the slimmed model, evaluate."""
+    from . import reconstruct
+    started = time.monotonic()
+    out = settings.out.resolve()
+    target = settings.targets[step - 1]
+    wf = WeightsFile(source, load_model(source_cfg, settings.fork, source))
+    left = (1 - target) * model.flops  # what the step may keep
+    staged = out / f"step-{step:02d}.slim.weights"
+    if wf.model.flops > left * (1 + 1e-9):
+        paths = images_.sample(images_.image_paths(settings.images), settings.slim_images)
+        reconstruct.slim_refit(wf, staged, paths, target_flops=1 - left / wf.model.flops)
+    else:  # a fine-tune step: nothing more to remove
+        _copy(source, staged)
+        _copy(source_cfg, slim.cfg_beside(staged))
+    step_cfg = out / f"step-{step:02d}.cfg"
+    os.replace(slim.cfg_beside(staged), step_cfg)
+    step_model = load_model(step_cfg, settings.fork, staged)
+    _write_train_cfg(settings, model, step_cfg)
+    trained = _retrain(settings, staged, step)
+    if settings.recalibrate:
+        _recalibrate(settings, step_model, trained, step_cfg, staged)
+    revived = reports.diff(WeightsFile(staged, step_model), WeightsFile(trained, step_model)).revived
+    staged.unlink()
+    removed = 1 - step_model.flops / model.flops
+    value, details = score(trained, step, step_cfg)
+    return StepRecord(step, target, removed, settings.metric, value, revived, str(trained), STRUCTURED,
+                      removed, settings.iterations, round(time.monotonic() - started, 3),
+                      {**details, "cfg": str(step_cfg)})
 
 
 def step_name(step: int) -> str:
@@ -557,7 +652,7 @@ def read_log(log: Path, settings: LoopSettings) -> list[StepRecord]:
             raise OutputError(f"{log}:{number}: step {record.step}, expected {step}")
         if step > len(settings.targets):
             raise PolicyError(f"{log}: holds {step} or more steps, this schedule only {len(settings.targets)}")
-        mode = settings.policy.name
+        mode = settings.mode
         if abs(record.target_sparsity - settings.targets[step - 1]) > 1e-9 or record.mode != mode \
                 or record.metric != settings.metric:
             raise PolicyError(f"{log}: step {step} was {record.mode} to {record.target_sparsity:g} "

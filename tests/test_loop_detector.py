@@ -254,3 +254,42 @@ def test_recalibration_needs_the_training_images(tmp_path, detector):
         run(LoopSettings(cfg=detector["cfg"], weights=detector["weights"], data=detector["folder"] / "x.data",
                          out=tmp_path / "run", targets=(0.3,), iterations=1, task="detector",
                          eval_images=detector["eval"], darknet=PATCHED, recalibrate=8))
+
+
+def test_a_structured_loop_removes_channels_step_by_step(tmp_path, detector):
+    """Two steps to 40% of the FLOPs removed: each step's cfg has fewer
+    filters, its weights fit it, the heads keep theirs, and the last step is
+    final.weights with final.cfg; the user's files are untouched."""
+    before = _tree(detector["train"])
+    out = tmp_path / "structured"
+    result = _cli(detector, out, "--structured", "--target-flops", 0.4, "--steps", 2, "--fine-tune-steps", 1,
+                  "--iterations-per-step", 2, "--darknet", PATCHED, "--recalibrate", 8)
+    assert result.exit_code == 0, result.output
+    lines = _log(out)
+    assert [line["mode"] for line in lines] == ["structured"] * 3
+    assert [line["target_sparsity"] for line in lines] == pytest.approx([0.35, 0.4, 0.4])  # AGP, then fine-tune
+    dense = load(detector["cfg"], detector["weights"]).model
+    for line in lines:
+        cfg = Path(line["cfg"])
+        assert cfg == out / f"step-{line['step']:02d}.cfg"
+        model = load(cfg, out / f"step-{line['step']:02d}.weights").model  # the sizes agree
+        assert line["sparsity"] == pytest.approx(1 - model.flops / dense.flops)
+        assert line["sparsity"] >= line["target_sparsity"] - 1e-9 and line["zeros_revived"] == 0
+        heads = [layer.index - 1 for layer in model.layers if layer.type == "yolo"]
+        assert [model.layers[i].output[0] for i in heads] == [dense.layers[i].output[0] for i in heads]
+    assert lines[2]["sparsity"] == lines[1]["sparsity"]  # the fine-tune step removes nothing more
+    assert (out / "final.cfg").read_text() == (out / "step-03.cfg").read_text()
+    assert (out / "final.weights").read_bytes() == (out / "step-03.weights").read_bytes()
+    assert "FLOPs removed" in result.output
+    assert _tree(detector["train"]) == before
+
+
+def test_a_structured_loop_needs_flops_targets_and_images(tmp_path, detector):
+    result = _cli(detector, tmp_path / "a", "--structured", "--final-sparsity", 0.5, "--iterations-per-step", 1)
+    assert result.exit_code == 2 and "--structured takes --target-flops" in result.output
+    result = _cli(detector, tmp_path / "b", "--target-flops", 0.5, "--iterations-per-step", 1)
+    assert result.exit_code == 2 and "--target-flops is for --structured" in result.output
+    with pytest.raises(PolicyError, match="give --images"):
+        run(LoopSettings(cfg=detector["cfg"], weights=detector["weights"], data=detector["folder"] / "x.data",
+                         out=tmp_path / "c", targets=(0.3,), iterations=1, task="detector",
+                         eval_images=detector["eval"], darknet=PATCHED, structured=True))

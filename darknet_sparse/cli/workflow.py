@@ -38,6 +38,11 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--fine-tune-steps", type=click.IntRange(min=0), default=loop_.DEFAULT_FINE_TUNE_STEPS,
               show_default=True, help="Extra retraining steps at --final-sparsity after the schedule's "
                                          "(not with --sparsities, which lists every step).")
+@click.option("--structured", is_flag=True,
+              help="Remove whole channels at each step (slim with the data rank and a least-squares refit "
+                   "on --images) instead of zeroing weights; the steps reach --target-flops.")
+@click.option("--target-flops", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="With --structured: the share of the starting model's FLOPs removed after the last step.")
 @click.option("--sparsities", callback=_sparsity_list,
               help="Explicit step targets instead of a schedule, e.g. 0.5,0.7,0.9.")
 @click.option("--schedule", "schedule_name", type=click.Choice(schedule.SCHEDULES), default="agp",
@@ -106,7 +111,7 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
 @cfg_option
 @fork_option
 def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: int, fine_tune_steps: int,
-         sparsities: list[float] | None, schedule_name: str, mode: str, spec: Path | None, iterations: int,
+         structured: bool, target_flops: float | None, sparsities: list[float] | None, schedule_name: str, mode: str, spec: Path | None, iterations: int,
          learning_rate: float | None, out: Path, task: str, images: Path | None, label_conf: float,
          eval_images: Path | None, train_size: int | None, batch: int | None, subdivisions: int | None,
          teacher: Path | None, no_teacher: bool, teacher_cfg: Path | None, temperature: float | None,
@@ -130,7 +135,14 @@ def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: 
     at a fifth of its cfg's learning rate, taught by its own starting weights
     (temperature 4, alpha 0.7): the defaults benchmarks/quality.md checks.
     """
-    if sparsities is not None:
+    if structured:
+        if target_flops is None or final_sparsity is not None or sparsities is not None:
+            raise click.UsageError("--structured takes --target-flops (with --steps), not sparsities")
+        targets = schedule.targets(target_flops, steps, schedule_name)
+        targets += [targets[-1]] * fine_tune_steps
+    elif target_flops is not None:
+        raise click.UsageError("--target-flops is for --structured")
+    elif sparsities is not None:
         targets = schedule.explicit(sparsities)
         if final_sparsity is not None and final_sparsity != targets[-1]:
             raise click.UsageError(f"--final-sparsity {final_sparsity:g} is not the last of --sparsities")
@@ -150,7 +162,7 @@ def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: 
         teacher=None if no_teacher else teacher or loop_.STARTING, teacher_cfg=teacher_cfg, temperature=temperature,
         alpha=alpha, slim=slim_lambda,
         recalibrate=(loop_.DETECTOR_RECALIBRATION if task == "detector" and images is not None else 0)
-        if recalibrate_images is None else recalibrate_images)
+        if recalibrate_images is None else recalibrate_images, structured=structured)
     with click.progressbar(length=len(targets), label="prune/retrain steps",
                            file=sys.stderr) as bar:
         result = loop_.run(settings, resume, on_progress=lambda done: bar.update(done - bar.pos),
@@ -165,7 +177,9 @@ def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: 
 
 def _summary(result: loop_.LoopResult) -> str:
     metric = result.steps[0].metric if result.steps else "top1"
-    headers = ["step", "target", "sparsity", metric, "revived", "seconds", "weights"]
+    structured = bool(result.steps) and result.steps[0].mode == loop_.STRUCTURED
+    headers = ["step", "target", "FLOPs removed" if structured else "sparsity", metric, "revived", "seconds",
+               "weights"]
     rows = [[r.step, f"{r.target_sparsity:.4f}", f"{r.sparsity:.4f}", f"{r.value:.4f}", r.zeros_revived,
              f"{r.seconds:.1f}", r.weights + ("  (resumed)" if r.step <= result.resumed else "")]
             for r in result.steps]
