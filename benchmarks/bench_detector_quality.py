@@ -11,12 +11,12 @@ Rows, at each total weight sparsity of ``LEVELS``:
 
 - one-shot magnitude (every layer at the level) and one-shot global (one
   threshold over all layers): ``darknet-sparse threshold``;
-- each of them + batch-norm recalibration on training images
-  (``darknet-sparse recalibrate``);
+- each of them + batch-norm recalibration on training images relative to
+  the dense model (``darknet-sparse recalibrate --reference``);
 - a sensitivity plan: ``sensitivity --images`` (deviation of every yolo
   head) on a sample of training images, once, then ``plan
-  --target-sparsity`` and ``threshold --spec`` per level, then
-  recalibration (the plan alone is not scored);
+  --target-sparsity`` and ``threshold --spec`` per level, alone and
+  recalibrated;
 - the loop (``loop --task detector``: the dense model's pseudo-labels on
   training images, ``prune=1`` retraining, one step per level of
   ``Budget.loop_levels`` in order, each step a row) and,
@@ -68,7 +68,7 @@ class Budget:
     sensitivity_images: int = 8
     sensitivity_levels: str = "0.5,0.7,0.9"
     loop_images: int = 64
-    loop_iterations: int = 12
+    loop_iterations: int = 20
     loop_levels: tuple[float, ...] = (0.7, 0.8)  # the loops' steps, in order (each a row)
     choice_images: int = 8  # training images that choose the loops' mode (magnitude or global)
     teacher: bool = True
@@ -239,7 +239,7 @@ def _recalibrated(row: Row, calibration: Path, batch: int) -> Row:
     clock = Clock()
     target = row.weights.with_name(row.weights.stem + "-recal.weights")
     run([DS, "recalibrate", "--cfg", str(_WORKER["cfg"]), "-w", str(row.weights), "--images", str(calibration),
-         "--batch", str(batch), "-o", str(target)], _WORKER["log"])
+         "--batch", str(batch), "--reference", str(_WORKER["dense"]), "-o", str(target)], _WORKER["log"])
     return _made(row.method + " + recalibration", row.level, target, clock, (row.wall, row.cpu))
 
 
@@ -265,16 +265,14 @@ def sensitivity_task(sample: Path, levels: str, csv: Path) -> tuple[float, float
 
 def plan_task(level: float, csv: Path, sweep: tuple[float, float], out: Path, calibration: Path,
               batch: int) -> list[Row]:
-    """The plan for ``level`` from the sweep, pruned, then recalibrated: one row (the plan
-    alone is not scored, to save an evaluation)."""
+    """The plan for ``level`` from the sweep, pruned, then recalibrated: two rows."""
     clock = Clock()
     spec, target = out / f"plan-{pct(level)}.yaml", out / f"plan-{pct(level)}.weights"
     run([DS, "plan", str(csv), "--target-sparsity", f"{level:g}", "-o", str(spec)], _WORKER["log"])
     run([DS, "threshold", str(_WORKER["dense"]), "--cfg", str(_WORKER["cfg"]), "--spec", str(spec),
          "-o", str(target)], _WORKER["log"])
-    wall, cpu = clock.read()
-    row = Row("sensitivity plan", level, target, wall + sweep[0], cpu + sweep[1])
-    return [_recalibrated(row, calibration, batch)]
+    row = _made("sensitivity plan", level, target, clock, sweep)
+    return [row, _recalibrated(row, calibration, batch)]
 
 
 LOCK = "quality.pid"
@@ -447,8 +445,9 @@ def report(args, rows: list[Row], loop_notes: list[str], started: Clock, referen
              f"(levels {budget.sensitivity_levels}, deviation of both yolo heads), the loops on "
              f"{budget.loop_images} (pseudo-labels of the dense model above 0.5, or the dense model as "
              f"teacher with alpha 1), with steps at {', '.join(f'{pct(x)}%' for x in budget.loop_levels)} "
-             f"in order from the dense model, {budget.loop_iterations} iterations each (batch 8 at 256x256, "
-             "`prune=1`); the budget leaves the loops no rows at other levels.",
+             f"in order from the dense model, {budget.loop_iterations} iterations each (batch 8 at the cfg's "
+             "input, `prune=1`, then batch norm recalibrated relative to the dense model on 64 of the loop's "
+             "training images); the budget leaves the loops no rows at other levels.",
              "",
              f"Machine: {machine()} at the end (shared with other work; read the CPU minutes). "
              f"Section: {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU (this process and its children; "
@@ -500,184 +499,3 @@ def fmt(value: float | None) -> str:
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--loop-worker":
     loop_worker(sys.argv[2:])
-
-
-def score_loops(work: Path, cfg: Path, dense: Path, evaluation: Path, loop_levels=Budget.loop_levels) -> None:
-    """``--score-loops WORK``: score the loops' steps in WORK as they appear,
-    into WORK/loop-scores.json, beside a run whose pool is busy (the loop rows
-    of a run that would otherwise leave them to its time limit)."""
-    from darknet_sparse import images
-    from darknet_sparse.darknet import Network
-    from darknet_sparse.detect import HIER, NMS, detect
-    from darknet_sparse.evaluate import REFERENCE_CONF
-
-    paths = images.image_paths(evaluation)
-    reference = Remembered(Network(cfg, dense))
-    for p in paths:
-        detect(reference, p, REFERENCE_CONF, HIER, NMS)
-    _init_worker(cfg, dense, paths, reference.seen, work / "commands.log")
-    out, done = work / "loop-scores.json", {}
-    methods = {"loop": "loop (pseudo-labels)", "loop-teacher": "loop with teacher (alpha 1)"}
-    while True:
-        for folder, method in methods.items():
-            times = work / f"{folder}.times.json"
-            marks = json.loads(times.read_text()) if times.exists() and times.read_text() else []
-            for step, wall, cpu in marks[1:]:
-                if (method, step) not in done:
-                    row = score(Row(method, loop_levels[min(step, len(loop_levels)) - 1],
-                                    work / folder / f"step-{step:02d}.weights", wall - marks[0][1], cpu - marks[0][2]))
-                    done[method, step] = {k: str(v) if isinstance(v, Path) else v
-                                          for k, v in row.__dict__.items()}
-                    tmp = out.with_name(out.name + ".tmp")
-                    tmp.write_text(json.dumps(list(done.values()), indent=1))
-                    tmp.replace(out)
-        if len(done) >= len(methods) * len(loop_levels) or busy(work) is None:
-            return
-        time.sleep(10)
-
-
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--score-loops":
-    score_loops(Path(sys.argv[2]).resolve(), ROOT / "models" / "yolov3-tiny.cfg", ROOT / "models" / "yolov3-tiny.weights",
-                ROOT / "data" / "images" / "eval.txt")
-
-
-def merge_loop_scores(work: Path, md: Path, cfg: Path) -> None:
-    """``--merge-loop-scores WORK MD``: add the rows of WORK/loop-scores.json
-    that the quality section of MD lacks, then mark the best row at each level
-    again, copy a new best model to WORK/best-NN.weights and rewrite the target
-    lines.  The other lines stay as the run wrote them."""
-    text = md.read_text().splitlines()
-    start = text.index("## Quality")
-    end = next((i for i in range(start + 1, len(text)) if text[i].startswith("## ")), len(text))
-    section = text[start:end]
-    table = [i for i, line in enumerate(section) if line.startswith("| ") and line[2:3].isdigit()]
-    rows = []
-    for i in table:
-        cells = [c.strip() for c in section[i].strip("|").split("|")]
-        rows.append({"level": int(cells[0].rstrip("%")) / 100, "method": cells[1].replace(" **(best)**", ""),
-                     "cells": cells[2:], "map50": None if cells[2] == "n/a" else float(cells[2]), "weights": None})
-    have = {(r["method"], r["level"]) for r in rows}
-    added = []
-    for r in json.loads((work / "loop-scores.json").read_text()):
-        if (r["method"], r["level"]) in have or r["map50"] is None:
-            continue
-        cells = [fmt(r["map50"]), fmt(r["map"]), f"{r['sparsity']:.2%}", f"{r['effective']:.1%}",
-                 f"{r['wall'] / 60:.2f}", f"{r['cpu'] / 60:.2f}"]
-        added.append({"level": r["level"], "method": r["method"], "cells": cells, "map50": r["map50"],
-                      "weights": Path(r["weights"])})
-    rows += added
-    levels = sorted({r["level"] for r in rows})
-    best = {}
-    for r in rows:
-        if r["map50"] is not None and (r["level"] not in best or r["map50"] > best[r["level"]]["map50"]):
-            best[r["level"]] = r
-    lines = [f"| {pct(level)}% | {r['method']}{' **(best)**' if best.get(level) is r else ''} | "
-             + " | ".join(r["cells"]) + " |" for level in levels for r in rows if r["level"] == level]
-    kept = []
-    for level in KEPT:
-        if level in best and best[level]["weights"] is not None:
-            target = work / f"best-{pct(level)}.weights"
-            shutil.copyfile(best[level]["weights"], target)
-            shutil.copyfile(cfg, target.with_suffix(".cfg"))
-        if level in best:
-            kept.append(f"`{(work / f'best-{pct(level)}.weights').relative_to(ROOT)}` "
-                        f"({best[level]['method']}, {best[level]['map50']:.4f})")
-    new = section[:table[0]] + lines + section[table[-1] + 1:]
-    added_names = {(r["method"], pct(r["level"])) for r in added}
-    new = [line for line in new if not any(line.startswith(f"- {m} at {p}%: not run") for m, p in added_names)]
-    out = []
-    for line in new:
-        if line.startswith("Best model at each level"):
-            line = line[:line.index(": ") + 2] + "; ".join(kept)
-        if line.startswith(("- target ", "- 80% (no target")) or ", the same " in line:
-            continue  # written again below, from every row
-        out.append(line)
-    at = max(i for i, line in enumerate(out) if line.startswith("(") and line.endswith(" s)"))
-    pseudo = {r["level"]: r for r in rows if r["method"] == "loop (pseudo-labels)"}
-    notes = [f"Loop rows scored beside the run by `benchmarks/bench_detector_quality.py --score-loops` (the "
-             f"same evaluator, reference and images; the run's pool was busy): {len(added)} rows added."]
-    for r in rows:
-        if r["method"].startswith("loop with teacher") and r["level"] in pseudo and r["map50"] is not None:
-            p = pseudo[r["level"]]["map50"]
-            notes.append(f"- {pct(r['level'])}%, the same iterations: pseudo-labels {p:.4f}, teacher "
-                         f"{r['map50']:.4f}" + (f" (the teacher closes {(r['map50'] - p) / (1 - p):.0%} of the "
-                                                "pseudo-label loop's gap to 1)" if p < 1 else ""))
-    if 0.8 in best:
-        notes.append(f"- 80% (no target, reported as it comes): best {best[0.8]['method']}, "
-                     f"mAP@0.5 {best[0.8]['map50']:.4f}")
-    notes.append("")
-    for level, floor in TARGETS.items():
-        if level in best:
-            notes.append(f"- target {pct(level)}%: agreement mAP@0.5 >= {floor:.2f} (best: {best[level]['method']}, "
-                         f"{best[level]['map50']:.4f}): **{'PASS' if best[level]['map50'] >= floor else 'FAIL'}**")
-    out[at:at] = notes + [""]
-    text[start:end] = out
-    tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text("\n".join(text))
-    tmp.replace(md)
-
-
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--merge-loop-scores":
-    merge_loop_scores(Path(sys.argv[2]).resolve(), Path(sys.argv[3]), ROOT / "models" / "yolov3-tiny.cfg")
-
-
-def from_log(log: Path, work: Path, md: Path, command: str, started: str, minutes: float) -> None:
-    """``--from-log OUTPUT WORK MD COMMAND STARTED MINUTES``: the quality section
-    from the rows a run printed (OUTPUT, its standard output) and
-    WORK/loop-scores.json, for a run stopped before it wrote MD (its minutes
-    then have the printed 0.1 resolution)."""
-    import re
-    from types import SimpleNamespace
-
-    pattern = re.compile(r"^  (.+?) +(\d+)%  mAP@0.5 (\S+)  @\.5:\.95 (\S+)  sparsity (\S+)  "
-                         r"made in (\S+) min \((\S+) CPU\)")
-    rows = []
-    cfg = ROOT / "models" / "yolov3-tiny.cfg"
-    for line in log.read_text(errors="replace").splitlines():
-        m = pattern.match(line)
-        if not m:
-            continue
-        method, level = m[1], int(m[2]) / 100
-        name = {"one-shot magnitude": "magnitude", "one-shot global": "global", "sensitivity plan": "plan"}
-        base = method.replace(" + recalibration", "")
-        if base not in name:
-            continue
-        weights = work / (f"{name[base]}-{pct(level)}" + ("-recal" if "recal" in method else "") + ".weights")
-        dense_flops, effective = flops(cfg, weights)
-        rows.append(Row(method, level, weights, float(m[6]) * 60, float(m[7]) * 60,
-                        None if m[3] == "n/a" else float(m[3]), None if m[4] == "n/a" else float(m[4]),
-                        float(m[5]), effective / dense_flops))
-    scores = work / "loop-scores.json"
-    for r in json.loads(scores.read_text()) if scores.exists() else []:
-        rows.append(Row(r["method"], r["level"], Path(r["weights"]), r["wall"], r["cpu"], r["map50"], r["map"],
-                        r["sparsity"], r["effective"]))
-    sweep = re.search(r"sensitivity sweep: (\S+) min \((\S+) CPU\)", log.read_text(errors="replace"))
-    choice = re.search(r"  (the loops' mode, .*)", log.read_text(errors="replace"))
-    budget = Budget()
-    args = SimpleNamespace(budget=budget, cfg=cfg, weights=ROOT / "models" / "yolov3-tiny.weights", work=work,
-                           levels=LEVELS, loop_choice=choice[1] if choice else "mode not recorded",
-                           late=[f"- the run was stopped at {minutes:g} min, before it wrote its report; rows it "
-                                 "had not printed by then are missing (the table is rebuilt from its output by "
-                                 "`--from-log`)"])
-    clock = Clock()
-    clock.wall -= minutes * 60
-    clock.cpu = float("nan")
-    notes = [f"- {m}: see `{work.relative_to(ROOT)}/{f}.log`" for m, f in
-             (("loop (pseudo-labels)", "loop"), ("loop with teacher (alpha 1)", "loop-teacher"))]
-    lines, targets = report(args, rows, notes, clock,
-                            (0, 0), (float(sweep[1]) * 60, float(sweep[2]) * 60) if sweep else (0.0, 0.0),
-                            64, 680)
-    part = ["## Quality", "", f"This section: `{command}`, {started}.", "", *lines, ""]
-    part += [f"- target {what}: **{'PASS' if met else 'FAIL'}**" for what, met in targets]
-    text = md.read_text().splitlines()
-    at = text.index("## Quality") if "## Quality" in text else len(text)
-    end = next((i for i in range(at + 1, len(text)) if text[i].startswith("## ")), len(text))
-    text[at:end] = part + [""]
-    tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text("\n".join(text))
-    tmp.replace(md)
-
-
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--from-log":
-    from_log(Path(sys.argv[2]), Path(sys.argv[3]).resolve(), Path(sys.argv[4]), sys.argv[5], sys.argv[6],
-             float(sys.argv[7]))

@@ -34,7 +34,8 @@ target share of the *starting* model's FLOPs is gone, channels chosen by the
 data rank and the layers after them refit by least squares on
 ``slim_images`` of the training images
 (:func:`darknet_sparse.reconstruct.slim_refit`); the smaller model (its cfg
-``OUT/step-NN.cfg``, the retraining cfg rewritten from it) is retrained,
+``OUT/step-NN.cfg``, kept before retraining as ``OUT/step-NN.slimmed.weights``;
+the retraining cfg rewritten from it) is retrained,
 recalibrated relative to itself before retraining, and scored against the
 starting model.  Its log lines carry the FLOPs shares in ``target_sparsity``
 and ``sparsity``, ``mode`` ``structured`` and the step's ``cfg``; the last
@@ -605,7 +606,7 @@ def _structured_step(settings: LoopSettings, model: Model, step: int, source: Pa
     target = settings.targets[step - 1]
     wf = WeightsFile(source, load_model(source_cfg, settings.fork, source))
     left = (1 - target) * model.flops  # what the step may keep
-    staged = out / f"step-{step:02d}.slim.weights"
+    staged = out / f"step-{step:02d}.slimmed.weights"
     if wf.model.flops > left * (1 + 1e-9):
         paths = images_.sample(images_.image_paths(settings.images), settings.slim_images)
         reconstruct.slim_refit(wf, staged, paths, target_flops=1 - left / wf.model.flops)
@@ -620,7 +621,6 @@ def _structured_step(settings: LoopSettings, model: Model, step: int, source: Pa
     if settings.recalibrate:
         _recalibrate(settings, step_model, trained, step_cfg, staged)
     revived = reports.diff(WeightsFile(staged, step_model), WeightsFile(trained, step_model)).revived
-    staged.unlink()
     removed = 1 - step_model.flops / model.flops
     value, details = score(trained, step, step_cfg)
     return StepRecord(step, target, removed, settings.metric, value, revived, str(trained), STRUCTURED,

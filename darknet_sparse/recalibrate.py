@@ -51,7 +51,7 @@ this needs a CPU build of the binding (:func:`sensitivity.check_host`).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -212,7 +212,8 @@ def measure(net: Network, model: Model, x: np.ndarray | ImageFiles,
 
 def recalibrate(net: Network, model: Model, x: np.ndarray | ImageFiles,
                 on_progress: Callable[[int], None] | None = None,
-                reference: Network | None = None) -> Recalibration:
+                reference: Network | None = None, reference_model: Model | None = None,
+                channels: Mapping[int, np.ndarray] | None = None) -> Recalibration:
     """Set every recalibrated layer's rolling mean and variance to those of
     the calibration images ``x`` (:func:`measure`); nothing else changes.
 
@@ -220,19 +221,25 @@ def recalibrate(net: Network, model: Model, x: np.ndarray | ImageFiles,
     loaded by :func:`calibration_network`), both are measured and only the
     network's shift from the reference is applied to the reference's
     statistics (module docstring); ``on_progress`` then counts the
-    reference's passes after the network's.
+    reference's passes after the network's.  A channel-pruned network
+    (:mod:`darknet_sparse.slim`) compares with its dense reference through
+    ``channels``: per layer, the reference's channels it kept
+    (:meth:`darknet_sparse.slim.Choice.kept_channels`), with the
+    reference's layout ``reference_model``.
     """
     check_host(net)
     layers, skipped = batchnorm_layers(net)
     if not layers:
         raise PolicyError("the network has no batch-norm statistics to recalibrate")
     if reference is not None:
-        _check_reference(net, reference, layers)
+        _check_reference(net, reference, layers, channels)
     stats, passes, size = measure(net, model, x, on_progress)
     if reference is not None:
         reference.set_batch(net.batch)
         shift = None if on_progress is None else (lambda done: on_progress(passes + done))
-        base, _, _ = measure(reference, model, x, shift)
+        base, _, _ = measure(reference, reference_model or model, x, shift)
+        if channels:
+            base = {i: (m[channels[i]], v[channels[i]]) if i in channels else (m, v) for i, (m, v) in base.items()}
     changes = []
     for index in layers:
         v = net.params(index)
@@ -241,7 +248,9 @@ def recalibrate(net: Network, model: Model, x: np.ndarray | ImageFiles,
         if reference is not None:
             ref_mean, ref_variance = base[index]
             ratio = np.divide(variance, ref_variance, out=np.ones_like(variance), where=ref_variance > 0)
-            theirs = reference.params(index)
+            theirs = {name: reference.params(index)[name] for name in ("rolling_mean", "rolling_variance")}
+            if channels and index in channels:
+                theirs = {name: values[channels[index]] for name, values in theirs.items()}
             mean, variance = theirs["rolling_mean"] + (mean - ref_mean), theirs["rolling_variance"] * ratio
         v["rolling_mean"][:] = mean
         v["rolling_variance"][:] = variance
@@ -250,9 +259,10 @@ def recalibrate(net: Network, model: Model, x: np.ndarray | ImageFiles,
     return Recalibration(passes * size, passes, size, changes, skipped, reference is not None)
 
 
-def _check_reference(net: Network, reference: Network, layers: list[int]) -> None:
+def _check_reference(net: Network, reference: Network, layers: list[int],
+                     channels: Mapping[int, np.ndarray] | None = None) -> None:
     """The reference must have the network's input and, layer by layer, the
-    same batch-norm channels."""
+    same batch-norm channels (or, through ``channels``, the ones kept)."""
     check_host(reference)
     if reference.input_shape != net.input_shape:
         raise PolicyError(f"the reference takes input {reference.input_shape}, the model {net.input_shape}")
@@ -261,6 +271,11 @@ def _check_reference(net: Network, reference: Network, layers: list[int]) -> Non
         raise PolicyError(f"the reference has batch norm in layers {theirs}, the model in {layers}")
     for index in layers:
         ours, other = net.params(index)["rolling_mean"].size, reference.params(index)["rolling_mean"].size
+        if channels and index in channels:
+            kept = np.asarray(channels[index])
+            if len(kept) and (kept.min() < 0 or kept.max() >= other):
+                raise PolicyError(f"layer {index}: kept channels outside the reference's {other}")
+            other = len(kept)
         if ours != other:
             raise PolicyError(f"layer {index}: the reference has {other} channels, the model {ours}")
 

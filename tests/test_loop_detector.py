@@ -278,6 +278,10 @@ def test_a_structured_loop_removes_channels_step_by_step(tmp_path, detector):
         heads = [layer.index - 1 for layer in model.layers if layer.type == "yolo"]
         assert [model.layers[i].output[0] for i in heads] == [dense.layers[i].output[0] for i in heads]
     assert lines[2]["sparsity"] == lines[1]["sparsity"]  # the fine-tune step removes nothing more
+    for step in (1, 2, 3):  # the slimmed model before retraining is kept, and differs from the retrained one
+        slimmed = out / f"step-{step:02d}.slimmed.weights"
+        load(out / f"step-{step:02d}.cfg", slimmed)
+        assert slimmed.read_bytes() != (out / f"step-{step:02d}.weights").read_bytes()
     assert (out / "final.cfg").read_text() == (out / "step-03.cfg").read_text()
     assert (out / "final.weights").read_bytes() == (out / "step-03.weights").read_bytes()
     assert "FLOPs removed" in result.output

@@ -232,3 +232,35 @@ def test_relative_needs_a_reference_of_the_same_layers(tmp_path, digits):
     with pytest.raises(PolicyError, match="layer 2: the reference has 16 channels, the model 32"):
         recalibrate.recalibrate(net, load_model(CFG, "pjreddie"), _train_images(digits, 16),
                                 reference=recalibrate.calibration_network(other, tmp_path / "other.weights", 8))
+
+
+def test_a_slimmed_model_recalibrates_against_its_dense_reference(tmp_path, digits):
+    """Channel 3 of layer 0 outputs exactly 0 (gamma = beta = 0), so slim
+    removes it without changing anything else: relative to the dense model,
+    through the kept channels, the statistics come back as the dense
+    model's (those of the kept channels)."""
+    from darknet_sparse import slim
+
+    net = Network(CFG, WEIGHTS)
+    for name in ("scales", "biases"):
+        net.params(0)[name][3] = 0
+    dense_weights = tmp_path / "dense.weights"
+    net.save(dense_weights)
+    wf = load(CFG, dense_weights)
+    choice = slim.choose(wf, gamma_threshold=1e-12)
+    assert not choice.kept[choice.graph.producer(0)][3] and choice.kept.sum() == len(choice.kept) - 1
+    slim.apply(wf, choice, tmp_path / "slim.weights")
+    slim_cfg = tmp_path / "slim.cfg"
+    x = _train_images(digits, 64)
+    slimmed = recalibrate.calibration_network(slim_cfg, tmp_path / "slim.weights", 32)
+    dense = recalibrate.calibration_network(CFG, dense_weights, 32)
+    channels = {0: choice.kept_channels(0)}
+    recalibrate.recalibrate(slimmed, load_model(slim_cfg, "pjreddie"), x, reference=dense,
+                            reference_model=load_model(CFG, "pjreddie"), channels=channels)
+    for i in (0, 2, 4, 6):
+        for name in ROLLING:
+            expected = dense.params(i)[name][channels[i]] if i in channels else dense.params(i)[name]
+            np.testing.assert_allclose(slimmed.params(i)[name], expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(PolicyError, match="layer 0: the reference has 16 channels, the model 15"):
+        recalibrate.recalibrate(slimmed, load_model(slim_cfg, "pjreddie"), x, reference=dense,
+                                reference_model=load_model(CFG, "pjreddie"))
