@@ -1,48 +1,50 @@
 """A data-driven order for slim: which channels to remove first, by the
-error their removal causes in the layers that read them, per FLOP saved.
+error their removal leaves in the layers that read them, after the best
+refit, per FLOP saved.
 
 |gamma| says how much a channel is scaled, not how much the next layers
-depend on it, and it is blind to cost: yolov3-tiny's channels differ 15x
-in the FLOPs they take (a channel of layer 2 costs 25 MFLOPs, one of layer
-12 1.6), so an order by |gamma| alone empties the expensive, sensitive early
-layers to reach a FLOPs target.  ThiNet (Luo et al., 2017) chooses the
-channels of a layer whose removal changes the *next* layer's output least,
-greedily, on sampled activations; this module does that for every layer at
-once and divides by the FLOPs each channel costs, so one greedy order over
-the whole network trades error against speed:
+depend on it, and it is blind to cost: yolov3-tiny's channels differ 15x in
+the FLOPs they take (a channel of layer 2 costs 25 MFLOPs, one of layer 12
+1.6), so an order by |gamma| alone empties the expensive, sensitive early
+layers to reach a FLOPs target.  And what matters after a refit
+(:mod:`darknet_sparse.reconstruct`) is not what a channel contributes but
+what the channels left cannot take over.  Optimal Brain Surgeon (Hassibi
+and Stork, 1993), applied to groups of weights (the kernel taps one input
+channel feeds a layer; Frantar and Alistarh's "Optimal Brain Compression",
+2022, does this for whole filters) gives exactly that for a layer whose
+input covariance is ``H``: removing group ``g`` from filter ``w`` and
+refitting the rest by least squares raises the squared error by
+``w_g (H^-1)_gg^-1 w_g^T``, and the refit is ``w -= w_g (H^-1)_gg^-1
+(H^-1)_g``, after which ``H^-1`` loses the group the same way.
 
-- One pass of the dense network over calibration images collects, for
-  every convolution or connected layer ``C`` that reads prunable channels,
-  the covariance ``M`` of its input patches (im2col rows at sampled output
-  pixels, centred: bias compensation restores each channel's mean).
-- Channel ``j``'s contribution to ``C``'s output ``o`` is ``w_oj . patch_j``;
-  in batch-norm units (times ``gamma_o / sd_o``, so every output counts as
-  the network sees it) the squared error of removing a set ``S`` of input
-  channels is ``sum_{j, j' in S} G[j, j']`` with
-  ``G[j, j'] = sum over kernel taps of M * V``, ``V = W^T diag(s^2) W``.
-  Divided by ``C``'s output variance in the same units, the errors of
-  different layers compare.
-- Greedily, the channel whose removal adds the least error per FLOP saved
-  (its own filter and every consumer's slice of it) goes next; the cross
-  terms with channels of its layer already gone are kept up to date.
+So: one pass of the dense network over calibration images collects, for
+every convolution or connected layer reading prunable channels (a
+*consumer*), the covariance of its input patches (im2col rows at sampled
+output pixels, centred: the refit's constant restores each mean).  The
+filters are weighted by what one unit of each output is worth downstream
+(``gamma / sd`` under batch norm), and each consumer's error is divided by
+its output variance in those units, so the errors of different layers
+compare.  Greedily, the channel whose removal adds the least error per
+FLOP saved (its own filter and every consumer's slice) goes next; each
+consumer it feeds updates its filters and ``H^-1`` as above, and a removed
+channel's own filter stops counting in the consumer that made it.
 
 The result is a score per channel node, its position in that order, for
 :func:`darknet_sparse.slim.choose` (``rank="data"``), which keeps its
 constraints (heads, shortcut classes, ``min_channels``) and its FLOPs
-search.  Errors across different producers reaching one consumer through a
-route are not crossed (each producer's channels are ranked within its own
-block), and reconstruction (:mod:`darknet_sparse.reconstruct`) afterwards
-repairs much of what the order could not avoid.
+search.  The order models each consumer's refit but not how errors travel
+further; the sequential refit afterwards corrects for that on the data.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import PolicyError
-from .layout import Model
+from .layout import Layer, Model
 from .reconstruct import POSITIONS, _chunks, _inputs, _picks, _rows
 
 if TYPE_CHECKING:
@@ -53,11 +55,29 @@ if TYPE_CHECKING:
 #: the error (its covariance would not fit in memory): a connected layer
 #: reading a large map flat.
 MAX_PATCH = 12288
+#: Added to the diagonal of each covariance before inverting, relative to
+#: each entry (and a floor relative to their mean): channels that never
+#: vary stay invertible, and quiet ones keep their share.
+DAMPING = 1e-4
+
+
+@dataclass
+class Consumer:
+    """One layer reading prunable channels: its weighted filters
+    (outputs, groups, taps), the inverse covariance of its inputs, which
+    node each input group is, and its output variance."""
+
+    layer: int
+    filters: np.ndarray
+    inverse: np.ndarray
+    nodes: np.ndarray
+    variance: float
+    alive: np.ndarray  # input groups not yet removed
 
 
 def consumers(graph: ChannelGraph) -> list[int]:
-    """The layers whose input error is measured: convolutions of one group
-    and connected layers reading at least one rankable channel."""
+    """The layers whose error is measured: convolutions of one group and
+    connected layers reading at least one rankable channel."""
     found = []
     for entry in graph.layers:
         if ((entry.role == "conv" and entry.groups == 1) or entry.role == "connected") and len(entry.input) \
@@ -78,34 +98,37 @@ def channel_flops(graph: ChannelGraph, model: Model) -> np.ndarray:
     return cost
 
 
-def _patch(layer) -> int:
+def _outputs(layer: Layer) -> int:
+    return layer.output[0] if layer.type != "connected" else layer.outputs
+
+
+def _patch(layer: Layer) -> int:
     """Values one output reads: its filter's size."""
     weights = next(p for p in layer.params if p.role == "weights")
-    return weights.count // (layer.output[0] if layer.type != "connected" else layer.outputs)
+    return weights.count // _outputs(layer)
 
 
-def _output_scale(net: Network, index: int, outputs: int) -> tuple[np.ndarray, bool]:
+def _output_scale(net: Network, index: int, outputs: int) -> np.ndarray:
     """Per output, what one unit of its pre-normalisation value is worth
     downstream: gamma / sd under batch norm, else 1."""
     params = net.params(index)
     if "scales" in params and "rolling_variance" in params:
         sd = np.sqrt(np.maximum(params["rolling_variance"].astype(np.float64), 0)) + 1e-6
-        return np.abs(params["scales"].astype(np.float64)) / sd, True
-    return np.ones(outputs), False
+        return np.abs(params["scales"].astype(np.float64)) / sd
+    return np.ones(outputs)
 
 
-def errors(dense: Network, model: Model, graph: ChannelGraph, x: np.ndarray, *, positions: int = POSITIONS,
-           seed: int = 0, on_progress: Callable[[int, int], None] | None = None) -> dict[int, np.ndarray]:
-    """Per producing convolution, the matrix ``G`` (its output channels
-    squared) of the relative squared error that removing channels causes
-    in the layers reading them; one pass of the dense network over ``x``."""
+def measure(dense: Network, model: Model, graph: ChannelGraph, x: np.ndarray, *, positions: int = POSITIONS,
+            seed: int = 0, on_progress: Callable[[int, int], None] | None = None) -> list[Consumer]:
+    """Every consumer's state for :func:`order`, from one pass of the dense
+    network over the images ``x`` (N, C, H, W)."""
     if dense.on_gpu:
         raise PolicyError("the data rank reads host memory: use a CPU build of the binding")
     todo = [i for i in consumers(graph) if _patch(model.layers[i]) <= MAX_PATCH]
     rng = np.random.default_rng(seed)
     picks = {i: _picks(model.layers[i], len(x), positions, rng) for i in todo}
     sums: dict[int, list] = {}
-    for done, part in enumerate(_chunks(len(x)), 1):
+    for part in _chunks(len(x)):
         for index, inp in zip(todo, _inputs(dense, todo, x[part])):
             layer = model.layers[index]
             rows = _rows(inp.reshape(-1, *layer.input), layer, picks[index][part]).astype(np.float64)
@@ -115,62 +138,92 @@ def errors(dense: Network, model: Model, graph: ChannelGraph, x: np.ndarray, *, 
             total[2] += rows.T @ rows
         if on_progress:
             on_progress(part.stop, len(x))
-    found: dict[int, np.ndarray] = {}
+    found = []
     for index in todo:
         layer, entry = model.layers[index], graph.layers[index]
-        count, first, second = sums[index]
+        count, first, second = sums.pop(index)
         mean = first / count
         covariance = second / count - np.outer(mean, mean)
-        outputs = layer.output[0] if layer.type != "connected" else layer.outputs
+        outputs = _outputs(layer)
         w = dense.params(index)["weights"].astype(np.float64).reshape(outputs, -1)
-        scale, _ = _output_scale(dense, index, outputs)
-        weighted = w * scale[:, None]
-        variance = float(np.sum(weighted * (weighted @ covariance)))  # the output's variance, batch-norm units
-        taps = w.shape[1] // len(entry.input)
-        v = weighted.T @ weighted
-        g = (covariance * v).reshape(len(entry.input), taps, len(entry.input), taps).sum((1, 3))
-        g /= variance if variance > 0 else 1.0
-        producers = graph.node_layer[entry.input]
-        for producer in np.unique(producers):
-            if producer < 0:
-                continue
-            mine = producers == producer
-            channels = graph.node_channel[entry.input[mine]]
-            size = int(np.sum(graph.node_layer == producer))
-            block = found.setdefault(int(producer), np.zeros((size, size)))
-            block[np.ix_(channels, channels)] += g[np.ix_(mine, mine)]
+        w = w * _output_scale(dense, index, outputs)[:, None]
+        variance = float(np.sum(w * (w @ covariance)))
+        diagonal = np.diag(covariance)
+        floor = 1e-9 * max(float(np.mean(diagonal)), 1e-30)
+        inverse = np.linalg.inv(covariance + np.diag(DAMPING * diagonal + floor))
+        groups = len(entry.input)
+        found.append(Consumer(index, w.reshape(outputs, groups, -1), inverse, entry.input.copy(),
+                              variance if variance > 0 else 1.0, np.ones(groups, bool)))
     return found
 
 
-def order(graph: ChannelGraph, model: Model, g: dict[int, np.ndarray]) -> np.ndarray:
-    """Each node's position in the greedy order (NaN: not rankable): the
-    next to go is the channel adding the least error per FLOP saved."""
-    cost = channel_flops(graph, model)
+def _group_costs(c: Consumer) -> np.ndarray:
+    """The error each input group's removal (and refit) adds now."""
+    groups, taps = c.filters.shape[1:]
+    blocks = c.inverse.reshape(groups, taps, groups, taps)[np.arange(groups), :, np.arange(groups), :]
+    alive = np.flatnonzero(c.alive)
+    costs = np.full(groups, np.inf)
+    if len(alive):
+        inner = np.linalg.inv(blocks[alive])  # (alive, taps, taps)
+        w = c.filters[:, alive, :]  # (outputs, alive, taps)
+        costs[alive] = np.einsum("oat,atu,oau->a", w, inner, w) / c.variance
+    return costs
+
+
+def _remove_group(c: Consumer, g: int) -> None:
+    """Take input group ``g`` out of ``c``: refit its filters, shrink ``H^-1``."""
+    groups, taps = c.filters.shape[1:]
+    cols = np.arange(g * taps, (g + 1) * taps)
+    block = np.linalg.inv(c.inverse[np.ix_(cols, cols)])
+    rows = c.inverse[cols]  # (taps, dims)
+    flat = c.filters.reshape(len(c.filters), -1)
+    flat -= flat[:, cols] @ block @ rows
+    c.inverse -= rows.T @ block @ rows
+    flat[:, cols] = 0
+    c.inverse[cols] = 0
+    c.inverse[:, cols] = 0
+    c.alive[g] = False
+
+
+def order(graph: ChannelGraph, model: Model, states: list[Consumer]) -> np.ndarray:
+    """Each node's position in the greedy order (NaN: not rankable): next
+    goes the channel whose removal adds the least refit error per FLOP."""
+    flops = np.maximum(channel_flops(graph, model), 1.0)
+    rankable = graph.rankable.copy()
+    rankable[list(graph.frozen)] = False
+    reading: dict[int, list[tuple[Consumer, int]]] = {}
+    for c in states:
+        for g, node in enumerate(c.nodes.tolist()):
+            reading.setdefault(node, []).append((c, g))
+    by_layer = {c.layer: c for c in states}
+    total = np.zeros(len(graph.node_layer))  # each node's cost summed over the layers reading it
+    costs = {}
+
+    def refresh(c: Consumer) -> None:
+        new = np.where(c.alive, _group_costs(c), 0.0)
+        old = costs.get(c.layer, np.zeros_like(new))
+        np.add.at(total, c.nodes, new - old)
+        costs[c.layer] = new
+
+    for c in states:
+        refresh(c)
+    candidates = np.flatnonzero(rankable & (graph.node_layer >= 0))
     position = np.full(len(graph.node_layer), np.nan)
-    candidates = {}
-    for producer, block in g.items():
-        nodes = graph.producer(producer)
-        ok = graph.rankable[nodes] & np.array([n not in graph.frozen for n in nodes.tolist()])
-        if ok.any():
-            candidates[producer] = (nodes, ok.copy(), np.zeros(len(nodes)))
-    step = 0
-    while candidates:
-        best, best_value = None, np.inf
-        for producer, (nodes, left, cross) in candidates.items():
-            block = g[producer]
-            value = (np.diag(block) + 2 * cross) / np.maximum(cost[nodes], 1.0)
-            value = np.where(left, value, np.inf)
-            k = int(np.argmin(value))
-            if value[k] < best_value:
-                best, best_value = (producer, k), value[k]
-        if best is None:
-            break
-        producer, k = best
-        nodes, left, cross = candidates[producer]
-        position[nodes[k]] = step
-        step += 1
+    left = np.ones(len(candidates), bool)
+    for step in range(len(candidates)):
+        value = np.where(left, total[candidates] / flops[candidates], np.inf)
+        k = int(np.argmin(value))
+        node = int(candidates[k])
+        position[node] = step
         left[k] = False
-        cross += g[producer][:, k]
-        if not left.any():
-            del candidates[producer]
+        touched = set()
+        for c, g in reading.get(node, []):
+            _remove_group(c, g)
+            touched.add(c.layer)
+        own = by_layer.get(int(graph.node_layer[node]))
+        if own is not None:  # the channel's own filter no longer counts
+            own.filters[int(graph.node_channel[node])] = 0
+            touched.add(own.layer)
+        for layer in sorted(touched):
+            refresh(by_layer[layer])
     return position

@@ -289,7 +289,7 @@ def slim_refit(wf: WeightsFile, output: str | Path, paths: Sequence[str | Path],
     if rank == "data":
         say(f"measuring what each channel's removal costs downstream on {len(x)} images")
         graph = channel_graph(wf.model)
-        scores = datarank.order(graph, wf.model, datarank.errors(dense, wf.model, graph, x, positions=positions))
+        scores = datarank.order(graph, wf.model, datarank.measure(dense, wf.model, graph, x, positions=positions))
     choice = slim_.choose(wf, rank=rank, scores=scores, **rule)
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as folder:
         staged = Path(folder) / target.name

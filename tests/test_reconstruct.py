@@ -134,10 +134,11 @@ def test_the_refit_reduces_the_error_of_a_real_loss(model, tmp_path):
     assert after < 0.7 * before
 
 
-def test_the_data_rank_removes_a_copy_first_and_an_unread_channel_before_it(model, tmp_path):
-    """A channel nothing reads costs no error: it goes first; then the copy
-    (its removal costs what the refit can restore, but the rank sees only
-    the error: the copy and its original tie, and one of them is next)."""
+def test_the_data_rank_removes_an_unread_channel_then_a_copy(model, tmp_path):
+    """A channel nothing reads costs nothing: it goes first.  The copy or
+    its original goes before the layer's other channel: after a refit
+    either one costs nothing (the other takes its part over), which raw
+    contributions would not see."""
     cfg, weights = model
     net = Network(cfg, weights)
     net.params(2)["weights"].reshape(5, 4, 9)[:, 2] = 0  # layer 2 ignores channel 2 of layer 0
@@ -145,15 +146,39 @@ def test_the_data_rank_removes_a_copy_first_and_an_unread_channel_before_it(mode
     net.save(unread)
     wf = load(cfg, unread)
     graph = slim.choose(wf, gamma_threshold=0.0).graph
-    g = datarank.errors(Network(cfg, unread), wf.model, graph, _images(16, 5))
-    assert set(g) == {0, 2}
-    assert g[0][2, 2] == pytest.approx(0, abs=1e-12) and g[0][1, 1] > 0
-    position = datarank.order(graph, wf.model, g)
+    states = datarank.measure(Network(cfg, unread), wf.model, graph, _images(16, 5))
+    assert [c.layer for c in states] == [2, 3]
+    position = datarank.order(graph, wf.model, states)
     first = graph.producer(0)
     assert position[first[2]] == 0
+    assert min(position[first[1]], position[first[3]]) < position[first[0]]  # before the informative one
     assert np.isnan(position[graph.producer(3)]).all()  # the last layer's outputs are not ranked
     choice = slim.choose(wf, percent=0.1, rank="data", scores=position)
     assert not choice.kept[first[2]]
+
+
+def test_the_removal_cost_is_the_error_left_after_the_refit(model):
+    """Optimal Brain Surgeon on a group: the cost of one input channel
+    equals the squared error a least-squares refit of the other channels
+    leaves, computed directly."""
+    cfg, weights = model
+    wf = load(cfg, weights)
+    graph = slim.choose(wf, gamma_threshold=0.0).graph
+    dense = Network(cfg, weights)
+    x = _images(64, 6)
+    states = datarank.measure(dense, wf.model, graph, x, positions=10_000)
+    consumer = next(c for c in states if c.layer == 3)  # 1x1: one tap per input channel
+    cost = datarank._group_costs(consumer)
+    (inputs,) = dense.layer_outputs(x, [2])
+    rows = inputs.reshape(64, 5, -1).transpose(0, 2, 1).reshape(-1, 5).astype(np.float64)
+    rows -= rows.mean(0)
+    w = consumer.filters[:, :, 0]  # (outputs, inputs), weighted
+    for g in range(5):
+        others = np.delete(np.arange(5), g)
+        target = rows @ w.T
+        fit, *_ = np.linalg.lstsq(rows[:, others], target, rcond=None)
+        left = np.sum((target - rows[:, others] @ fit) ** 2) / len(rows) / consumer.variance
+        assert cost[g] == pytest.approx(left, rel=5e-3)  # the damping of the inverse: 1e-4 of each variance
 
 
 def test_rank_data_needs_scores_and_no_gamma_threshold(model):
