@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     quality_args.add_argument("--no-teacher", action="store_true", help="leave out the teacher loop")
     args = parser.parse_args(argv)
 
+    begun = time.perf_counter()
     command = command_line()
     print(f"$ {command}")
     text = ["# yolov3-tiny (COCO) on real images", "",
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         text += [f"Kept from an earlier run (see the section's own line, if any): {', '.join(reused)}.", ""]
     for part in parts:
         text += kept.get(part, []) if isinstance(part, str) else part
+    text += [f"(This run: {time.perf_counter() - begun:.0f} s wall for the sections it made.)", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text("\n".join(text))

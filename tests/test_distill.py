@@ -128,17 +128,20 @@ def stated_yolo_loss(zs: np.ndarray, zt: np.ndarray, temperature: float, box_thr
     logits (batch, anchor, entry, cell), entries x, y, w, h, objectness,
     classes.  T^2 binary KL (cross-entropy less the target's entropy) of
     sigmoid(z_s/T) against sigmoid(z_t/T) on objectness, and on each class
-    weighted by the teacher's objectness p = sigmoid(z_t); 1/2 (b_s - b_t)^2
-    on x, y after the logistic and w, h raw where p > box_thresh."""
+    weighted by the teacher's objectness p = sigmoid(z_t); where p >
+    box_thresh, the binary KL of sigmoid(z_s) against sigmoid(z_t) on x, y
+    and 1/2 (z_s - z_t)^2 on the raw w, h."""
     zs, zt = zs.astype(np.float64), zt.astype(np.float64)
     sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
-    s, q = zs[:, :, 4:] / temperature, sigmoid(zt[:, :, 4:] / temperature)
-    kl = q * np.logaddexp(0, -s) + (1 - q) * np.logaddexp(0, s) + q * np.log(q) + (1 - q) * np.log(1 - q)
+
+    def binary_kl(s, q):
+        return q * np.logaddexp(0, -s) + (1 - q) * np.logaddexp(0, s) + q * np.log(q) + (1 - q) * np.log(1 - q)
+
+    kl = binary_kl(zs[:, :, 4:] / temperature, sigmoid(zt[:, :, 4:] / temperature))
     p = sigmoid(zt[:, :, 4])
     weight = np.concatenate([np.ones_like(p[:, :, None]), np.repeat(p[:, :, None], zs.shape[2] - 5, 2)], 2)
-    box = lambda z: np.concatenate([sigmoid(z[:, :, :2]), z[:, :, 2:4]], 2)  # noqa: E731
-    pull = 0.5 * ((box(zs) - box(zt)) ** 2).sum(2) * (p > box_thresh)
-    return float(temperature ** 2 * (weight * kl).sum() + pull.sum())
+    box = binary_kl(zs[:, :, :2], sigmoid(zt[:, :, :2])).sum(2) + 0.5 * ((zs[:, :, 2:4] - zt[:, :, 2:4]) ** 2).sum(2)
+    return float(temperature ** 2 * (weight * kl).sum() + (box * (p > box_thresh)).sum())
 
 
 @pytest.mark.parametrize("temperature", [1, 2.5])
