@@ -45,8 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import darknet_sparse as ds  # noqa: E402
-from _common import (BUILDS, ROOT, OpenCV, command_line, compile_driver, driver_timer, machine,  # noqa: E402
-                     median_run)
+from _common import ROOT, OpenCV, command_line, compile_driver, driver_timer, machine, median_run  # noqa: E402
 from darknet_sparse import images as images_  # noqa: E402
 from darknet_sparse import recalibrate as recalibrate_  # noqa: E402
 from darknet_sparse.slim import apply, choose  # noqa: E402

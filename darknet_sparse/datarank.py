@@ -45,7 +45,7 @@ import numpy as np
 
 from .errors import PolicyError
 from .layout import Layer, Model
-from .reconstruct import POSITIONS, _chunks, _inputs, _picks, _rows
+from .reconstruct import POSITIONS, _chunks, _inputs, _picks, _plain, _rows
 
 if TYPE_CHECKING:
     from .channels import ChannelGraph
@@ -124,14 +124,14 @@ def measure(dense: Network, model: Model, graph: ChannelGraph, x: np.ndarray, *,
     network over the images ``x`` (N, C, H, W)."""
     if dense.on_gpu:
         raise PolicyError("the data rank reads host memory: use a CPU build of the binding")
-    todo = [i for i in consumers(graph) if _patch(model.layers[i]) <= MAX_PATCH]
+    todo = [i for i in consumers(graph) if _patch(model.layers[i]) <= MAX_PATCH and _plain(model.layers[i], model.fork)]
     rng = np.random.default_rng(seed)
     picks = {i: _picks(model.layers[i], len(x), positions, rng) for i in todo}
     sums: dict[int, list] = {}
     for part in _chunks(len(x)):
         for index, inp in zip(todo, _inputs(dense, todo, x[part])):
             layer = model.layers[index]
-            rows = _rows(inp.reshape(-1, *layer.input), layer, picks[index][part]).astype(np.float64)
+            rows = _rows(inp.reshape(-1, *layer.input), layer, picks[index][part], model.fork).astype(np.float64)
             total = sums.setdefault(index, [0, np.zeros(rows.shape[1]), np.zeros((rows.shape[1],) * 2)])
             total[0] += len(rows)
             total[1] += rows.sum(0)

@@ -168,7 +168,8 @@ class ImageFiles:
 
 
 def measure(net: Network, model: Model, x: np.ndarray | ImageFiles,
-            on_progress: Callable[[int], None] | None = None) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], int, int]:
+            on_progress: Callable[[int], None] | None = None
+            ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], int, int]:
     """The mean and variance of every recalibrated layer's inputs to batch
     norm over the calibration images ``x`` (N, C, H, W), an array or
     :class:`ImageFiles`; and the passes and their size.  The network is left

@@ -84,28 +84,38 @@ class LayerFit:
     error_after: float  # and after (fitted without them)
 
 
-def _conv_geometry(layer: Layer) -> tuple[int, int, int]:
+def _conv_geometry(layer: Layer, fork: str) -> tuple[int, int, int, int]:
+    """(size, stride_y, stride_x, padding) as Darknet reads them (AlexeyAB:
+    ``stride_x``/``stride_y`` where set)."""
     s = layer.section
-    size = s.get_int("size", 1)
-    stride = s.get_int("stride", 1)
-    padding = s.get_int("padding", size // 2 if s.get_int("pad", 0) else 0)
-    return size, stride, padding
+    size, stride = s.get_int("size", 1), s.get_int("stride", 1)
+    padding = size // 2 if s.get_int("pad", 0) else s.get_int("padding", 0)
+    stride_y = stride_x = stride
+    if fork == "alexeyab":
+        stride_x = s.get_int("stride_x", -1) if s.get_int("stride_x", -1) >= 1 else stride
+        stride_y = s.get_int("stride_y", -1) if s.get_int("stride_y", -1) >= 1 else stride
+    return size, stride_y, stride_x, padding
 
 
-def _rows(x: np.ndarray, layer: Layer, picks: np.ndarray) -> np.ndarray:
+def _plain(layer: Layer, fork: str) -> bool:
+    """Whether :func:`_rows` models the layer: no AlexeyAB dilation."""
+    return layer.type == "connected" or fork != "alexeyab" or layer.section.get_int("dilation", 1) == 1
+
+
+def _rows(x: np.ndarray, layer: Layer, picks: np.ndarray, fork: str = "pjreddie") -> np.ndarray:
     """im2col rows of the input ``x`` (N, C, H, W) at output pixels ``picks``
     (per image, flat indices into the output plane): (N * len, C * k * k)."""
     if layer.type == "connected":
         return x.reshape(len(x), -1)
-    size, stride, pad = _conv_geometry(layer)
+    size, stride_y, stride_x, pad = _conv_geometry(layer, fork)
     n, c, h, w = x.shape
     _, oh, ow = layer.output
     padded = np.zeros((n, c, h + 2 * pad, w + 2 * pad), np.float32)
     padded[:, :, pad:pad + h, pad:pad + w] = x
     oy, ox = np.divmod(picks, ow)  # (N, P)
     ky, kx = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-    rows = oy[:, :, None, None] * stride + ky  # (N, P, k, k)
-    cols = ox[:, :, None, None] * stride + kx
+    rows = oy[:, :, None, None] * stride_y + ky  # (N, P, k, k)
+    cols = ox[:, :, None, None] * stride_x + kx
     image = np.arange(n)[:, None, None, None]
     patches = padded[image, :, rows, cols]  # (N, P, k, k, C)
     return patches.transpose(0, 1, 4, 2, 3).reshape(n * picks.shape[1], c * size * size)
@@ -125,7 +135,9 @@ def fittable(graph: ChannelGraph, kept: np.ndarray) -> list[int]:
     """The layers refit: convolutions of one group and connected layers,
     from the first one whose input lost channels (before it nothing
     differs from the dense network)."""
-    layers = [e for e in graph.layers if (e.role == "conv" and e.groups == 1) or e.role == "connected"]
+    fork = graph.model.fork
+    layers = [e for e in graph.layers if ((e.role == "conv" and e.groups == 1) or e.role == "connected")
+              and _plain(graph.model.layers[e.index], fork)]
     changed = [e.index for e in layers if not kept[e.input].all()]
     return [e.index for e in layers if changed and e.index >= changed[0]]
 
@@ -154,7 +166,7 @@ def reconstruct(dense: Network, slimmed: Network, dense_model: Model, graph: Cha
     fits = []
     for done, index in enumerate(todo, 2):
         fits.append(_fit_layer(slimmed, dense, dense_model.layers[index], graph.layers[index], kept, x, picks[index],
-                               targets.pop(index), fit_images, ridges))
+                               targets.pop(index), fit_images, ridges, dense_model.fork))
         if on_progress:
             on_progress(done, len(todo) + 1)
     return fits
@@ -186,13 +198,14 @@ def _dense_targets(dense: Network, model: Model, graph: ChannelGraph, kept: np.n
     for part in _chunks(len(x)):
         for index, inp in zip(indices, _inputs(dense, indices, x[part])):
             layer = model.layers[index]
-            rows = _rows(inp.reshape(-1, *layer.input), layer, picks[index][part])
+            rows = _rows(inp.reshape(-1, *layer.input), layer, picks[index][part], model.fork)
             parts[index].append((rows.astype(np.float64) @ filters[index].T).astype(np.float32))
     return {i: np.concatenate(p) for i, p in parts.items()}
 
 
 def _fit_layer(slimmed: Network, dense: Network, layer: Layer, entry, kept: np.ndarray, x: np.ndarray,
-               picks: np.ndarray, target: np.ndarray, fit_images: int, ridges: Sequence[float]) -> LayerFit:
+               picks: np.ndarray, target: np.ndarray, fit_images: int, ridges: Sequence[float],
+               fork: str) -> LayerFit:
     """Accumulate the normal equations of the slimmed layer's input against
     the dense target, the first ``fit_images`` images apart from the rest;
     choose the ridge by the rest's error; solve on all of them."""
@@ -207,7 +220,7 @@ def _fit_layer(slimmed: Network, dense: Network, layer: Layer, entry, kept: np.n
     sums = {name: [np.zeros((columns, columns)), np.zeros((columns, len(start))), 0.0] for name in ("fit", "held")}
     for part in _chunks(len(x)):
         (inp,) = _inputs(slimmed, [index], x[part])
-        rows = _rows(inp.reshape(-1, *shape), layer, picks[part]).astype(np.float64)
+        rows = _rows(inp.reshape(-1, *shape), layer, picks[part], fork).astype(np.float64)
         X = np.concatenate([rows, np.ones((len(rows), 1))], 1)
         T = target[part.start * per_image:part.stop * per_image].astype(np.float64)
         image = np.repeat(np.arange(part.start, part.stop), per_image)
@@ -314,7 +327,8 @@ def table(result: RefitResult) -> str:
     if result.fits:
         rows = [[f.layer, f.type, f"{f.inputs_before} -> {f.inputs_after}", f.rows, f"{f.ridge:g}",
                  f"{f.error_before:.4f}", f"{f.error_after:.4f}"] for f in result.fits]
-        lines += ["", f"refit {len(result.fits)} layer{'s' if len(result.fits) != 1 else ''} by least squares on {result.images} images ({how}); "
+        layers = f"{len(result.fits)} layer{'s' if len(result.fits) != 1 else ''}"
+        lines += ["", f"refit {layers} by least squares on {result.images} images ({how}); "
                   "relative error of each layer's output on the held-out images:",
                   render_table(["layer", "type", "inputs", "rows", "ridge", "before", "after"], rows, align="><")]
     else:

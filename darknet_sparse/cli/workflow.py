@@ -111,7 +111,8 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
 @cfg_option
 @fork_option
 def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: int, fine_tune_steps: int,
-         structured: bool, target_flops: float | None, sparsities: list[float] | None, schedule_name: str, mode: str, spec: Path | None, iterations: int,
+         structured: bool, target_flops: float | None, sparsities: list[float] | None, schedule_name: str,
+         mode: str, spec: Path | None, iterations: int,
          learning_rate: float | None, out: Path, task: str, images: Path | None, label_conf: float,
          eval_images: Path | None, train_size: int | None, batch: int | None, subdivisions: int | None,
          teacher: Path | None, no_teacher: bool, teacher_cfg: Path | None, temperature: float | None,
