@@ -141,8 +141,8 @@ def test_a_detector_is_recalibrated_and_only_its_rolling_statistics_change(tmp_p
     was, is then a failed exit, not a dead test run)."""
     assert YOLO_WEIGHTS.is_file(), f"{YOLO_WEIGHTS} is missing: run `make models`"
     pruned, out, photos = tmp_path / "y50.weights", tmp_path / "recalibrated.weights", tmp_path / "photos.list"
-    made = CliRunner().invoke(cli, ["threshold", str(YOLO_WEIGHTS), "--cfg", str(YOLO_CFG), "--mode", "magnitude", "-s", "0.5",
-                                    "-o", str(pruned)])
+    made = CliRunner().invoke(cli, ["threshold", str(YOLO_WEIGHTS), "--cfg", str(YOLO_CFG), "--mode", "magnitude",
+                                    "-s", "0.5", "-o", str(pruned)])
     assert made.exit_code == 0, made.output
     photos.write_text("".join(f"{path}\n" for path in PHOTOS))
     run = subprocess.run([sys.executable, "-m", "darknet_sparse", "recalibrate", "--cfg", str(YOLO_CFG),

@@ -42,9 +42,9 @@ POLICIES: dict[str, type[Policy]] = {kind.name: kind for kind in (Absolute, Magn
 
 __all__ = [
     "DETECTION_HEADS", "POLICIES", "Absolute", "Global", "Level", "Magnitude", "Policy", "Sensitivity",
-    "Triangle", "Uniform", "apply_exclude", "apply_spec", "check_kind", "check_policy", "check_selector", "check_sparsity",
-    "check_threshold", "feeding_heads", "parse_exclude", "prunable_layers", "read_spec", "selector_matches",
-    "spec_level", "thresholds",
+    "Triangle", "Uniform", "apply_exclude", "apply_spec", "check_kind", "check_policy", "check_selector",
+    "check_sparsity", "check_threshold", "feeding_heads", "parse_exclude", "prunable_layers", "read_spec",
+    "selector_matches", "spec_level", "thresholds",
 ]
 
 _EXPECTED = ", ".join(f"{kind.__name__} ({name})" for name, kind in POLICIES.items())
