@@ -96,8 +96,9 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
               help="Retrain with [net] slim=λ (the patched Darknet's L1 on batch-norm scales), so that "
                    "`darknet-sparse slim` can then remove channels.")
 @click.option("--recalibrate", "recalibrate_images", type=click.IntRange(min=0),
-              help="Detector with --images: after each retraining, recalibrate batch norm relative to the "
-                   f"starting model on this many of the images (0: not).  Default: "
+              help="After each retraining, re-estimate batch-norm statistics on this many training images "
+                   "(a detector's --images, relative to the starting model; a classifier's train= list, "
+                   "which pays when steps are short) (0: not).  Default: "
                    f"{loop_.DETECTOR_RECALIBRATION} for a detector with --images, else 0.")
 @click.option("--eval-cmd",
               help="Shell command printing the score as its last line; {weights}, {cfg}, {data}, {step} "
@@ -162,8 +163,7 @@ def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: 
         subdivisions=subdivisions,
         teacher=None if no_teacher else teacher or loop_.STARTING, teacher_cfg=teacher_cfg, temperature=temperature,
         alpha=alpha, slim=slim_lambda,
-        recalibrate=(loop_.DETECTOR_RECALIBRATION if task == "detector" and images is not None else 0)
-        if recalibrate_images is None else recalibrate_images, structured=structured)
+        recalibrate=recalibrate_images, structured=structured)
     with click.progressbar(length=len(targets), label="prune/retrain steps",
                            file=sys.stderr) as bar:
         result = loop_.run(settings, resume, on_progress=lambda done: bar.update(done - bar.pos),
