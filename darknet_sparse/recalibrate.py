@@ -28,15 +28,23 @@ made from).  Calibration images rarely look like the data the model was
 trained on: yolov3-tiny recalibrated *unpruned* on frames of two videos
 agrees with itself at only mAP@0.5 0.964 on the evaluation images, and
 that loss adds to the pruned model's (benchmarks/detector.md).  So with a
-reference, both models are measured on the same images in the same way,
-and only the *change* pruning made is applied to the reference's
-statistics: ``mean = ref_mean + (m_pruned - m_reference)`` and
-``variance = ref_variance * v_pruned / v_reference`` per channel.  The
-reference unpruned recalibrates to exactly its own statistics, whatever
-the images; what is estimated on them is only how pruning (and any
-retraining since) moved each channel (bias correction, as in Nagel et al.,
-"Data-Free Quantization Through Weight Equalization and Bias Correction",
-2019, here applied to both moments of batch norm).  The reference's
+reference, both models are measured on the same images in the same way
+(means m, variances v), and only the *change* pruning made is applied to
+the reference's rolling statistics (ref_mean, ref_variance).  Per channel,
+in units of the reference's measured spread: ``variance = ref_variance *
+v_pruned / v_reference`` and ``mean = m_pruned + (ref_mean - m_reference) *
+sqrt(v_pruned / v_reference)``.  The reference unpruned recalibrates to
+exactly its own statistics, whatever the images; what is estimated on them
+is only how pruning (and any retraining since) moved each channel (bias
+correction, as in Nagel et al., "Data-Free Quantization Through Weight
+Equalization and Bias Correction", 2019, here applied to both moments of
+batch norm).  The offset scales with the spread: a channel pruning made
+constant (all its weights zero: v_pruned = 0) gets its constant as mean,
+as absolute recalibration would give it, where an unscaled offset divided
+by the tiny epsilon Darknet adds to the variance would flood every layer
+after it (Fashion-MNIST at 95% fell to chance that way).  Where the
+reference's own channel is constant on the images, the model's measured
+statistics stand.  The reference's
 statistics are the base, not the model's own: for a pruned copy they are
 the same, and after retraining on calibration-like images (whose batches
 pull Darknet's rolling averages toward them) only the reference's still
@@ -247,17 +255,29 @@ def recalibrate(net: Network, model: Model, x: np.ndarray | ImageFiles,
         old_mean, old_variance = v["rolling_mean"].copy(), v["rolling_variance"].copy()
         mean, variance = stats[index]
         if reference is not None:
-            ref_mean, ref_variance = base[index]
-            ratio = np.divide(variance, ref_variance, out=np.ones_like(variance), where=ref_variance > 0)
             theirs = {name: reference.params(index)[name] for name in ("rolling_mean", "rolling_variance")}
             if channels and index in channels:
                 theirs = {name: values[channels[index]] for name, values in theirs.items()}
-            mean, variance = theirs["rolling_mean"] + (mean - ref_mean), theirs["rolling_variance"] * ratio
+            mean, variance = _carried(theirs["rolling_mean"], theirs["rolling_variance"], *base[index], mean,
+                                      variance)
         v["rolling_mean"][:] = mean
         v["rolling_variance"][:] = variance
         changes.append(_change(model.layers[index], old_mean, old_variance, v["rolling_mean"],
                                v["rolling_variance"]))
     return Recalibration(passes * size, passes, size, changes, skipped, reference is not None)
+
+
+def _carried(rolling_mean: np.ndarray, rolling_variance: np.ndarray, ref_mean: np.ndarray,
+             ref_variance: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's rolling statistics, in units of what was measured on
+    it, carried over to what was measured on the model (module docstring);
+    where the reference's channel was constant on the images there is no
+    unit, and the model's measured statistics stand."""
+    measured = ref_variance > 0
+    ratio = np.divide(variance, ref_variance, out=np.ones_like(variance), where=measured)
+    offset = np.divide(rolling_mean - ref_mean, np.sqrt(ref_variance), out=np.zeros_like(mean), where=measured)
+    return (np.where(measured, mean + offset * np.sqrt(variance), mean),
+            np.where(measured, rolling_variance * ratio, variance))
 
 
 def _check_reference(net: Network, reference: Network, layers: list[int],

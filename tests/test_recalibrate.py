@@ -202,9 +202,10 @@ def test_relative_to_itself_the_statistics_stay_as_they_were(digits):
 
 
 def test_relative_applies_the_shift_pruning_made(digits, pruned):
-    """mean = ref + (m_pruned - m_reference), variance = ref * v_pruned / v_reference,
-    from the reference's statistics (a pruned copy's are the same until they
-    are recalibrated or retrained: here they were recalibrated first)."""
+    """variance = ref * v_pruned / v_reference, mean = m_pruned + (ref -
+    m_reference) * sqrt(v_pruned / v_reference), from the reference's
+    statistics (a pruned copy's are the same until they are recalibrated or
+    retrained: here they were recalibrated first)."""
     model = load_model(CFG, "pjreddie")
     x = _train_images(digits, 128)
     measured = {}
@@ -218,9 +219,32 @@ def test_relative_applies_the_shift_pruning_made(digits, pruned):
     recalibrate.recalibrate(net, model, x, reference=dense)
     for i, (old_mean, old_variance) in old.items():
         (mean, variance), (ref_mean, ref_variance) = measured["pruned"][i], measured["dense"][i]
-        np.testing.assert_allclose(net.params(i)["rolling_mean"], old_mean + mean - ref_mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(net.params(i)["rolling_mean"],
+                                   mean + (old_mean - ref_mean) * np.sqrt(variance / ref_variance),
+                                   rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(net.params(i)["rolling_variance"], old_variance * variance / ref_variance,
                                    rtol=1e-5)
+
+
+def test_relative_gives_a_channel_pruning_made_constant_its_constant(tmp_path, digits):
+    """Every weight of layer 0's filter 3 zero: the channel's input to batch
+    norm is exactly 0 on every image.  Relative to the dense model its
+    rolling mean and variance become 0 (the channel then outputs its beta,
+    as after absolute recalibration); the dense model's offset between
+    rolling and measured mean, carried unscaled, would leave a mean off the
+    constant, divided by no more than the root of Darknet's epsilon."""
+    net = Network(CFG, WEIGHTS)
+    filters = net.params(0)["weights"].reshape(net.params(0)["rolling_mean"].size, -1)
+    filters[3] = 0
+    zeroed = tmp_path / "zeroed.weights"
+    net.save(zeroed)
+    model = load_model(CFG, "pjreddie")
+    x = _train_images(digits, 64)
+    ref_mean, _ = recalibrate.measure(recalibrate.calibration_network(CFG, WEIGHTS, 32), model, x)[0][0]
+    assert abs(Network(CFG, WEIGHTS).params(0)["rolling_mean"][3] - ref_mean[3]) > 1e-4  # an offset to carry
+    recalibrated = recalibrate.calibration_network(CFG, zeroed, 32)
+    recalibrate.recalibrate(recalibrated, model, x, reference=recalibrate.calibration_network(CFG, WEIGHTS, 32))
+    assert recalibrated.params(0)["rolling_mean"][3] == 0 and recalibrated.params(0)["rolling_variance"][3] == 0
 
 
 def test_relative_needs_a_reference_of_the_same_layers(tmp_path, digits):
