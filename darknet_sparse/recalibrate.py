@@ -44,11 +44,11 @@ as absolute recalibration would give it, where an unscaled offset divided
 by the tiny epsilon Darknet adds to the variance would flood every layer
 after it (Fashion-MNIST at 95% fell to chance that way).  Where the
 reference's own channel is constant on the images, the model's measured
-statistics stand.  The reference's
-statistics are the base, not the model's own: for a pruned copy they are
-the same, and after retraining on calibration-like images (whose batches
-pull Darknet's rolling averages toward them) only the reference's still
-describe the data the model was trained for.
+statistics stand.  The reference's statistics are the base, not the
+model's own: for a pruned copy they are the same, and after retraining on
+calibration-like images (whose batches pull Darknet's rolling averages
+toward them) only the reference's still describe the data the model was
+trained for.
 
 Only ``[convolutional]``, ``[deconvolutional]``, ``[connected]`` and
 ``[batchnorm]`` layers are recalibrated: they update their statistics once
