@@ -380,8 +380,9 @@ def _measure(args) -> tuple[list[str], list[tuple[str, bool]]]:
             folder = Path(command[command.index("-o") + 1])
             for step, wall, cpu in marks[1:]:
                 if (method, step) not in scored:
-                    row = Row(method, budget.loop_levels[min(step, len(budget.loop_levels)) - 1], folder / f"step-{step:02d}.weights",
-                              wall - marks[0][1], cpu - marks[0][2])
+                    level = budget.loop_levels[min(step, len(budget.loop_levels)) - 1]
+                    row = Row(method, level, folder / f"step-{step:02d}.weights", wall - marks[0][1],
+                              cpu - marks[0][2])
                     scored[method, step] = pool.submit(score, row)
                     jobs[scored[method, step]] = (method, row.level)
             if process.poll() is None and time.perf_counter() > loop_deadline:
@@ -469,8 +470,9 @@ def report(args, rows: list[Row], loop_notes: list[str], started: Clock, referen
                          f"{row.cpu / 60:.2f} |")
     if args.late:
         lines += ["", "Not run or failed:", *args.late]
-    lines += ["", "Loops (" + args.loop_choice + "):", *loop_notes, "", "Best model at each level (by agreement mAP@0.5 on the "
-              "evaluation split), with the cfg beside it: " + ("; ".join(kept) or "none"), ""]
+    lines += ["", "Loops (" + args.loop_choice + "):", *loop_notes, "",
+              "Best model at each level (by agreement mAP@0.5 on the evaluation split), with the cfg beside it: "
+              + ("; ".join(kept) or "none"), ""]
     teacher_rows = [(r, next((p for p in rows if p.method.startswith("loop (") and p.level == r.level), None))
                     for r in rows if "teacher" in r.method and r.level in TEACHER_ROWS]
     for with_teacher, pseudo in teacher_rows:
