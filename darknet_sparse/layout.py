@@ -179,7 +179,7 @@ def _conv_geometry(s: Section, ctx: _Context) -> tuple[int, int, int, int]:
     """(filters, size, groups, padding) of a convolution."""
     n = _positive(s, "filters", 1)
     size = _positive(s, "size", 1)
-    padding = size // 2 if s.get_int("pad", 0) else s.get_int("padding", 0)
+    padding = conv_padding(s, size)
     return n, size, _groups(s, ctx, ctx.c, n), padding
 
 
@@ -190,11 +190,17 @@ def _out_size(section: Section, extent: int, padding: int, size: int, stride: in
     return out
 
 
-def _strides(s: Section, ctx: _Context) -> tuple[int, int]:
+def conv_padding(s: Section, size: int) -> int:
+    """The zero padding of a windowed layer of kernel ``size``, as both
+    forks read it: ``pad=1`` means ``size // 2`` whatever ``padding`` says."""
+    return size // 2 if s.get_int("pad", 0) else s.get_int("padding", 0)
+
+
+def conv_strides(s: Section, fork: str) -> tuple[int, int]:
     """(stride_x, stride_y): AlexeyAB reads ``stride_x``/``stride_y`` and
     falls back to ``stride`` for either one missing or below 1."""
     stride = _positive(s, "stride", 1)
-    if ctx.fork == "pjreddie":
+    if fork == "pjreddie":
         return stride, stride
     stride_x, stride_y = s.get_int("stride_x", -1), s.get_int("stride_y", -1)
     return stride_x if stride_x >= 1 else stride, stride_y if stride_y >= 1 else stride
@@ -209,7 +215,7 @@ def _antialiasing(s: Section, ctx: _Context) -> int:
 def _blurred(s: Section, ctx: _Context, output: tuple[int, int, int]) -> tuple[tuple[int, int, int], int]:
     """Shape after the antialiasing blur (3x3 pad 1, or 2x2 pad 0 for
     ``antialiasing=2``) with the layer's configured strides."""
-    stride_x, stride_y = _strides(s, ctx)
+    stride_x, stride_y = conv_strides(s, ctx.fork)
     blur, pad = (2, 0) if _antialiasing(s, ctx) == 2 else (3, 1)
     c, h, w = output
     h, w = (h + 2 * pad - blur) // stride_y + 1, (w + 2 * pad - blur) // stride_x + 1
@@ -218,7 +224,7 @@ def _blurred(s: Section, ctx: _Context, output: tuple[int, int, int]) -> tuple[t
 
 def _convolutional(s: Section, ctx: _Context) -> _Result:
     n, size, groups, padding = _conv_geometry(s, ctx)
-    stride_x, stride_y = (1, 1) if _antialiasing(s, ctx) else _strides(s, ctx)
+    stride_x, stride_y = (1, 1) if _antialiasing(s, ctx) else conv_strides(s, ctx.fork)
     out_h = _out_size(s, ctx.h, padding, size, stride_y, "convolution")
     out_w = _out_size(s, ctx.w, padding, size, stride_x, "convolution")
     bn = s.get_int("batch_normalize", 0) != 0 or (ctx.fork == "alexeyab" and s.get_int("cbn", 0) != 0)
@@ -233,7 +239,7 @@ def _deconvolutional(s: Section, ctx: _Context) -> _Result:
     n = _positive(s, "filters", 1)
     size = _positive(s, "size", 1)
     stride = _positive(s, "stride", 1)
-    padding = size // 2 if s.get_int("pad", 0) else s.get_int("padding", 0)
+    padding = conv_padding(s, size)
     out_h = (ctx.h - 1) * stride + size - 2 * padding
     out_w = (ctx.w - 1) * stride + size - 2 * padding
     bn = s.get_int("batch_normalize", 0) != 0
@@ -454,7 +460,7 @@ def _crnn(s: Section, ctx: _Context) -> _Result:
         out_c, hidden = _positive(s, "output", 1), _positive(s, "hidden", 1)
         size, stride = _positive(s, "size", 3), _positive(s, "stride", 1)
         groups = _groups(s, ctx, ctx.c, hidden, out_c)
-        padding = size // 2 if s.get_int("pad", 0) else s.get_int("padding", 0)
+        padding = conv_padding(s, size)
     out_h = _out_size(s, ctx.h, padding, size, stride, "crnn input")
     out_w = _out_size(s, ctx.w, padding, size, stride, "crnn input")
     hw = out_h * out_w
@@ -470,7 +476,7 @@ def _conv_lstm(s: Section, ctx: _Context) -> _Result:
     out = _positive(s, "output", 1)
     size, stride = _positive(s, "size", 3), _positive(s, "stride", 1)
     groups = _groups(s, ctx, ctx.c, out)
-    padding = size // 2 if s.get_int("pad", 0) else s.get_int("padding", 0)
+    padding = conv_padding(s, size)
     bn = s.get_int("batch_normalize", 0) != 0
     out_h = _out_size(s, ctx.h, padding, size, stride, "conv_lstm input")
     out_w = _out_size(s, ctx.w, padding, size, stride, "conv_lstm input")

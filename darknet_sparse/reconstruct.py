@@ -49,7 +49,7 @@ import numpy as np
 from . import images
 from . import slim as slim_
 from .errors import PolicyError
-from .layout import Layer, Model
+from .layout import Layer, Model, conv_padding, conv_strides
 from .reports import render_table
 from .slim import SlimResult
 from .weightsfile import WeightsFile, atomic_path
@@ -84,19 +84,6 @@ class LayerFit:
     error_after: float  # and after (fitted without them)
 
 
-def _conv_geometry(layer: Layer, fork: str) -> tuple[int, int, int, int]:
-    """(size, stride_y, stride_x, padding) as Darknet reads them (AlexeyAB:
-    ``stride_x``/``stride_y`` where set)."""
-    s = layer.section
-    size, stride = s.get_int("size", 1), s.get_int("stride", 1)
-    padding = size // 2 if s.get_int("pad", 0) else s.get_int("padding", 0)
-    stride_y = stride_x = stride
-    if fork == "alexeyab":
-        stride_x = s.get_int("stride_x", -1) if s.get_int("stride_x", -1) >= 1 else stride
-        stride_y = s.get_int("stride_y", -1) if s.get_int("stride_y", -1) >= 1 else stride
-    return size, stride_y, stride_x, padding
-
-
 def _plain(layer: Layer, fork: str) -> bool:
     """Whether :func:`_rows` models the layer: no AlexeyAB dilation."""
     return layer.type == "connected" or fork != "alexeyab" or layer.section.get_int("dilation", 1) == 1
@@ -107,7 +94,9 @@ def _rows(x: np.ndarray, layer: Layer, picks: np.ndarray, fork: str = "pjreddie"
     (per image, flat indices into the output plane): (N * len, C * k * k)."""
     if layer.type == "connected":
         return x.reshape(len(x), -1)
-    size, stride_y, stride_x, pad = _conv_geometry(layer, fork)
+    size = layer.section.get_int("size", 1)
+    stride_x, stride_y = conv_strides(layer.section, fork)
+    pad = conv_padding(layer.section, size)
     n, c, h, w = x.shape
     _, oh, ow = layer.output
     padded = np.zeros((n, c, h + 2 * pad, w + 2 * pad), np.float32)
