@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
                                    reference_name=str(WEIGHTS))
         row["map50"], row["map"] = report.map50, report.map
         model = ds.load_model(row["cfg"])
-        row["params"] = sum(p.count for layer in model.layers for p in layer.params)
+        row["params"] = model.param_count
         row["bflops"] = model.flops / 1e9
         row["removed"] = 1 - model.flops / dense_model.flops
         stages.append((f"evaluate {row['name']}", *clock.read()))
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
 
     dense_model = ds.load_model(CFG)
     rows.append({"name": "dense", "weights": WEIGHTS, "cfg": CFG, "arch": "dense", "map50": None, "map": None,
-                 "params": sum(p.count for layer in dense_model.layers for p in layer.params),
+                 "params": dense_model.param_count,
                  "bflops": dense_model.flops / 1e9, "removed": 0.0})
     for level in levels:  # (a), (b)
         clock = Clock()
