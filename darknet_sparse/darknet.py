@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from . import home, load, load_model
-from .errors import BindingError
+from . import home, load, load_model, read_cfg
+from .errors import BindingError, CfgError
+from .layout import alexeyab_markers
 from .weightsfile import atomic_path
 
 #: cfg options the patches add: ``[net]`` prune, prune_threshold; per layer prune_threshold.
@@ -111,7 +112,13 @@ def build_info() -> dict[str, Any]:
 
 
 def _check_files(cfg: str | Path, weights: str | Path | None) -> None:
-    """Let the core reader reject what would make Darknet exit()."""
+    """Let the core reader reject what would make Darknet exit(), and what
+    pjreddie's parser would misread: an AlexeyAB-only cfg."""
+    markers = alexeyab_markers(read_cfg(cfg)) if Path(cfg).is_file() else []
+    if markers:
+        raise CfgError(f"{cfg}: uses AlexeyAB-only features ({', '.join(markers[:3])}"
+                       f"{' ...' if len(markers) > 3 else ''}); this command runs the model in the patched "
+                       "Darknet, which is pjreddie's and cannot run it")
     if weights is None:
         load_model(cfg, fork="pjreddie")
     else:

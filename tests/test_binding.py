@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from darknet_sparse import darknet, home
-from darknet_sparse.errors import BindingError, OutputError
+from darknet_sparse.errors import BindingError, CfgError, OutputError
 from helpers.darknet_run import (CLASSIFIER, RECURRENT, TRAINABLE, check_thresholded, check_zeros_frozen,
                                  file_arrays, one_hot_data, sparse_start, stock_backend, weight_views, write_cfg)
 
@@ -89,6 +89,19 @@ def test_missing_files_raise_before_darknet_exits(tmp_path: Path, classifier) ->
     with pytest.raises(ValueError, match="nothing.cfg"):
         darknet.Network(tmp_path / "nothing.cfg")
 
+
+
+def test_an_alexeyab_cfg_is_refused_before_pjreddie_misreads_it(tmp_path: Path, classifier) -> None:
+    """pjreddie's parser would read [route] groups= or mish differently (or
+    die): the binding says which features, instead of a size mismatch."""
+    cfg, _ = classifier
+    text = cfg.read_text()
+    assert "activation=leaky" in text
+    ab = tmp_path / "ab.cfg"
+    ab.write_text(text.replace("activation=leaky", "activation=mish", 1))
+    with pytest.raises(CfgError, match=r"ab.cfg: uses AlexeyAB-only features \(activation=mish at line \d+\)"):
+        darknet.Network(ab)
+    darknet.Network(cfg)  # the plain cfg still loads
 
 def test_views_are_the_file_arrays_and_write_through(tmp_path: Path, classifier) -> None:
     cfg, weights = classifier
