@@ -116,6 +116,19 @@ class OpenCV:
             return Run(statistics.median(wall), statistics.median(cpu))
         return run
 
+    def layer_milliseconds(self, weights: Path, repeat: int, threads: int = 1) -> dict[str, float]:
+        """Median milliseconds per layer over ``repeat`` forwards, from
+        OpenCV's own profile (``getPerfProfile``), by OpenCV's layer name."""
+        self.cv2.setNumThreads(threads)
+        net = self._net(weights)
+        names = net.getUnconnectedOutLayersNames()
+        samples = []
+        for _ in range(repeat + 1):  # the first, untimed, warms up
+            net.setInput(self.blob)
+            net.forward(names)
+            samples.append(net.getPerfProfile()[1].ravel() / self.cv2.getTickFrequency() * 1000)
+        return dict(zip(net.getLayerNames(), np.median(samples[1:], axis=0).tolist()))
+
 
 def machine() -> str:
     """CPU count and load, to read a table from a shared machine by."""

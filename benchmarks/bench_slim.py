@@ -61,6 +61,9 @@ TARGET_LEVEL, TARGET_MAP, TARGET_SPEEDUP = 0.5, 0.85, 1.8
 ENGINES = (("stock 1t", "stock", 1), ("OpenCV 1t", None, 1), ("OpenCV 2t", None, 2),
            ("patched 1t", "patched", 1), ("patched 2t", "patched-omp", 2))
 SPARSE = 0.5
+#: OpenCV's names for Darknet's activations (``leaky_1`` belongs to layer 0).
+ACTIVATIONS = ("leaky", "relu", "mish", "swish", "logistic", "tanh", "elu", "selu", "gelu", "relu6", "hardswish",
+               "hard_sigmoid", "identity_act")
 CALIBRATION = 64
 
 
@@ -103,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--levels", default=",".join(f"{lv:g}" for lv in LEVELS))
     parser.add_argument("--iterations", type=int, default=100, help="retraining batches of (d)")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=2, help="forwards per timed run")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=5, help="forwards per timed run")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-slim")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "slim.md")
     args = parser.parse_args(argv)
@@ -230,11 +233,55 @@ def main(argv: list[str] | None = None) -> None:
     cells = {arch: {engine: median_run(r) if r else None for engine, r in by.items()}
              for arch, by in runs.items()}
     stages.append((f"time {len(archs)} files x {len(ENGINES)} engines x {args.rounds} rounds", *clock.read()))
+    target_arch = f"c-{TARGET_LEVEL:.0%}"
+    profiled = [arch for arch in ("dense", target_arch) if arch in archs]
+    profile = {arch: (ds.load_model(archs[arch]["cfg"]),
+                      dnns[arch].layer_milliseconds(archs[arch]["weights"], args.rounds * args.repeat))
+               for arch in profiled}
     write(args, rows, cells, stages, started.read(), load_before, len(eval_paths), dnns["dense"].version,
-          {level: loops[level][0] for level in levels})
+          {level: loops[level][0] for level in levels}, profile)
 
 
-def write(args, rows, cells, stages, total, load_before, n_eval, cv_version, commands) -> None:
+def darknet_layers(milliseconds: dict[str, float]) -> dict[int, float]:
+    """OpenCV's per-layer times summed per Darknet layer.  OpenCV names its
+    layers ``conv_0``, ``bn_0``, ``leaky_1``, ``pool_1``, ...: the suffix is
+    the Darknet layer's index, except that an activation takes the next
+    number while belonging to the layer before it."""
+    totals: dict[int, float] = {}
+    index = 0
+    for name, ms in milliseconds.items():
+        kind, _, number = name.rpartition("_")
+        if kind not in ACTIVATIONS:
+            index = int(number)
+        totals[index] = totals.get(index, 0.0) + ms
+    return totals
+
+
+def profile_lines(profile: dict, forwards: int) -> list[str]:
+    """OpenCV's per-layer time beside each layer's FLOPs: where the time goes."""
+    if len(profile) < 2:
+        return []
+    (first, (model, dense_ms)), (second, (slim_model, slim_ms)) = profile.items()
+    lines = ["", f"OpenCV's own profile at 1 thread (median of {forwards} forwards, `getPerfProfile`), "
+             f"milliseconds per layer, {first} against {second}; layers under 0.05 ms in both are left out:", "",
+             f"| layer | type | {first} BFLOPs | {first} ms | {second} BFLOPs | {second} ms | ms per BFLOP "
+             f"({first}) |", "|---:|---|---:|---:|---:|---:|---:|"]
+    by_layer, by_layer2 = darknet_layers(dense_ms), darknet_layers(slim_ms)
+    totals = [0.0, 0.0, 0.0, 0.0]
+    for layer, slim_layer in zip(model.layers, slim_model.layers):
+        ms, ms2 = by_layer.get(layer.index, 0.0), by_layer2.get(layer.index, 0.0)
+        cells = (layer.flops / 1e9, ms, slim_layer.flops / 1e9, ms2)
+        totals = [t + c for t, c in zip(totals, cells)]
+        if max(ms, ms2) >= 0.05:
+            per = f"{ms / cells[0]:.1f}" if cells[0] else "-"
+            lines.append(f"| {layer.index} | {layer.type} | {cells[0]:.3f} | {ms:.2f} | {cells[2]:.3f} | "
+                         f"{ms2:.2f} | {per} |")
+    lines.append(f"| all | | {totals[0]:.3f} | {totals[1]:.2f} | {totals[2]:.3f} | {totals[3]:.2f} | "
+                 f"{totals[1] / totals[0]:.1f} |")
+    return lines
+
+
+def write(args, rows, cells, stages, total, load_before, n_eval, cv_version, commands, profile) -> None:
     names = [engine for engine, _, _ in ENGINES]
     dense = cells["dense"]
     lines = [
@@ -282,6 +329,7 @@ def write(args, rows, cells, stages, total, load_before, n_eval, cv_version, com
         lines.append(f"| {arch} | " + " | ".join("-" if c[n] is None else f"{c[n].cpu:.3f}" for n in names)
                      + f" | {dense['stock 1t'].cpu / c['stock 1t'].cpu:.2f}x"
                      f" | {dense['OpenCV 1t'].cpu / c['OpenCV 1t'].cpu:.2f}x |")
+    lines += profile_lines(profile, args.rounds * args.repeat)
     lines += ["", "Stages (wall and CPU seconds; a loop's CPU is not counted until it ends, so it shows as nan):",
               "", "| stage | wall s | CPU s |", "|---|---:|---:|"]
     lines += [f"| {what} | {wall:.0f} | {cpu:.0f} |" for what, wall, cpu in stages]
