@@ -31,9 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from . import home, load, load_model, read_cfg
-from .errors import BindingError, CfgError
-from .layout import alexeyab_markers
+from . import home, load, load_model, runner
+from .errors import BindingError
 from .weightsfile import atomic_path
 
 #: cfg options the patches add: ``[net]`` prune, prune_threshold; per layer prune_threshold.
@@ -114,11 +113,8 @@ def build_info() -> dict[str, Any]:
 def _check_files(cfg: str | Path, weights: str | Path | None) -> None:
     """Let the core reader reject what would make Darknet exit(), and what
     pjreddie's parser would misread: an AlexeyAB-only cfg."""
-    markers = alexeyab_markers(read_cfg(cfg)) if Path(cfg).is_file() else []
-    if markers:
-        raise CfgError(f"{cfg}: uses AlexeyAB-only features ({', '.join(markers[:3])}"
-                       f"{' ...' if len(markers) > 3 else ''}); this command runs the model in the patched "
-                       "Darknet, which is pjreddie's and cannot run it")
+    if Path(cfg).is_file():
+        runner.check_cfg(cfg)
     if weights is None:
         load_model(cfg, fork="pjreddie")
     else:

@@ -531,6 +531,9 @@ def _check_paths(settings: LoopSettings) -> None:
     for what, path in (("data file", settings.data), ("cfg", settings.cfg), ("teacher cfg", settings.teacher_cfg)):
         if path is not None and not path.is_file():
             raise CfgError(f"{path}: no such {what}")
+    for path in (settings.cfg, settings.teacher_cfg):
+        if path is not None:
+            runner.check_cfg(path)
     if settings.recalibrate and settings.task != "detector" \
             and not darknet_text.read_options(settings.data).get("train"):
         raise CfgError(f"{settings.data}: no train= list of images to recalibrate on (--recalibrate 0: not)")

@@ -19,7 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from . import darknet_text
-from .errors import DarknetRunError, OutputError, PolicyError
+from .cfg import read_cfg
+from .errors import CfgError, DarknetRunError, OutputError, PolicyError
+from .layout import alexeyab_markers
 
 #: Darknet subcommand and the name ``train`` gives its last weights (``base``
 #: is the cfg's file name up to its first dot: ``basecfg`` in utils.c).
@@ -44,6 +46,16 @@ def check_binary(path: Path) -> None:
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise DarknetRunError(f"{path}: no Darknet binary there; build the patched one "
                               "with `darknet-sparse build` or pass its path (--darknet)")
+
+
+def check_cfg(cfg: str | Path) -> None:
+    """The patched Darknet is pjreddie's: refuse a cfg that only AlexeyAB's
+    parser reads right (pjreddie's would misread it, or die)."""
+    markers = alexeyab_markers(read_cfg(cfg))
+    if markers:
+        raise CfgError(f"{cfg}: uses AlexeyAB-only features ({', '.join(markers[:3])}"
+                       f"{' ...' if len(markers) > 3 else ''}); this command runs the model in the patched "
+                       "Darknet, which is pjreddie's and cannot run it")
 
 
 def check_folder(folder: Path) -> None:

@@ -299,6 +299,15 @@ def test_bad_settings_fail_before_darknet_runs(tmp_path, digits, model_files, fa
     assert not (fake.parent / "args").exists()
 
 
+def test_an_alexeyab_cfg_is_refused_before_darknet_runs(tmp_path, digits, model_files, fake):
+    """pjreddie's `classifier train` would take mish for relu and train on."""
+    cfg = tmp_path / "mish.cfg"
+    cfg.write_text(model_files[0].read_text().replace("activation=leaky", "activation=mish", 1))
+    for changes in ({"cfg": cfg}, {"teacher": model_files[1], "teacher_cfg": cfg}):
+        with pytest.raises(CfgError, match=r"mish.cfg: uses AlexeyAB-only features \(activation=mish"):
+            run(_settings(tmp_path, digits, model_files, fake, **changes))
+        assert not (fake.parent / "args").exists()
+
 def test_an_output_folder_darknet_cannot_use_is_refused(tmp_path, digits, model_files, fake):
     with pytest.raises(OutputError, match="without whitespace"):
         run(_settings(tmp_path, digits, model_files, fake, out=tmp_path / "my run"))
