@@ -104,30 +104,6 @@ def cpu_now() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-class Remembered:
-    """A reference network whose detections are computed once per image:
-    what :func:`evaluate_detector` asks of its ``reference``."""
-
-    def __init__(self, net):
-        self.net, self.seen = net, {}
-        self.classes = net.detector_classes if net is not None else None
-
-    @property
-    def detector_classes(self) -> int:
-        return self.classes
-
-    def detector_error(self):
-        return self.net.detector_error() if self.net is not None else None
-
-    def detect(self, image, thresh, hier, nms):
-        key = (str(image), thresh, hier, nms)
-        if key not in self.seen:
-            if self.net is None:
-                raise KeyError(f"{image}: no reference detections at {key[1:]}")
-            self.seen[key] = self.net.detect(image, thresh, hier, nms)
-        return self.seen[key]
-
-
 def run(command: list[str], log: Path) -> None:
     """One darknet-sparse command, its output appended to ``log``."""
     with open(log, "a", encoding="utf-8") as fp:
@@ -206,15 +182,13 @@ def _init_worker(cfg: Path, dense: Path, evaluation: list[Path], seen: dict, log
 def score(row: Row) -> Row:
     """``row`` with its agreement mAP, measured sparsity and effective FLOPs."""
     from darknet_sparse.darknet import Network
-    from darknet_sparse.evaluate import evaluate_detector
+    from darknet_sparse.evaluate import Remembered, evaluate_detector
     import darknet_sparse as ds
 
     cfg = _WORKER["cfg"]
-    reference = Remembered(None)
-    reference.seen, reference.classes = _WORKER["seen"], None
     clock = Clock()
     net = Network(cfg, row.weights)
-    reference.classes = net.detector_classes
+    reference = Remembered(None, _WORKER["seen"], net.detector_classes)
     report = evaluate_detector(net, _WORKER["evaluation"], reference=reference,
                                reference_name=str(_WORKER["dense"]))
     row.map50, row.map = report.map50, report.map
@@ -304,7 +278,7 @@ def _measure(args) -> tuple[list[str], list[tuple[str, bool]]]:
     from darknet_sparse import images
     from darknet_sparse.darknet import Network
     from darknet_sparse.detect import HIER, NMS, detect
-    from darknet_sparse.evaluate import REFERENCE_CONF, evaluate_detector
+    from darknet_sparse.evaluate import REFERENCE_CONF, Remembered, evaluate_detector
 
     budget = args.budget
     started = Clock()

@@ -67,26 +67,6 @@ ACTIVATIONS = ("leaky", "relu", "mish", "swish", "logistic", "tanh", "elu", "sel
 CALIBRATION = 64
 
 
-class Remembered:
-    """A reference network whose detections are computed once per image."""
-
-    def __init__(self, net):
-        self.net, self.seen = net, {}
-
-    def detect(self, image, thresh, hier=0.5, nms=0.45):
-        key = (str(image), thresh, hier, nms)
-        if key not in self.seen:
-            self.seen[key] = self.net.detect(image, thresh, hier, nms)
-        return self.seen[key]
-
-    def detector_error(self):
-        return self.net.detector_error()
-
-    @property
-    def detector_classes(self):
-        return self.net.detector_classes
-
-
 class Clock:
     """Wall seconds and CPU seconds (this process and its finished children)."""
 
@@ -122,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True)
 
     from darknet_sparse.darknet import Network
-    from darknet_sparse.evaluate import evaluate_detector
+    from darknet_sparse.evaluate import Remembered, evaluate_detector
     eval_paths = images_.image_paths(EVAL)
     train = work / "train.txt"
     train.write_text("".join(f"{p}\n" for p in images_.image_paths(TRAIN)))

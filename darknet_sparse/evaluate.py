@@ -152,6 +152,31 @@ def _label_corners(labels: np.ndarray, width: int, height: int) -> np.ndarray:
 
 # Detectors.
 
+class Remembered:
+    """A reference model whose detections are computed once per image and
+    setting: scoring many models against one (a loop's steps, a benchmark's
+    rows) runs the reference once.  What :func:`evaluate_detector` asks of
+    its ``reference``.  ``seen`` may have been filled elsewhere (a worker
+    process gets a copy), and ``net`` then be None: an image not in it is a
+    KeyError."""
+
+    def __init__(self, net: Network | None, seen: dict | None = None, classes: int | None = None):
+        self.net = net
+        self.seen = {} if seen is None else seen
+        self.detector_classes = net.detector_classes if net is not None else classes
+
+    def detector_error(self) -> str | None:
+        return self.net.detector_error() if self.net is not None else None
+
+    def detect(self, image: str | Path, thresh: float, hier: float, nms: float):
+        key = (str(image), thresh, hier, nms)
+        if key not in self.seen:
+            if self.net is None:
+                raise KeyError(f"{image}: no reference detections at {key[1:]}")
+            self.seen[key] = self.net.detect(image, thresh, hier, nms)
+        return self.seen[key]
+
+
 def check_detector(net: Network, what: str = "the model") -> None:
     reason = net.detector_error()
     if reason:

@@ -426,13 +426,13 @@ def _scorer(settings: LoopSettings) -> Callable[..., tuple[float, dict]]:
         return score
 
     from .darknet import Network
-    from .evaluate import evaluate_detector
+    from .evaluate import Remembered, evaluate_detector
     paths = images_.image_paths(settings.eval_images)
     reference = []
 
     def agreement(weights: Path, step: int, cfg: Path | None = None) -> tuple[float, dict]:
-        if not reference:
-            reference.append(Network(settings.cfg, settings.weights))
+        if not reference:  # the starting model's detections, once for every step
+            reference.append(Remembered(Network(settings.cfg, settings.weights)))
         report = evaluate_detector(Network(cfg or settings.cfg, weights), paths, reference=reference[0],
                                    reference_name=str(settings.weights))
         if report.map50 is None:

@@ -9,6 +9,7 @@ with the stock library) for the boxes the binary only draws.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from darknet_sparse.cli import cli
 from darknet_sparse.darknet import Network
 from darknet_sparse.detect import detect
 from darknet_sparse.errors import BindingError, PolicyError
-from darknet_sparse.evaluate import evaluate_classifier, evaluate_detector, label_path, read_labels
+from darknet_sparse.evaluate import Remembered, evaluate_classifier, evaluate_detector, label_path, read_labels
 from darknet_sparse.examples import classifier_top1, write_digits
 from darknet_sparse.policies import Global, Magnitude
 
@@ -142,6 +143,31 @@ def test_agreement_of_the_dense_model_with_itself_is_one(dense):
     assert {c.name for c in report.classes} >= {"dog", "bicycle", "person", "horse"}
     assert all(c.ap50 == pytest.approx(1.0) for c in report.classes)
 
+
+def test_a_remembered_reference_runs_once_per_image(dense):
+    """Scoring several models against one reference (a loop's steps) runs
+    the reference on each image once; the reports are the same."""
+    calls = []
+
+    class Counting:
+        detector_classes = dense.detector_classes
+
+        def detector_error(self):
+            return dense.detector_error()
+
+        def detect(self, image, *args):
+            calls.append(Path(image).name)
+            return dense.detect(image, *args)
+
+    reference = Remembered(Counting())
+    first = evaluate_detector(dense, [DOG, PERSON], reference=reference)
+    second = evaluate_detector(dense, [DOG, PERSON], reference=reference)
+    assert sorted(calls) == ["dog.jpg", "person.jpg"]
+    assert dataclasses.replace(first, seconds_per_image=0) == dataclasses.replace(second, seconds_per_image=0)
+    assert first.map50 == pytest.approx(1.0)
+    with pytest.raises(KeyError, match="eagle.jpg: no reference detections"):
+        evaluate_detector(dense, [UPSTREAM / "data" / "eagle.jpg"],
+                          reference=Remembered(None, reference.seen, dense.detector_classes))
 
 @pytest.mark.parametrize("layer", HEAD_OUTPUTS)
 def test_zeroing_either_heads_output_layer_drops_agreement(dense, layer):
