@@ -324,7 +324,7 @@ def write(args, rows, cells, stages, total, load_before, n_eval, cv_version, com
             for kind in ("wall", "cpu"):
                 up = getattr(dense[engine], kind) / getattr(cells[d["arch"]][engine], kind)
                 lines.append(f"- {TARGET_LEVEL:.0%} FLOPs removed, >= {TARGET_SPEEDUP}x faster in {engine} "
-                             f"({kind}): {up:.2f}x: **{'PASS' if up >= TARGET_SPEEDUP else 'FAIL'}**")
+                             f"({kind}): {up:.3f}x: **{'PASS' if up >= TARGET_SPEEDUP else 'FAIL'}**")
     text = "\n".join(lines) + "\n"
     args.output.write_text(text)
     print(text)
