@@ -45,7 +45,7 @@ def _settings_of(monkeypatch, *args) -> loop_.LoopSettings:
 
 def test_help_shows_the_defaults():
     text = " ".join(CliRunner().invoke(cli, ["loop", "--help"]).output.split())
-    for shown in ("[default: global]", "--final-sparsity. [default: 5; x>=1]", "[default: 1; x>=0]",
+    for shown in ("[default: global]", "--final-sparsity. [default: 8; x>=1]", "[default: 1; x>=0]",
                   "the cfg's learning_rate x 0.2", "Default: a classifier is taught by --weights",
                   "default: 4 for classifiers, 1 for detectors", "default: 0.7 for classifiers, 1 for detectors"):
         assert shown in text, shown
@@ -55,7 +55,7 @@ def test_the_cli_defaults_are_the_settings_defaults(monkeypatch, tmp_path, digit
     cfg, weights = model_files
     settings = _settings_of(monkeypatch, "--cfg", cfg, "--weights", weights, "--data", digits,
                             "--final-sparsity", 0.92, "--iterations-per-step", 200, "--out", tmp_path / "o")
-    assert settings.targets == tuple(schedule.targets(0.92, 5, "agp") + [0.92])  # five AGP steps, one fine-tune
+    assert settings.targets == tuple(schedule.targets(0.92, 8, "agp") + [0.92])  # eight AGP steps, one fine-tune
     assert len(settings.targets) == loop_.DEFAULT_STEPS + loop_.DEFAULT_FINE_TUNE_STEPS
     bare = loop_.LoopSettings(cfg=cfg, weights=weights, data=digits, out=tmp_path / "o",
                               targets=settings.targets, iterations=200)

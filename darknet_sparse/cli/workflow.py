@@ -133,7 +133,7 @@ def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: 
     with it.  --teacher retrains on a teacher's soft targets instead.
 
     With no more than --final-sparsity and --iterations-per-step, a
-    classifier is pruned in global mode, 5 AGP steps and one fine-tune step,
+    classifier is pruned in global mode, 8 AGP steps and one fine-tune step,
     at a fifth of its cfg's learning rate, taught by its own starting weights
     (temperature 4, alpha 0.7): the defaults benchmarks/quality.md checks.
     """
