@@ -5,13 +5,6 @@
  * the loss.  Included by _darknet_shim.c; against a Darknet without the
  * patch (no DARKNET_SPARSE_DISTILL) the calls answer -1. */
 
-/* Layer index's outputs for the whole batch (the size of its delta). */
-int ds_layer_outputs(ds_net *h, int index)
-{
-    if (index < 0 || index >= h->net->n) return -1;
-    return h->net->layers[index].outputs * h->net->layers[index].batch;
-}
-
 #ifdef DARKNET_SPARSE_DISTILL
 /* x: one batch of input, y: one batch of truth.  delta (capacity floats)
  * receives layer index's delta; *loss its stated loss (distill_loss), or
@@ -19,8 +12,8 @@ int ds_layer_outputs(ds_net *h, int index)
 int ds_distill_step(ds_net *h, const float *x, const float *y, int index, float *delta, int capacity, double *loss)
 {
     network *net = h->net;
-    int n = ds_layer_outputs(h, index);
-    if (n < 0 || n > capacity) return -1;
+    int n;
+    if (!ds_layer_output(h, index, &n) || n > capacity) return -1;  /* n: the size of its delta too */
     sync_weights(h);
     memcpy(net->input, x, (size_t)net->inputs * net->batch * sizeof(float));
     memcpy(net->truth, y, (size_t)net->truths * net->batch * sizeof(float));

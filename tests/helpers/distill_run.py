@@ -41,8 +41,9 @@ def distill_step(net: darknet.Network, x: np.ndarray, y: np.ndarray, layer: int)
     mode, the teacher's pass and the distillation deltas, no update.
     Returns layer ``layer``'s delta (Darknet's -dL/dz) and its loss L."""
     ffi, lib = net._backend.ffi, net._backend.lib
-    n = lib.ds_layer_outputs(net._net, layer)
-    assert n > 0
+    count = ffi.new("int *")
+    assert lib.ds_layer_output(net._net, layer, count) != ffi.NULL
+    n = count[0]
     delta = np.empty(n, np.float32)
     loss = ffi.new("double *")
     x = np.ascontiguousarray(x, np.float32)
