@@ -145,9 +145,9 @@ RETRAIN_RATE_SCALE = 0.2
 #: 8 rather than 5 AGP steps: on digits models of split seeds 1 to 5
 #: (retrained 2026-12-02; 2 loops each at 0.92 and 200 iterations a step)
 #: 5 steps lost 0.25 points of top-1 on average and 1.39 at worst, 8 steps
-#: 0.14 and 0.56; on the worst seed 10 steps did as 8, 12 steps and a second
-#: fine-tune step worse.  A step costs its iterations: 8 + 1 steps of 200 on
-#: digits take about 70 s on a CPU core.
+#: 0.14 and 0.56.  On the worst seed (3), 10 steps did as well as 8; 12
+#: steps, and 8 with a second fine-tune step, did worse.  A step costs its
+#: iterations: 8 + 1 steps of 200 on digits take about 70 s on a CPU core.
 DEFAULT_STEPS, DEFAULT_FINE_TUNE_STEPS = 8, 1
 #: ``LoopSettings.teacher``'s default: a classifier is taught by its own
 #: starting (dense) weights, a detector by no one (it has its pseudo-labels).

@@ -90,7 +90,6 @@ def test_missing_files_raise_before_darknet_exits(tmp_path: Path, classifier) ->
         darknet.Network(tmp_path / "nothing.cfg")
 
 
-
 def test_an_alexeyab_cfg_is_refused_before_pjreddie_misreads_it(tmp_path: Path, classifier) -> None:
     """pjreddie's parser would read [route] groups= or mish differently (or
     die): the binding says which features, instead of a size mismatch."""
@@ -102,6 +101,7 @@ def test_an_alexeyab_cfg_is_refused_before_pjreddie_misreads_it(tmp_path: Path, 
     with pytest.raises(CfgError, match=r"ab.cfg: uses AlexeyAB-only features \(activation=mish at line \d+\)"):
         darknet.Network(ab)
     darknet.Network(cfg)  # the plain cfg still loads
+
 
 def test_views_are_the_file_arrays_and_write_through(tmp_path: Path, classifier) -> None:
     cfg, weights = classifier

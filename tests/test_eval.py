@@ -169,6 +169,7 @@ def test_a_remembered_reference_runs_once_per_image(dense):
         evaluate_detector(dense, [UPSTREAM / "data" / "eagle.jpg"],
                           reference=Remembered(None, reference.seen, dense.detector_classes))
 
+
 @pytest.mark.parametrize("layer", HEAD_OUTPUTS)
 def test_zeroing_either_heads_output_layer_drops_agreement(dense, layer):
     broken = Network(YOLO_CFG, YOLO_WEIGHTS)

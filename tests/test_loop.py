@@ -308,6 +308,7 @@ def test_an_alexeyab_cfg_is_refused_before_darknet_runs(tmp_path, digits, model_
             run(_settings(tmp_path, digits, model_files, fake, **changes))
         assert not (fake.parent / "args").exists()
 
+
 def test_an_output_folder_darknet_cannot_use_is_refused(tmp_path, digits, model_files, fake):
     with pytest.raises(OutputError, match="without whitespace"):
         run(_settings(tmp_path, digits, model_files, fake, out=tmp_path / "my run"))
