@@ -110,9 +110,11 @@ def build_info() -> dict[str, Any]:
             "binding": binding}
 
 
-def _check_files(cfg: str | Path, weights: str | Path | None) -> None:
+def check_files(cfg: str | Path, weights: str | Path | None) -> None:
     """Let the core reader reject what would make Darknet exit(), and what
-    pjreddie's parser would misread: an AlexeyAB-only cfg."""
+    pjreddie's parser would misread: an AlexeyAB-only cfg.  :class:`Network`
+    calls it; so does a caller that hands Darknet a copy of the cfg, so that
+    errors name the user's files."""
     if Path(cfg).is_file():
         runner.check_cfg(cfg)
     if weights is None:
@@ -129,7 +131,7 @@ class Network:
         """Parse ``cfg`` (random initial weights, see :func:`seed`), then load
         ``weights`` if given; ``clear`` resets the images-seen counter."""
         self._backend = using or backend()
-        _check_files(cfg, weights)
+        check_files(cfg, weights)
         ffi, lib = self._backend.ffi, self._backend.lib
         weights_arg = ffi.NULL if weights is None else os.fsencode(weights)
         handle = lib.ds_load(os.fsencode(cfg), weights_arg, int(clear))

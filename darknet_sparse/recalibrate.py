@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import darknet_text, images, load
+from . import darknet_text, images
 from .errors import CfgError, PolicyError
 from .layout import Layer, Model
 from .reports import render_table
@@ -123,11 +123,11 @@ def calibration_network(cfg: str | Path, weights: str | Path, batch: int | None 
     """The network of ``cfg`` and ``weights`` with dropout off, and passes of
     ``batch`` images if given (parsed from a temporary copy of the cfg; the
     weights are read as they are)."""
-    from .darknet import Network
+    from .darknet import Network, check_files
 
     if batch is not None and batch < 2:
         raise PolicyError(f"calibration passes need at least 2 images, not {batch}")
-    load(cfg, weights, fork="pjreddie")  # errors name the user's files
+    check_files(cfg, weights)  # errors name the user's files, not the copy's
     try:
         text = Path(cfg).read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:

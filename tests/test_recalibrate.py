@@ -2,6 +2,7 @@
 only the rolling arrays change, and it repairs a one-shot-pruned model."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 from darknet_sparse import Magnitude, images, load, load_model, recalibrate, sensitivity, threshold
 from darknet_sparse.cli import cli
 from darknet_sparse.darknet import Network
-from darknet_sparse.errors import BindingError, PolicyError
+from darknet_sparse.errors import BindingError, CfgError, PolicyError
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = REPO / "cfg" / "digits.cfg"
@@ -128,6 +129,14 @@ def test_errors(tmp_path, digits):
                                     "-o", str(WEIGHTS)])
     assert same.exit_code == 2 and "output is the input file" in same.output
 
+
+def test_an_alexeyab_cfg_is_refused_by_the_users_name(tmp_path):
+    """The calibration network parses a temporary copy of the cfg: the
+    refusal still names the user's file (and not a weights size mismatch)."""
+    mine = tmp_path / "mine.cfg"
+    mine.write_text(CFG.read_text().replace("activation=leaky", "activation=mish", 1))
+    with pytest.raises(CfgError, match=rf"^{re.escape(str(mine))}: uses AlexeyAB-only features \(activation=mish"):
+        recalibrate.calibration_network(mine, WEIGHTS, batch=8)
 
 def test_a_network_on_a_gpu_is_refused(monkeypatch, digits):
     monkeypatch.setattr(Network, "on_gpu", property(lambda self: True))
