@@ -30,6 +30,9 @@ the dense model and (e), interleaved rounds as in ``bench_detector_speed.py``.
 
 Needs ``make models images darknet darknet-stock darknet-omp binding``.
 Writes ``benchmarks/slim.md`` (``--output``) and exits 0: it is a report.
+``--reuse-loops`` keeps ``--work`` and its finished loops of the same
+command (the half hour of the run), and makes, scores and times the rest
+again: a rerun of the timings that a busy machine spoilt.
 """
 from __future__ import annotations
 
@@ -91,6 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="forwards per timed run")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-slim")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "slim.md")
+    parser.add_argument("--reuse-loops", action="store_true",
+                        help="keep --work and take (c) and (d) from its finished loops of the same command "
+                             "(the half hour they take); everything else is made, scored and timed again")
     args = parser.parse_args(argv)
     levels = [float(v) for v in args.levels.split(",")]
     for needed in (CFG, WEIGHTS, TRAIN, EVAL):
@@ -99,8 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["OMP_WAIT_POLICY"] = "passive"
     started, load_before = Clock(), machine()
     work = args.work.resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if not args.reuse_loops:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
 
     from darknet_sparse.darknet import Network
     from darknet_sparse.evaluate import Remembered
@@ -119,9 +126,14 @@ def main(argv: list[str] | None = None) -> None:
                    "--eval-images", str(loop_eval), "--structured", "--target-flops", f"{level:g}", "--steps", "1",
                    "--fine-tune-steps", "0", "--iterations-per-step", str(args.iterations), "--teacher",
                    str(WEIGHTS), "-o", str(out)]
+        if args.reuse_loops and finished(out, command):
+            loops[level] = (command, None, None, time.perf_counter())
+            continue
+        shutil.rmtree(out, ignore_errors=True)
         log = open(work / f"loop-{level:.0%}.log", "w")
         loops[level] = (command, subprocess.Popen(["nice", *command], stdout=log, stderr=subprocess.STDOUT), log,
                         time.perf_counter())
+        (work / f"loop-{level:.0%}.command").write_text(json.dumps(command))
 
     reference = Remembered(Network(CFG, WEIGHTS))
     rows: list[dict] = []
@@ -173,15 +185,20 @@ def main(argv: list[str] | None = None) -> None:
     sparse_row = None
     for level in levels:  # (c), (d), (e): the loops' results
         command, process, log, start = loops[level]
-        process.wait()
-        log.close()
         out = work / f"loop-{level:.0%}"
-        if process.returncode:
-            raise SystemExit(f"the structured loop at {level:.0%} failed (exit {process.returncode}): "
-                             f"see {work / f'loop-{level:.0%}.log'}")
+        if process is not None:
+            process.wait()
+            log.close()
+            if process.returncode:
+                raise SystemExit(f"the structured loop at {level:.0%} failed (exit {process.returncode}): "
+                                 f"see {work / f'loop-{level:.0%}.log'}")
         line = json.loads((out / "log.jsonl").read_text().splitlines()[0])
-        stages.append((f"loop --structured at {level:.0%} (slim --images + {args.iterations} iterations)",
-                       time.perf_counter() - start, float("nan")))
+        if process is None:
+            stages.append((f"loop --structured at {level:.0%}: reused from an earlier run (its step took "
+                           f"{line['seconds']:.0f} s)", 0.0, 0.0))
+        else:
+            stages.append((f"loop --structured at {level:.0%} (slim --images + {args.iterations} iterations)",
+                           time.perf_counter() - start, float("nan")))
         arch = f"c-{level:.0%}"
         score({"name": arch, "weights": out / "step-01.slimmed.weights", "cfg": out / "step-01.cfg", "arch": arch})
         d = score({"name": f"d-{level:.0%}", "weights": out / "step-01.weights", "cfg": out / "step-01.cfg",
@@ -221,6 +238,13 @@ def main(argv: list[str] | None = None) -> None:
                for arch in profiled}
     write(args, rows, cells, stages, started.read(), load_before, eval_paths, dnns["dense"].version,
           {level: loops[level][0] for level in levels}, profile)
+
+
+def finished(out: Path, command: list[str]) -> bool:
+    """Whether the loop in ``out`` ran ``command`` to the end (for --reuse-loops)."""
+    made = out.parent / f"{out.name}.command"
+    return ((out / "step-01.weights").exists() and (out / "log.jsonl").exists() and made.exists()
+            and json.loads(made.read_text()) == command)
 
 
 def darknet_layers(milliseconds: dict[str, float]) -> dict[int, float]:
