@@ -2,8 +2,9 @@
 
 ``make images``' evaluation split mixes two kinds of image: later frames of
 the two videos whose earlier frames are the whole training split (a street
-with pedestrians; a cartoon), and the photos, of things no training frame
-shows (animals, fruit, vehicles, a kite, a baboon).  Everything a benchmark
+with pedestrians; a cartoon), and the photos, mostly of things no training
+frame shows (the dense model finds person, car and truck in the training
+frames; in the photos also animals, fruit, a bicycle, a kite).  Everything a benchmark
 ranks, fits or trains sees the training frames only, so one agreement score
 over the whole split averages an in-domain part and an out-of-domain one.
 :func:`agreement` reports both beside the whole, running the model once per

@@ -417,8 +417,8 @@ def report(args, rows: list[Row], loop_notes: list[str], started: Clock, referen
              "truth (COCO's evaluator through `darknet-sparse eval`'s code; not accuracy against human labels), "
              "also on its two parts apart: "
              + " and ".join(f"{len(chosen)} {part}" for part, chosen in parts(evaluation).items())
-             + " (the video frames come from the two videos the training frames do; the photos show objects "
-             "no training frame shows). "
+             + " (the video frames come from the two videos the training frames do; the photos show mostly "
+             "objects no training frame shows). "
              f"Everything fitted or chosen uses the training split ({n_train} frames) only: "
              f"recalibration on {budget.calibration_images} of its images (passes of "
              f"{budget.calibration_batch}), the sensitivity sweep on {budget.sensitivity_images} "
