@@ -19,10 +19,12 @@ OPENCV ?= 0
 OPENMP ?= 0
 ARCH   ?= -gencode arch=compute_90,code=sm_90
 export GPU CUDNN OPENCV OPENMP ARCH DARKNET_SRC
+# AlexeyAB's fork also takes AVX (default 1 in a CPU build) and its source from DARKNET_AB_SRC.
+export AVX DARKNET_AB_SRC
 
 BINDING_STAMP := build/.binding-stamp
 
-.PHONY: all setup system-deps venv darknet darknet-stock darknet-omp binding models images fashion test demo bench bench-speed bench-quality bench-detector bench-slim clean
+.PHONY: all setup system-deps venv darknet darknet-stock darknet-omp darknet-alexeyab darknet-alexeyab-stock alexeyab-if-available binding models images fashion test demo bench bench-speed bench-quality bench-detector bench-slim clean
 
 all: setup darknet binding
 
@@ -55,6 +57,19 @@ darknet-stock:
 darknet-omp:
 	DARKNET_DEST_NAME=darknet-omp OPENMP=1 scripts/build_darknet.sh patched
 
+# AlexeyAB's Darknet (yolov4, yolov7), patched (patches/alexeyab/series) and stock.
+darknet-alexeyab:
+	scripts/build_darknet_alexeyab.sh patched
+
+darknet-alexeyab-stock:
+	scripts/build_darknet_alexeyab.sh stock
+
+# make test: both AlexeyAB builds, or, where no source is reachable, a note
+# (build/darknet-alexeyab.unavailable) the AlexeyAB tests report instead of running.
+alexeyab-if-available:
+	scripts/build_darknet_alexeyab.sh --if-available patched
+	scripts/build_darknet_alexeyab.sh --if-available stock
+
 # Checked (sha256) on every run; downloads only what build/cache/ lacks.
 models: setup
 	PYTHON=$(VPY) scripts/fetch_models.sh
@@ -75,7 +90,7 @@ data/fashion/fashion.data:
 binding: venv darknet
 	$(VPY) -m darknet_sparse._darknet_build
 
-test: setup models images fashion darknet darknet-stock darknet-omp binding
+test: setup models images fashion darknet darknet-stock darknet-omp binding alexeyab-if-available
 	$(VPY) -m pytest -q tests
 
 demo: setup models images darknet binding
