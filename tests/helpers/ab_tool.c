@@ -1,0 +1,76 @@
+// The tests' tool for AlexeyAB's Darknet, compiled against one build's
+// include/darknet.h and src/ headers and linked with its objects (the fork's
+// libdarknet.so exports neither parse_network_cfg nor save_weights).
+//
+//   ab_tool init CFG OUT [SEED]          the fork's own initialisation (srand(SEED), default 1), saved
+//   ab_tool resave CFG IN OUT            IN loaded and saved again (save_weights)
+//   ab_tool forward CFG WEIGHTS SEED OUT [fuse]
+//       one batch-1 inference forward pass of a seeded uniform [0, 1) input
+//       (fuse: after fuse_conv_batchnorm, as `detector test` runs); OUT gets,
+//       for every layer with an output, int32 index, type, count, then count floats.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "darknet.h"
+#include "parser.h"
+#include "network.h"
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: ab_tool init CFG OUT [SEED] | resave CFG IN OUT | forward CFG WEIGHTS SEED OUT [fuse]\n");
+    return 2;
+}
+
+// A fixed generator, so the input is the same for every build.
+static float next_uniform(unsigned long long *state)
+{
+    *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((*state >> 40) & 0xffffff) / 16777216.0f;
+}
+
+static int forward(char *cfg, char *weights, unsigned long long seed, const char *out, int fuse)
+{
+    network net = parse_network_cfg_custom(cfg, 1, 1);
+    load_weights(&net, weights);
+    if (fuse) fuse_conv_batchnorm(net);
+    int n = net.w * net.h * net.c, i;
+    float *x = calloc(n, sizeof(float));
+    for (i = 0; i < n; ++i) x[i] = next_uniform(&seed);
+    network_predict(net, x);
+    FILE *fp = fopen(out, "wb");
+    if (!fp) {
+        perror(out);
+        return 1;
+    }
+    for (i = 0; i < net.n; ++i) {
+        layer l = net.layers[i];
+        if (!l.output || l.outputs <= 0) continue;
+        int head[3] = {i, (int)l.type, l.outputs};
+        fwrite(head, sizeof(int), 3, fp);
+        fwrite(l.output, sizeof(float), l.outputs, fp);
+    }
+    fclose(fp);
+    free(x);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) return usage();
+    if (!strcmp(argv[1], "init") && (argc == 4 || argc == 5)) {
+        srand(argc == 5 ? (unsigned)atoi(argv[4]) : 1);
+        network net = parse_network_cfg(argv[2]);
+        save_weights(net, argv[3]);
+        return 0;
+    }
+    if (!strcmp(argv[1], "resave") && argc == 5) {
+        network net = parse_network_cfg(argv[2]);
+        load_weights(&net, argv[3]);
+        save_weights(net, argv[4]);
+        return 0;
+    }
+    if (!strcmp(argv[1], "forward") && (argc == 6 || argc == 7)) {
+        return forward(argv[2], argv[3], strtoull(argv[4], 0, 10), argv[5], argc == 7 && !strcmp(argv[6], "fuse"));
+    }
+    return usage();
+}
