@@ -88,7 +88,7 @@ data/fashion/fashion.data:
 	$(VPY) scripts/make_example_data.py fashion data/fashion
 
 binding: venv darknet
-	$(VPY) -m darknet_sparse._darknet_build
+	$(VPY) -m darknet_sparse.darknet._build
 
 test: setup models images fashion darknet darknet-stock darknet-omp binding alexeyab-if-available
 	$(VPY) -m pytest -q tests
@@ -113,4 +113,4 @@ bench-slim: setup models images darknet darknet-stock darknet-omp binding
 	$(VPY) benchmarks/bench_slim.py
 
 clean:
-	rm -rf build $(VENV) darknet_sparse/_darknet*.so darknet_sparse/_darknet.c
+	rm -rf build $(VENV) darknet_sparse/darknet/_darknet*.so darknet_sparse/darknet/_darknet.c darknet_sparse/_darknet*.so

@@ -14,7 +14,8 @@ from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 #: Repository files shipped as darknet_sparse/_upstream/<same path>.
-UPSTREAM = ["scripts/build_darknet.sh", "patches/series", "patches/upstream.sha256", "patches/*.patch"]
+UPSTREAM = ["scripts/build_darknet.sh", "patches/series", "patches/upstream.sha256", "patches/*.patch",
+            "patches/kernels/*.c", "patches/kernels/*.h"]
 
 
 class BuildWithUpstream(build_py):
@@ -43,7 +44,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["darknet_sparse", "darknet_sparse.*"]),
     # The shim the binding is compiled from (other shim parts: _shim_*.c); never the compiled module.
-    package_data={"darknet_sparse": ["_darknet_shim.c", "_shim_*.c", "*.h"]},
+    package_data={"darknet_sparse.darknet": ["_shim.c", "_shim_*.c", "*.h"]},
     cmdclass={"build_py": BuildWithUpstream},
     # setuptools' work folder: build/ itself holds the Darknet trees of a checkout.
     options={"build": {"build_base": "build/python"}},

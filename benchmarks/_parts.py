@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from darknet_sparse.evaluate import DetectorReport, Remembered, evaluate_detector
+from darknet_sparse.analysis.evaluate import DetectorReport, Remembered, evaluate_detector
 
 #: How ``make images`` names video frames (``vtest_00500.jpg``); the rest of
 #: the evaluation split are photos.
@@ -25,8 +25,9 @@ PARTS = ("video frames", "photos")
 
 def parts(paths: Sequence[str | Path]) -> dict[str, list]:
     """The paths of each part, in their order."""
-    video = [p for p in paths if Path(p).name.startswith(VIDEO_PREFIXES)]
-    return {"video frames": video, "photos": [p for p in paths if p not in set(video)]}
+    frame = [Path(p).name.startswith(VIDEO_PREFIXES) for p in paths]
+    return {"video frames": [p for p, f in zip(paths, frame) if f],
+            "photos": [p for p, f in zip(paths, frame) if not f]}
 
 
 def agreement(net, paths: Sequence[str | Path], reference, **options) -> tuple[DetectorReport, dict[str, float]]:

@@ -3,7 +3,7 @@ the real yolov3-tiny keeps of the dense model's detections.
 
 Every row is scored the same way: agreement mAP@0.5 and @0.5:0.95 with the
 dense model on the *evaluation* split (its detections above 0.5 are the
-ground truth; :func:`darknet_sparse.evaluate.evaluate_detector`, COCO's
+ground truth; :func:`darknet_sparse.analysis.evaluate.evaluate_detector`, COCO's
 evaluator).  Everything that is chosen or fitted uses the *training* split
 only: calibration images, sensitivity images, the loop's training images.
 
@@ -137,7 +137,7 @@ def loop_worker(argv: list[str]) -> None:
     """``--loop-worker TIMES.json LOOP ARGS...``: run the loop in-process
     (through the CLI's own function), writing wall and CPU seconds at the
     start and after every step."""
-    from darknet_sparse import loop as loop_
+    from darknet_sparse.workflow import loop as loop_
 
     times_path, command = Path(argv[0]), argv[1:]
     clock, marks = Clock(), []
@@ -183,8 +183,8 @@ def _init_worker(cfg: Path, dense: Path, evaluation: list[Path], seen: dict, log
 
 def score(row: Row) -> Row:
     """``row`` with its agreement mAP, measured sparsity and effective FLOPs."""
-    from darknet_sparse.darknet import Network
-    from darknet_sparse.evaluate import Remembered
+    from darknet_sparse.darknet.network import Network
+    from darknet_sparse.analysis.evaluate import Remembered
     import darknet_sparse as ds
 
     cfg = _WORKER["cfg"]
@@ -276,10 +276,10 @@ def _measure(args) -> tuple[list[str], list[tuple[str, bool]]]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from darknet_sparse import images
-    from darknet_sparse.darknet import Network
-    from darknet_sparse.detect import HIER, NMS, detect
-    from darknet_sparse.evaluate import REFERENCE_CONF, Remembered, evaluate_detector
+    from darknet_sparse.darknet import images
+    from darknet_sparse.darknet.network import Network
+    from darknet_sparse.darknet.detect import HIER, NMS, detect
+    from darknet_sparse.analysis.evaluate import REFERENCE_CONF, Remembered, evaluate_detector
 
     budget = args.budget
     started = Clock()

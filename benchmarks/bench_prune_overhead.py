@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from darknet_sparse import darknet
+from darknet_sparse.darknet import network as darknet
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 1.01

@@ -46,12 +46,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from darknet_sparse import (images, load, load_model, loop, plan, prune, recalibrate, reports, schedule, search,
-                            sensitivity)
-from darknet_sparse.policies import POLICIES, Global, Magnitude, Policy, Triangle
+from darknet_sparse import reports
+from darknet_sparse.darknet import images
+from darknet_sparse.format.files import load
+from darknet_sparse.format.files import load_model
+from darknet_sparse.workflow import loop
+from darknet_sparse.analysis import plan
+from darknet_sparse.pruning import prune
+from darknet_sparse.analysis import recalibrate
+from darknet_sparse.pruning import schedule
+from darknet_sparse.pruning import search
+from darknet_sparse.analysis import sensitivity
+from darknet_sparse.pruning.policies import POLICIES, Global, Magnitude, Policy, Triangle
 from darknet_sparse.errors import PolicyError
-from darknet_sparse.examples import classifier_top1, write_digits
-from darknet_sparse.home import find_darknet
+from darknet_sparse.darknet.examples import classifier_top1, write_digits
+from darknet_sparse.darknet.home import find_darknet
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = ROOT / "cfg" / "digits.cfg"
@@ -141,7 +150,7 @@ class Bench:
 
 
 def sweep(bench: Bench) -> sensitivity.Sensitivity:
-    from darknet_sparse.darknet import Network
+    from darknet_sparse.darknet.network import Network
 
     start = time.perf_counter()
     net = Network(CFG, WEIGHTS)

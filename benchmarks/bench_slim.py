@@ -4,7 +4,7 @@ At each level (30% and 50% of the dense FLOPs removed):
 
 (a) one-shot ``slim --target-flops``, channels ranked by batch-norm |gamma|;
 (b) (a) recalibrated relative to the dense model through the kept channels
-    (``darknet_sparse.recalibrate``, ``channels=``) on training images;
+    (``darknet_sparse.analysis.recalibrate``, ``channels=``) on training images;
 (c) ``slim --images``: channels in the data rank's order (downstream error
     per FLOP saved) and the layers after them refit by least squares, on
     training images;
@@ -50,9 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import darknet_sparse as ds  # noqa: E402
 from _common import ROOT, OpenCV, command_line, compile_driver, driver_timer, machine, median_run  # noqa: E402
 from _parts import PARTS, agreement, parts  # noqa: E402
-from darknet_sparse import images as images_  # noqa: E402
-from darknet_sparse import recalibrate as recalibrate_  # noqa: E402
-from darknet_sparse.slim import apply, choose  # noqa: E402
+from darknet_sparse.darknet import images as images_  # noqa: E402
+from darknet_sparse.analysis import recalibrate as recalibrate_  # noqa: E402
+from darknet_sparse.structured.slim import apply, choose  # noqa: E402
 
 CFG = ROOT / "models" / "yolov3-tiny.cfg"
 WEIGHTS = ROOT / "models" / "yolov3-tiny.weights"
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
 
-    from darknet_sparse.darknet import Network
-    from darknet_sparse.evaluate import Remembered
+    from darknet_sparse.darknet.network import Network
+    from darknet_sparse.analysis.evaluate import Remembered
     eval_paths = images_.image_paths(EVAL)
     train = work / "train.txt"
     train.write_text("".join(f"{p}\n" for p in images_.image_paths(TRAIN)))

@@ -158,7 +158,7 @@ def rows() -> list[Row]:
         Row(f"threshold absolute -t {THRESHOLD}", tool + ["-t", str(THRESHOLD)], Target(1.5, 0.25)),
         Row(f"threshold magnitude -s {SPARSITY}", tool + ["--mode", "magnitude", "-s", str(SPARSITY)],
             Target(2.5, 1.0)),
-        Row("python start-up + import", [python, "-c", "import darknet_sparse.prune"], writes=False),
+        Row("python start-up + import", [python, "-c", "import darknet_sparse.pruning.prune"], writes=False),
         Row("floor: python read + write", [python, "-c", FLOOR, str(WEIGHTS), str(OUTPUT)]),
         Row("reference: plain numpy", [python, "-c", NAIVE, str(WEIGHTS), str(OUTPUT), str(THRESHOLD)]),
     ]

@@ -29,11 +29,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT  # noqa: E402
 
-from darknet_sparse import datarank, evaluate, images, load, reconstruct  # noqa: E402
-from darknet_sparse import slim as slim_  # noqa: E402
-from darknet_sparse.channels import channel_graph  # noqa: E402
-from darknet_sparse.darknet import Network  # noqa: E402
-from darknet_sparse.sensitivity import default_resize  # noqa: E402
+from darknet_sparse.structured import datarank  # noqa: E402
+from darknet_sparse.analysis import evaluate
+from darknet_sparse.darknet import images
+from darknet_sparse.format.files import load
+from darknet_sparse.format.files import load_model
+from darknet_sparse.structured import reconstruct
+from darknet_sparse.structured import slim as slim_  # noqa: E402
+from darknet_sparse.structured.channels import channel_graph  # noqa: E402
+from darknet_sparse.darknet.network import Network  # noqa: E402
+from darknet_sparse.analysis.sensitivity import default_resize  # noqa: E402
 
 CFG, WEIGHTS = ROOT / "models" / "yolov3-tiny.cfg", ROOT / "models" / "yolov3-tiny.weights"
 TRAIN = ROOT / "data" / "images" / "train.txt"
@@ -71,9 +76,8 @@ def main(work: Path = ROOT / "build" / "slim-domains") -> None:
             reconstruct.reconstruct(dense, net, wf.model, choice.graph, choice.kept, x, ridges=ridges)
             net.save(target)
         net = evaluate.Remembered(Network(slim_.cfg_beside(target), target))
-        row = {"choice": name, "filters": [int(line.split("=")[1]) for line in
-                                           slim_.cfg_beside(target).read_text().splitlines()
-                                           if line.startswith("filters=")]}
+        row = {"choice": name, "filters": [layer.output[0] for layer in load_model(slim_.cfg_beside(target)).layers
+                                           if layer.type == "convolutional"]}
         for part, paths in (("same video", same), ("other video", other)):
             row[part] = evaluate.evaluate_detector(net, paths, reference=reference).map50
         print(json.dumps(row), flush=True)

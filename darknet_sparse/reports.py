@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import WeightsFormatError
-from .forward_path import forward_path, sparse_forward_mode
-from .layout import PRUNABLE_ROLES
-from .prune import PruneResult
-from .stats import abs_bits, nonzero
-from .weightsfile import WeightsFile
+from .format.forward_path import forward_path, sparse_forward_mode
+from .format.layout import PRUNABLE_ROLES
+from .pruning.prune import PruneResult
+from .format.stats import abs_bits, nonzero
+from .format.weightsfile import WeightsFile
 
 
 def _shape(dims: tuple[int, int, int], values: int) -> str:

@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 
 import darknet_sparse as ds
-from darknet_sparse.examples import classifier_top1
+from darknet_sparse.darknet.examples import classifier_top1
 from darknet_sparse.reports import info
 
 data, out = sys.argv[1], Path(sys.argv[2])

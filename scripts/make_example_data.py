@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write an example model's data set as a Darknet classification set (see darknet_sparse.examples).
+"""Write an example model's data set as a Darknet classification set (see darknet_sparse.darknet.examples).
 
 Usage: scripts/make_example_data.py [digits|fashion] [OUTDIR] [--split-seed N]   (default digits,
 data/<name>); prints the .data path.  digits: scikit-learn's handwritten digits; --split-seed draws
@@ -9,7 +9,7 @@ Fashion-MNIST from Debian's dataset-fashion-mnist (`make fashion` installs it).
 import argparse
 
 from darknet_sparse.errors import DarknetSparseError
-from darknet_sparse.examples import DEFAULT_OUTDIR, FASHION_OUTDIR, SPLIT_SEED, write_digits, write_fashion
+from darknet_sparse.darknet.examples import DEFAULT_OUTDIR, FASHION_OUTDIR, SPLIT_SEED, write_digits, write_fashion
 
 WRITERS = {"digits": (write_digits, DEFAULT_OUTDIR), "fashion": (write_fashion, FASHION_OUTDIR)}
 

@@ -6,7 +6,7 @@
 #
 # Makes data/NAME/ (scripts/make_example_data.py), trains cfg/NAME.cfg with
 # `darknet classifier train`, measures top-1 on the held-out split with
-# `darknet classifier valid` (darknet_sparse.examples.classifier_top1), then
+# `darknet classifier valid` (darknet_sparse.darknet.examples.classifier_top1), then
 # copies the weights to cfg/NAME.weights and the result to cfg/NAME.top1.
 # Darknet: build/darknet/darknet if built, else /usr/bin/darknet (Debian's
 # build of the same upstream commit); override with DARKNET=.  Python: .venv
@@ -50,7 +50,7 @@ rm -f "$backup/$name"_*.weights   # the per-epoch snapshots
 
 top1=$("$PYTHON" - "$DARKNET" "$data" "cfg/$name.cfg" "$backup/$name.weights" <<'PY'
 import sys
-from darknet_sparse.examples import classifier_top1
+from darknet_sparse.darknet.examples import classifier_top1
 print(classifier_top1(*sys.argv[1:]))
 PY
 )

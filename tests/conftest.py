@@ -21,7 +21,7 @@ from typing import Callable
 
 import pytest
 
-from darknet_sparse.examples import write_digits
+from darknet_sparse.darknet.examples import write_digits
 from helpers.stock import ROUND_TRIP_LIMIT, Saved, StockTool, build
 
 

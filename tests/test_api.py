@@ -6,7 +6,7 @@ import struct
 import pytest
 
 import darknet_sparse as ds
-from darknet_sparse.weightsfile import new_file, write, write_arrays
+from darknet_sparse.format.weightsfile import new_file, write, write_arrays
 
 BATCHNORM_CFG = "[net]\nheight=4\nwidth=4\nchannels=3\n\n[convolutional]\nfilters=4\nsize=3\npad=1\n\n[batchnorm]\n"
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from darknet_sparse import darknet, home
+from darknet_sparse.darknet import network as darknet
+from darknet_sparse.darknet import home
 from darknet_sparse.errors import BindingError, CfgError, OutputError
 from helpers.darknet_run import (CLASSIFIER, RECURRENT, TRAINABLE, check_thresholded, check_zeros_frozen,
                                  file_arrays, one_hot_data, sparse_start, stock_backend, weight_views, write_cfg)
@@ -268,7 +269,7 @@ def test_build_info_reads_the_patched_binary() -> None:
 
 SAVE_INTO_A_MISSING_FOLDER = """
 import contextlib, sys
-from darknet_sparse import darknet
+from darknet_sparse.darknet import network as darknet
 from darknet_sparse.errors import BindingError
 darknet.atomic_path = lambda path: contextlib.nullcontext(sys.argv[3])
 try:

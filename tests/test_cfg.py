@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from darknet_sparse import CfgError, load_model, parse_cfg, read_cfg
+from darknet_sparse import CfgError, parse_cfg, read_cfg
+from darknet_sparse.format.files import load_model
 from helpers.stock import UPSTREAM_CFG_DIR
 
 PLAIN = """\

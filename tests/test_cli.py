@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import darknet_sparse as ds
 from darknet_sparse.cli import cli
-from darknet_sparse.weightsfile import write_arrays
+from darknet_sparse.format.weightsfile import write_arrays
 from tiny_models import write_model
 
 

@@ -1,7 +1,7 @@
 """Text read the way Darknet reads it (fgetl, strip, read_data_cfg, get_paths)."""
 import pytest
 
-from darknet_sparse import darknet_text
+from darknet_sparse.format import darknet_text
 from darknet_sparse.errors import CfgError
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from darknet_sparse import darknet
-from darknet_sparse.examples import classifier_top1, write_digits
+from darknet_sparse.darknet import network as darknet
+from darknet_sparse.darknet.examples import classifier_top1, write_digits
 from helpers.darknet_run import (CLASSIFIER, ROOT, check_zeros_frozen, gpu_include_dirs, one_hot_data, sparse_start,
                                  write_images)
 from helpers.distill_run import (DARKNET, backend, distill_options, distill_step, finite_difference,

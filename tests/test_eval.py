@@ -24,12 +24,12 @@ from click.testing import CliRunner
 
 import darknet_sparse as ds
 from darknet_sparse.cli import cli
-from darknet_sparse.darknet import Network
-from darknet_sparse.detect import detect
+from darknet_sparse.darknet.network import Network
+from darknet_sparse.darknet.detect import detect
 from darknet_sparse.errors import BindingError, PolicyError
-from darknet_sparse.evaluate import Remembered, evaluate_classifier, evaluate_detector, label_path, read_labels
-from darknet_sparse.examples import classifier_top1, write_digits
-from darknet_sparse.policies import Global, Magnitude
+from darknet_sparse.analysis.evaluate import Remembered, evaluate_classifier, evaluate_detector, label_path, read_labels
+from darknet_sparse.darknet.examples import classifier_top1, write_digits
+from darknet_sparse.pruning.policies import Global, Magnitude
 
 REPO = Path(__file__).resolve().parent.parent
 UPSTREAM = Path("/usr/share/darknet")

@@ -9,10 +9,10 @@ import pytest
 
 import numpy as np
 
-from darknet_sparse import load_model
+from darknet_sparse.format.files import load_model
 from darknet_sparse.errors import DarknetRunError, OutputError
-from darknet_sparse.examples import IMAGE_SIZE, classifier_top1, write_digits
-from darknet_sparse.weightsfile import expected_size
+from darknet_sparse.darknet.examples import IMAGE_SIZE, classifier_top1, write_digits
+from darknet_sparse.format.weightsfile import expected_size
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = REPO / "cfg" / "digits.cfg"
@@ -133,7 +133,7 @@ def _fashion_source(folder: Path, train: int = 7, test: int = 3) -> Path:
 def test_fashion_writes_the_data_sets_own_split_with_path_word_labels(tmp_path):
     from PIL import Image
 
-    from darknet_sparse.examples import FASHION_LABELS, darknet_labels, read_idx, write_fashion
+    from darknet_sparse.darknet.examples import FASHION_LABELS, darknet_labels, read_idx, write_fashion
 
     source = _fashion_source(tmp_path / "src")
     data = write_fashion(tmp_path / "fashion", source)
@@ -151,7 +151,7 @@ def test_fashion_writes_the_data_sets_own_split_with_path_word_labels(tmp_path):
 
 
 def test_fashion_bad_source_is_one_error(tmp_path):
-    from darknet_sparse.examples import write_fashion
+    from darknet_sparse.darknet.examples import write_fashion
 
     with pytest.raises(OutputError, match="dataset-fashion-mnist"):
         write_fashion(tmp_path / "out", tmp_path / "missing")
@@ -163,7 +163,7 @@ def test_fashion_bad_source_is_one_error(tmp_path):
 
 
 def test_fashion_labels_never_contain_each_other():
-    from darknet_sparse.examples import FASHION_LABELS
+    from darknet_sparse.darknet.examples import FASHION_LABELS
 
     for a in FASHION_LABELS:
         assert [b for b in FASHION_LABELS if a in b] == [a]

@@ -79,8 +79,8 @@ def test_the_installed_package_is_the_wheel_not_the_checkout(installed: Installe
         assert (shipped / "patches" / name).read_bytes() == (REPO / "patches" / name).read_bytes()
     script = Path("scripts") / "build_darknet.sh"
     assert (shipped / script).read_bytes() == (REPO / script).read_bytes()
-    assert (where / "_darknet_shim.c").is_file() and (where / "_darknet_cdef.h").is_file()
-    assert not list(where.glob("_darknet*.so")), "a compiled binding must never be in the package"
+    assert (where / "darknet" / "_shim.c").is_file() and (where / "darknet" / "_cdef.h").is_file()
+    assert not list(where.rglob("_darknet*.so")), "a compiled binding must never be in the package"
 
 
 def test_info_and_threshold_run_from_another_folder(installed: Installed, tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ def test_build_then_recalibrate_through_the_binding_it_made(installed: Installed
 
 
 def test_the_per_user_folder_and_the_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from darknet_sparse import home
+    from darknet_sparse.darknet import home
     from darknet_sparse.errors import DarknetRunError
 
     for name in OVERRIDES + ("XDG_DATA_HOME",):

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from darknet_sparse import CfgError, load_model, parse_cfg, read_cfg, resolve_fork
-from darknet_sparse.layout import BN_ROLES, build_model
-from darknet_sparse.weightsfile import expected_size
+from darknet_sparse import CfgError, parse_cfg, read_cfg
+from darknet_sparse.format.files import load_model
+from darknet_sparse.format.files import resolve_fork
+from darknet_sparse.format.layout import BN_ROLES, build_model
+from darknet_sparse.format.weightsfile import expected_size
 from helpers.stock import ALEXEYAB_DIR, CFG_DIR, PJREDDIE_CFGS, UPSTREAM_CFGS
 
 

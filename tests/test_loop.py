@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from darknet_sparse import load
-from darknet_sparse import runner
+from darknet_sparse.format.files import load
+from darknet_sparse.darknet import runner
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
 from darknet_sparse.errors import CfgError, DarknetRunError, OutputError, PolicyError, WeightsFormatError
-from darknet_sparse.loop import LoopSettings, run
-from darknet_sparse.policies import Absolute, Magnitude, Sensitivity, Triangle
-from darknet_sparse.runner import private_data, retrain_cfg, set_options
-from darknet_sparse.search import TOLERANCE, prune_to, weight_sparsity
+from darknet_sparse.workflow.loop import LoopSettings, run
+from darknet_sparse.pruning.policies import Absolute, Magnitude, Sensitivity, Triangle
+from darknet_sparse.darknet.runner import private_data, retrain_cfg, set_options
+from darknet_sparse.pruning.search import TOLERANCE, prune_to, weight_sparsity
 from darknet_sparse.reports import diff
 
 REPO = Path(__file__).resolve().parent.parent

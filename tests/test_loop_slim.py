@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from darknet_sparse import loop as loop_
+from darknet_sparse.workflow import loop as loop_
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
 from darknet_sparse.errors import PolicyError
 from test_loop import fake  # noqa: F401  (the stand-in Darknet fixture)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from darknet_sparse import darknet
+from darknet_sparse.darknet import network as darknet
 from helpers.darknet_run import (CLASSIFIER, LABELS, PATCHED, ROOT, STOCK, check_thresholded, check_zeros_frozen,
                                  file_arrays, image_input, run, sparse_start, write_cfg, write_images)
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from darknet_sparse import load, plan, sensitivity
+from darknet_sparse.format.files import load
+from darknet_sparse.analysis import plan
+from darknet_sparse.analysis import sensitivity
 from darknet_sparse.cli import cli
 from darknet_sparse.errors import PolicyError
-from darknet_sparse.policies import read_spec
+from darknet_sparse.pruning.policies import read_spec
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = REPO / "cfg" / "digits.cfg"

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import darknet_sparse as ds
-from darknet_sparse import policies
-from darknet_sparse.policies import Absolute, Global, Magnitude, Sensitivity, Triangle
+from darknet_sparse.pruning import policies
+from darknet_sparse.pruning.policies import Absolute, Global, Magnitude, Sensitivity, Triangle
 from darknet_sparse.errors import OutputError, PolicyError, WeightsFormatError
-from darknet_sparse.prune import threshold
-from darknet_sparse.weightsfile import write_arrays
+from darknet_sparse.pruning.prune import threshold
+from darknet_sparse.format.weightsfile import write_arrays
 from tiny_models import write_model
 
 PROTECTED = ("biases", "scales", "rolling_mean", "rolling_variance")

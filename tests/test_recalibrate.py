@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from darknet_sparse import Magnitude, images, load, load_model, recalibrate, sensitivity, threshold
+from darknet_sparse import Magnitude
+from darknet_sparse.darknet import images
+from darknet_sparse.format.files import load
+from darknet_sparse.format.files import load_model
+from darknet_sparse.analysis import recalibrate
+from darknet_sparse.analysis import sensitivity
+from darknet_sparse.pruning.prune import threshold
 from darknet_sparse.cli import cli
-from darknet_sparse.darknet import Network
+from darknet_sparse.darknet.network import Network
 from darknet_sparse.errors import BindingError, CfgError, PolicyError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,6 +143,7 @@ def test_an_alexeyab_cfg_is_refused_by_the_users_name(tmp_path):
     mine.write_text(CFG.read_text().replace("activation=leaky", "activation=mish", 1))
     with pytest.raises(CfgError, match=rf"^{re.escape(str(mine))}: uses AlexeyAB-only features \(activation=mish"):
         recalibrate.calibration_network(mine, WEIGHTS, batch=8)
+
 
 def test_a_network_on_a_gpu_is_refused(monkeypatch, digits):
     monkeypatch.setattr(Network, "on_gpu", property(lambda self: True))
@@ -272,7 +279,7 @@ def test_a_slimmed_model_recalibrates_against_its_dense_reference(tmp_path, digi
     removes it without changing anything else: relative to the dense model,
     through the kept channels, the statistics come back as the dense
     model's (those of the kept channels)."""
-    from darknet_sparse import slim
+    from darknet_sparse.structured import slim
 
     net = Network(CFG, WEIGHTS)
     for name in ("scales", "biases"):

@@ -17,9 +17,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from darknet_sparse import datarank, load, reconstruct, slim
+from darknet_sparse.structured import datarank
+from darknet_sparse.format.files import load
+from darknet_sparse.structured import reconstruct
+from darknet_sparse.structured import slim
 from darknet_sparse.cli import cli
-from darknet_sparse.darknet import Network
+from darknet_sparse.darknet.network import Network
 from darknet_sparse.errors import PolicyError
 
 NET = """[net]

@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 from darknet_sparse.errors import PolicyError
-from darknet_sparse.schedule import agp, explicit, linear, targets
+from darknet_sparse.pruning.schedule import agp, explicit, linear, targets
 
 
 def test_agp_is_zhu_and_gupta_cubic():

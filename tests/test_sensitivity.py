@@ -11,11 +11,16 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from darknet_sparse import Magnitude, images, load, load_model, sensitivity, threshold
+from darknet_sparse import Magnitude
+from darknet_sparse.darknet import images
+from darknet_sparse.format.files import load
+from darknet_sparse.format.files import load_model
+from darknet_sparse.analysis import sensitivity
+from darknet_sparse.pruning.prune import threshold
 from darknet_sparse.cli import cli
-from darknet_sparse.darknet import Network
+from darknet_sparse.darknet.network import Network
 from darknet_sparse.errors import BindingError, CfgError, PolicyError
-from darknet_sparse.examples import classifier_top1
+from darknet_sparse.darknet.examples import classifier_top1
 from tiny_models import write_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -297,7 +302,7 @@ def test_csv_and_plot_replace_the_old_file_only_when_complete(tmp_path, monkeypa
     and no temporary file behind."""
     import matplotlib.figure
 
-    from darknet_sparse import plots
+    from darknet_sparse.analysis import plots
     from darknet_sparse.errors import OutputError
     cfg, weights, x = two_heads
     model = load_model(cfg, "pjreddie", weights)

@@ -21,10 +21,10 @@ import pytest
 from click.testing import CliRunner
 
 import darknet_sparse as ds
-from darknet_sparse import slim
-from darknet_sparse.channels import channel_graph
+from darknet_sparse.structured import slim
+from darknet_sparse.structured.channels import channel_graph
 from darknet_sparse.cli import cli
-from darknet_sparse.weightsfile import WeightsFile, new_file
+from darknet_sparse.format.weightsfile import WeightsFile, new_file
 from helpers.forward_driver import SOURCE, Driver
 from helpers.stock import STOCK_LIB, UPSTREAM_CFG_DIR, printed_bflops, printed_layers, printed_output
 

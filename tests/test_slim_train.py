@@ -5,7 +5,7 @@ momentum 0 moves gamma by exactly the usual step minus rate * LAMBDA * sign(gamm
 
 The digits example model (cfg/digits.cfg, cfg/digits.weights) trains through
 the binding on scikit-learn's digits as Darknet would load them (the PNGs of
-:func:`darknet_sparse.examples.write_digits`, without augmentation)."""
+:func:`darknet_sparse.darknet.examples.write_digits`, without augmentation)."""
 from __future__ import annotations
 
 import subprocess
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from darknet_sparse import darknet
-from darknet_sparse.examples import IMAGE_SIZE
+from darknet_sparse.darknet import network as darknet
+from darknet_sparse.darknet.examples import IMAGE_SIZE
 from helpers.darknet_run import (CLASSIFIER, PATCHED, ROOT, TRAINABLE, check_zeros_frozen, gpu_include_dirs,
                                  one_hot_data, write_images)
 from helpers.distill_run import distill_options, top_fraction_zeroed, with_net_options

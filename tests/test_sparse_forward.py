@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 import darknet_sparse as ds
-from darknet_sparse.forward_path import forward_path, sparse_forward_mode
-from darknet_sparse.weightsfile import write_arrays
+from darknet_sparse.format.forward_path import forward_path, sparse_forward_mode
+from darknet_sparse.format.weightsfile import write_arrays
 from helpers.forward_driver import Driver, compile_driver
 from tiny_models import write_model
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import darknet_sparse as ds
-from darknet_sparse import stats
+from darknet_sparse.format import stats
 from tiny_models import write_model
 
 #: Two connected layers large enough (12288*32 and 32*64 weights) for the
@@ -43,7 +43,7 @@ def wide(tmp_path):
         values[:3] = [np.nan, np.inf, -np.inf]
         arrays[slot.key] = values
     odd = tmp_path / "odd.weights"
-    ds.weightsfile.write_arrays(wf, odd, arrays)
+    ds.format.weightsfile.write_arrays(wf, odd, arrays)
     return ds.load(cfg, odd)
 
 

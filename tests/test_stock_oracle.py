@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from darknet_sparse import load_model
-from darknet_sparse.weightsfile import FLOAT, Slot, WeightsFile, expected_size, new_file, write
+from darknet_sparse.format.files import load_model
+from darknet_sparse.format.weightsfile import FLOAT, Slot, WeightsFile, expected_size, new_file, write
 from helpers.stock import (CANNOT_LOAD, CFG_DIR, PJREDDIE_CFGS, ROUND_TRIP_LIMIT, UPSTREAM_CFGS,
                            printed_bflops, printed_layers, printed_output)
 

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from darknet_sparse import OutputError, WeightsFormatError, build_model, load_model, parse_cfg
-from darknet_sparse import weightsfile
-from darknet_sparse.weightsfile import (FLOAT, WeightsFile, expected_size, new_file, read_header, write,
-                                        write_arrays)
+from darknet_sparse import OutputError, WeightsFormatError, build_model, parse_cfg
+from darknet_sparse.format.files import load_model
+from darknet_sparse.format import weightsfile
+from darknet_sparse.format.weightsfile import (FLOAT, WeightsFile, expected_size, new_file, read_header, write, write_arrays)
 from helpers.stock import CFG_DIR, UPSTREAM_CFG_DIR
 
 SMALL = """\
@@ -375,7 +375,7 @@ def test_random_edits_change_only_the_edited_arrays(data):
 
 def test_load_finds_the_cfg_beside_the_weights(tmp_path):
     """``load(None, weights)`` looks for MODEL.cfg beside MODEL[.sparse].weights."""
-    from darknet_sparse import load
+    from darknet_sparse.format.files import load
     cfg = tmp_path / "model.cfg"
     cfg.write_text((CFG_DIR / "pj_local.cfg").read_text())
     new_file(load_model(cfg, "pjreddie"), tmp_path / "model.sparse.weights")

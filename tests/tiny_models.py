@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from darknet_sparse import load_model
-from darknet_sparse.weightsfile import new_file
+from darknet_sparse.format.files import load_model
+from darknet_sparse.format.weightsfile import new_file
 
 #: conv (BN) -> maxpool -> conv (no BN, grouped) -> connected (BN) -> connected -> softmax
 SMALL_CFG = """\

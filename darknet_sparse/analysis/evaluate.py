@@ -1,7 +1,7 @@
 """How good a model is: a detector's mAP, a classifier's top-1 and top-k.
 
 Detectors (:func:`evaluate_detector`).  Each image goes through
-:func:`darknet_sparse.detect.detect` (upstream's letterbox, decode and NMS)
+:func:`darknet_sparse.darknet.detect.detect` (upstream's letterbox, decode and NMS)
 at a low threshold (``conf``, 0.005 as Darknet's ``detector valid``); every
 (box, class) probability left is one scored detection, its box clipped to the
 image as ``print_cocos`` clips it.  COCO's own evaluator (pycocotools) then
@@ -18,7 +18,7 @@ either
 
 Classifiers (:func:`evaluate_classifier`): top-1 and top-k on the ``valid=``
 list of a ``.data`` file, images and class rule as ``classifier valid``
-(:func:`darknet_sparse.images.labelled_list`), so both equal the binary's.
+(:func:`darknet_sparse.darknet.images.labelled_list`), so both equal the binary's.
 """
 from __future__ import annotations
 
@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import images
-from .detect import HIER, NMS, Detections, detect
-from .errors import CfgError, PolicyError
+from ..darknet import images
+from ..darknet.detect import HIER, NMS, Detections, detect
+from ..errors import CfgError, PolicyError
 from .sensitivity import first_max
 
 if TYPE_CHECKING:
-    from .darknet import Network
+    from ..darknet.network import Network
 
 #: ``detector valid``'s threshold: keep nearly every box, let the ranking decide.
 CONF = 0.005

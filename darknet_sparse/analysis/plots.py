@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import OutputError
+from ..errors import OutputError
 from .sensitivity import Sensitivity
-from .weightsfile import atomic_path
+from ..format.weightsfile import atomic_path
 
 
 def _pyplot():

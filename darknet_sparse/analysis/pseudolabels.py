@@ -4,7 +4,7 @@
 (``fill_truth_detection`` in ``src/data.c``): the first ``images`` becomes
 ``labels`` (then the first ``JPEGImages``, then ``raw``), and the first
 ``.jpg`` (``.png``, ``.JPG``, ``.JPEG``) becomes ``.txt``
-(:func:`darknet_sparse.evaluate.label_path`).  So that labels are never
+(:func:`darknet_sparse.analysis.evaluate.label_path`).  So that labels are never
 written beside the user's images, :func:`prepare` gives every image a
 symbolic link ``FOLDER/images/NNNNN.jpg`` and writes its labels to
 ``FOLDER/labels/NNNNN.txt``, where Darknet's rewriting of the link's path
@@ -13,7 +13,7 @@ Darknet reads an image by its content (stb_image), not by its name, so a
 link named ``.jpg`` may point at a PNG.  A folder whose path would send the
 rewriting elsewhere (it holds ``images``, ``raw``, ``.jpg`` ...) is refused.
 
-The labeller is a model run in-process (:func:`darknet_sparse.detect.detect`:
+The labeller is a model run in-process (:func:`darknet_sparse.darknet.detect.detect`:
 upstream's letterbox, decode and NMS): each (box, class) with a probability
 above ``conf`` is one line ``class cx cy w h``, the box clipped to the image
 and given as fractions of it.  An image with no such detection gets an empty
@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .detect import Detections, detect
-from .errors import OutputError, PolicyError
+from ..darknet.detect import Detections, detect
+from ..errors import OutputError, PolicyError
 from .evaluate import label_path
 
 #: Confidence a labeller's detection needs to become a label: the reference

@@ -66,14 +66,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import darknet_text, images
-from .errors import CfgError, PolicyError
-from .layout import Layer, Model
-from .reports import render_table
+from ..format import darknet_text
+from ..darknet import images
+from ..errors import CfgError, PolicyError
+from ..format.layout import Layer, Model
+from ..reports import render_table
 from .sensitivity import check_host
 
 if TYPE_CHECKING:
-    from .darknet import Network
+    from ..darknet.network import Network
 
 #: The weight of a batch in Darknet's rolling average (batchnorm_layer.c).
 EMA_RATE = np.float32(0.01)
@@ -123,7 +124,7 @@ def calibration_network(cfg: str | Path, weights: str | Path, batch: int | None 
     """The network of ``cfg`` and ``weights`` with dropout off, and passes of
     ``batch`` images if given (parsed from a temporary copy of the cfg; the
     weights are read as they are)."""
-    from .darknet import Network, check_files
+    from ..darknet.network import Network, check_files
 
     if batch is not None and batch < 2:
         raise PolicyError(f"calibration passes need at least 2 images, not {batch}")
@@ -231,9 +232,9 @@ def recalibrate(net: Network, model: Model, x: np.ndarray | ImageFiles,
     network's shift from the reference is applied to the reference's
     statistics (module docstring); ``on_progress`` then counts the
     reference's passes after the network's.  A channel-pruned network
-    (:mod:`darknet_sparse.slim`) compares with its dense reference through
+    (:mod:`darknet_sparse.structured.slim`) compares with its dense reference through
     ``channels``: per layer, the reference's channels it kept
-    (:meth:`darknet_sparse.slim.Choice.kept_channels`), with the
+    (:meth:`darknet_sparse.structured.slim.Choice.kept_channels`), with the
     reference's layout ``reference_model``.
     """
     check_host(net)

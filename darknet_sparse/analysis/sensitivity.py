@@ -29,7 +29,7 @@ Three measures, each a ``Network -> {name: value}`` function:
 :func:`agreement`  a detector's agreement with a reference model (the dense
                    one): ``map50`` and ``map`` (@0.5:0.95), COCO's mAP of
                    its detections against the reference's confident ones
-                   (:func:`darknet_sparse.evaluate.evaluate_detector`).
+                   (:func:`darknet_sparse.analysis.evaluate.evaluate_detector`).
 
 The CSV (:func:`write_csv`, :func:`read_csv`) holds one row per layer and
 level with the layer's weight count and FLOPs, so ``plan`` needs no cfg.
@@ -49,15 +49,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import images
-from .errors import BindingError, PolicyError
-from .layout import Layer, Model
-from .policies import check_sparsity, parse_exclude, prunable_layers, selector_matches
-from .reports import render_table
-from .weightsfile import atomic_path
+from ..darknet import images
+from ..errors import BindingError, PolicyError
+from ..format.layout import Layer, Model
+from ..pruning.policies import check_sparsity, parse_exclude, prunable_layers, selector_matches
+from ..reports import render_table
+from ..format.weightsfile import atomic_path
 
 if TYPE_CHECKING:
-    from .darknet import Network
+    from ..darknet.network import Network
 
 Measure = Callable[["Network"], dict]
 #: Metrics where higher is better; the rest are distances (0 = unchanged).

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import DarknetSparseError
-from ..layout import FORKS
+from ..format.layout import FORKS
 
 
 class ToolError(click.ClickException):

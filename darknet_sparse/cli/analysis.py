@@ -7,11 +7,14 @@ from pathlib import Path
 
 import click
 
-from .. import find_cfg, images, load_model, reports
-from .. import plan as plan_
-from .. import recalibrate as recalibrate_
-from .. import sensitivity as sensitivity_
-from ..weightsfile import check_output
+from .. import reports
+from ..format.files import find_cfg
+from ..darknet import images
+from ..format.files import load_model
+from ..analysis import plan as plan_
+from ..analysis import recalibrate as recalibrate_
+from ..analysis import sensitivity as sensitivity_
+from ..format.weightsfile import check_output
 from . import cfg_option, cli, json_option
 
 weights_option = click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -67,7 +70,7 @@ def sensitivity(weights: Path, cfg: Path | None, data: Path | None, image_source
                 plot: Path | None, as_json: bool) -> None:
     """Prune one layer at a time to each level and measure the network,
     in-process through the binding; the weights file is only read."""
-    from ..darknet import Network
+    from ..darknet.network import Network
 
     if (data is None) == (image_source is None):
         raise click.UsageError("give --data (classifier top-1) or --images (outputs, or agreement mAP), not both")
@@ -95,7 +98,7 @@ def sensitivity(weights: Path, cfg: Path | None, data: Path | None, image_source
     if csv_path:
         sensitivity_.write_csv(result, csv_path)
     if plot:
-        from .. import plots
+        from ..analysis import plots
         plots.sensitivity(result, plot)
     click.echo(reports.to_json(result) if as_json else sensitivity_.table(result))
 

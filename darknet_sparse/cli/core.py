@@ -5,10 +5,10 @@ from pathlib import Path
 
 import click
 
-from .. import load
-from .. import prune as prune_
+from ..format.files import load
+from ..pruning import prune as prune_
 from .. import reports
-from ..policies import POLICIES, Policy, read_spec
+from ..pruning.policies import POLICIES, Policy, read_spec
 from . import cfg_option, cli, fork_option, json_option, weights_argument
 
 

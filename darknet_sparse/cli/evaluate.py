@@ -8,8 +8,12 @@ from pathlib import Path
 
 import click
 
-from .. import darknet_text, find_cfg, images, load_model, reports
-from .. import evaluate as evaluate_
+from .. import reports
+from ..format import darknet_text
+from ..format.files import find_cfg
+from ..darknet import images
+from ..format.files import load_model
+from ..analysis import evaluate as evaluate_
 from ..errors import PolicyError
 from . import cfg_option, cli, json_option, weights_argument
 
@@ -62,7 +66,7 @@ def evaluate(weights: Path, cfg: Path | None, image_source: Path | None, data: P
     """Score WEIGHTS in-process through the binding: a detector's mAP@0.5 and
     mAP@0.5:0.95 (COCO's evaluator) against Darknet label files or a
     reference model, or a classifier's top-1 and top-K as `classifier valid`."""
-    from ..darknet import Network
+    from ..darknet.network import Network
 
     cfg = cfg or find_cfg(weights)
     task = evaluate_.task_of(load_model(cfg, "pjreddie", weights).layers[-1].type)

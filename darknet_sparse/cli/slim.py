@@ -5,9 +5,10 @@ from pathlib import Path
 
 import click
 
-from .. import images, load
+from ..darknet import images
+from ..format.files import load
 from .. import reports
-from .. import slim as slim_
+from ..structured import slim as slim_
 from . import ToolError, cfg_option, cli, fork_option, json_option, weights_argument
 
 
@@ -66,7 +67,7 @@ def slim(weights: Path, gamma_threshold: float | None, percent: float | None, ta
         result = slim_.slim(wf, None if dry_run else output, rank=rank, **rule)
         click.echo(reports.to_json(result) if as_json else slim_.table(result))
         return
-    from .. import reconstruct
+    from ..structured import reconstruct
     paths = images.sample(images.image_paths(image_source), max_images)
     refitted = reconstruct.slim_refit(wf, output, paths, rank=rank, refit=refit,
                                       on_stage=lambda text: click.echo(text, err=True), **rule)

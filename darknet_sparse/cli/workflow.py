@@ -9,10 +9,13 @@ from pathlib import Path
 
 import click
 
-from .. import find_cfg, reports, schedule
-from .. import loop as loop_
-from .. import pseudolabels, runner
-from ..policies import POLICIES, read_spec
+from .. import reports
+from ..format.files import find_cfg
+from ..pruning import schedule
+from ..workflow import loop as loop_
+from ..analysis import pseudolabels
+from ..darknet import runner
+from ..pruning.policies import POLICIES, read_spec
 from . import cfg_option, cli, fork_option
 
 
@@ -203,8 +206,8 @@ def build(status_only: bool, as_json: bool, jobs: int | None) -> None:
     what changed.  In a checkout, `make darknet binding` builds into build/,
     which commands use first.
     """
-    from .. import home
-    from ..darknet import build_info
+    from ..darknet import home
+    from ..darknet.network import build_info
     if not status_only:
         home.build(lambda line: click.echo(line, err=True), jobs)
     info = build_info()

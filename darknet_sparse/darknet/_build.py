@@ -2,22 +2,22 @@
 
 ::
 
-    python -m darknet_sparse._darknet_build        # build/darknet -> darknet_sparse/_darknet*.so
-    python -m darknet_sparse._darknet_build --darknet build/darknet-stock \\
+    python -m darknet_sparse.darknet._build        # build/darknet -> darknet_sparse/darknet/_darknet*.so
+    python -m darknet_sparse.darknet._build --darknet build/darknet-stock \\
         --module _darknet_stock --out build/binding-stock
 
 The first is ``make binding`` in a checkout; ``darknet-sparse build`` runs it
-with the per-user folder's tree and output (see :mod:`darknet_sparse.home`),
+with the per-user folder's tree and output (see :mod:`darknet_sparse.darknet.home`),
 so an installed package's folder never receives a compiled module.
 
 As cffi's convention has it, the module-level ``ffibuilder`` is the FFI of
 ``_darknet`` against the default tree (the checkout's ``build/darknet``, else
-the per-user folder's): ``from darknet_sparse._darknet_build import
+the per-user folder's): ``from darknet_sparse.darknet._build import
 ffibuilder; ffibuilder.compile()``.  It is made when first asked for, so
 importing this module needs no built Darknet.
 
-The module is the C shim ``_darknet_shim.c`` with the declarations of
-``_darknet_cdef.h``, linked statically with ``DARKNET/libdarknet.a`` using the
+The module is the C shim ``_shim.c`` with the declarations of
+``_cdef.h``, linked statically with ``DARKNET/libdarknet.a`` using the
 defines and libraries ``scripts/build_darknet.sh`` recorded for that build
 (``binding-cflags``, ``link-flags``), since the defines change the layout of
 Darknet's structs.  A stock Darknet gets the core calls only: the prune part
@@ -33,7 +33,7 @@ from pathlib import Path
 import cffi
 
 from . import home
-from .errors import BindingError
+from ..errors import BindingError
 
 HERE = Path(__file__).resolve().parent
 #: The line of the cdef after which the calls need a patched Darknet.
@@ -61,14 +61,14 @@ def make_ffibuilder(darknet: Path, module: str) -> cffi.FFI:
     for path in (header, library):
         if not path.is_file():
             raise BindingError(f"{path} is missing: build Darknet first ({home.BUILD_COMMAND}, or make darknet)")
-    cdef = (HERE / "_darknet_cdef.h").read_text()
+    cdef = (HERE / "_cdef.h").read_text()
     if "#define DARKNET_SPARSE" not in header.read_text():
         cdef = cdef[:cdef.index(SPARSE_MARKER)]
     ffi = cffi.FFI()
     ffi.cdef(cdef)
     ffi.set_source(
         module,
-        (HERE / "_darknet_shim.c").read_text(),
+        (HERE / "_shim.c").read_text(),
         include_dirs=[str(header.parent), str(HERE)],
         extra_compile_args=_read_flags(darknet, "binding-cflags") + ["-fvisibility=hidden"],
         extra_objects=[str(library)],
@@ -103,7 +103,7 @@ def build(darknet: Path | None = None, module: str = home.MODULE, out: Path = HE
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m darknet_sparse._darknet_build", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m darknet_sparse.darknet._build", description=__doc__.split("\n")[0])
     parser.add_argument("--darknet", type=Path, help="built Darknet tree (default: the checkout's build/darknet)")
     parser.add_argument("--module", default=home.MODULE, help="extension module name")
     parser.add_argument("--out", type=Path, default=HERE, help="folder to put the module in")

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "darknet.h"
-#include "_darknet_cdef.h"
+#include "_cdef.h"
 
 char *get_layer_string(LAYER_TYPE a);  /* network.c; not in darknet.h */
 

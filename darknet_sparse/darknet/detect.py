@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .darknet import Network
+    from .network import Network
 
 #: ``detector test``'s defaults: -thresh, -hier, and its fixed NMS overlap.
 THRESH = 0.5

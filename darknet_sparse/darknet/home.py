@@ -8,7 +8,7 @@ Every command that needs the binary or the binding asks here.  The binary
 3. the per-user folder's ``darknet/darknet`` (``darknet-sparse build``).
 
 The binding (:func:`find_binding`) likewise: ``$DARKNET_SPARSE_BINDING`` (a
-compiled module file), the checkout's ``darknet_sparse/_darknet*.so`` (``make
+compiled module file), the checkout's ``darknet_sparse/darknet/_darknet*.so`` (``make
 binding``), then the per-user folder's ``binding/_darknet*.so``.
 
 The per-user folder (:func:`home`) is ``$DARKNET_SPARSE_HOME``, else
@@ -30,9 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import BindingError, BuildError, DarknetRunError
+from ..errors import BindingError, BuildError, DarknetRunError
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]
+#: This folder: the binding's sources, and in a checkout the compiled module (``make binding``).
+HERE = Path(__file__).resolve().parent
 #: The command that builds what is missing, as error messages name it.
 BUILD_COMMAND = "darknet-sparse build"
 #: The binding's extension module name (``PyInit__darknet``).
@@ -103,7 +105,7 @@ def _module_file(folder: Path) -> Path | None:
 
 
 def _binding_candidates() -> list[tuple[str, Path]]:
-    folders = [("checkout", PACKAGE)] if CHECKOUT is not None else []
+    folders = [("checkout", HERE)] if CHECKOUT is not None else []
     return folders + [("home", home() / "binding")]
 
 
@@ -166,8 +168,7 @@ def _binding_key(tree: Path) -> str:
     sources, the build code, and this Python's extension ABI."""
     digest = hashlib.sha256(importlib.machinery.EXTENSION_SUFFIXES[0].encode())
     inputs = [tree / "libdarknet.a", tree / "include" / "darknet.h", tree / "binding-cflags", tree / "link-flags",
-              PACKAGE / "_darknet_build.py", PACKAGE / "_darknet_cdef.h", PACKAGE / "_darknet_shim.c",
-              *sorted(PACKAGE.glob("_shim_*.c"))]
+              HERE / "_build.py", HERE / "_cdef.h", HERE / "_shim.c", *sorted(HERE.glob("_shim_*.c"))]
     for path in inputs:
         digest.update(path.name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"-") + b"\0")
     return digest.hexdigest()
@@ -195,7 +196,7 @@ def build(progress: Callable[[str], None], jobs: int | None = None) -> dict[str,
             progress(f"binding: {_module_file(out)} is up to date")
         else:
             progress(f"binding: compiling {MODULE} against {tree}")
-            command = [sys.executable, "-m", "darknet_sparse._darknet_build", "--darknet", str(tree),
+            command = [sys.executable, "-m", "darknet_sparse.darknet._build", "--darknet", str(tree),
                        "--out", str(out), "--work", str(out / "work")]
             if _run_logged(command, env, log, progress) != 0:
                 raise _failure("compiling the binding", log_path)

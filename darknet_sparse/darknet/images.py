@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import darknet_text
-from .errors import CfgError, PolicyError
+from ..format import darknet_text
+from ..errors import CfgError, PolicyError
 
 RESIZE = ("crop", "letterbox")
 #: File types both stb_image and Pillow read.

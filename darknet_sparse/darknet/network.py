@@ -2,7 +2,7 @@
 
 The only importer of the compiled module (``_darknet``, built by
 ``darknet-sparse build`` into the per-user folder, or by ``make binding`` in a
-checkout; :func:`darknet_sparse.home.find_binding` says which is used).
+checkout; :func:`darknet_sparse.darknet.home.find_binding` says which is used).
 Importing this module always works; using a :class:`Network` where the
 binding was not built raises :class:`BindingError`.  Every return code of a
 ``ds_*`` call goes through :func:`_check`.
@@ -31,9 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from . import home, load, load_model, runner
-from .errors import BindingError
-from .weightsfile import atomic_path
+from . import home
+from ..format.files import load
+from ..format.files import load_model
+from . import runner
+from ..errors import BindingError
+from ..format.weightsfile import atomic_path
 
 #: cfg options the patches add: ``[net]`` prune, prune_threshold; per layer prune_threshold.
 NEW_OPTIONS = ("prune", "prune_threshold")
@@ -55,7 +58,7 @@ class Backend:
 
 
 def backend(path: str | Path | None = None) -> Backend:
-    """The binding :func:`darknet_sparse.home.find_binding` finds, or the
+    """The binding :func:`darknet_sparse.darknet.home.find_binding` finds, or the
     extension module file at ``path`` (such as a stock build's)."""
     return _load(str(home.find_binding() if path is None else path))
 
@@ -96,7 +99,7 @@ def seed(value: int, using: Backend | None = None) -> None:
 
 
 def build_info() -> dict[str, Any]:
-    """Where each part is (:func:`darknet_sparse.home.status`), plus the new
+    """Where each part is (:func:`darknet_sparse.darknet.home.status`), plus the new
     cfg options the binary understands (found in the binary itself) and
     whether the binding loads."""
     info = home.status()
@@ -367,7 +370,7 @@ class Network:
         (``nms`` 0: none).  Returns boxes (n, 4: centre x, y, width, height
         as fractions of the image), probabilities (n, classes: 0 at or below
         ``thresh`` or suppressed), objectness (n,) and the image's (width,
-        height).  :func:`darknet_sparse.detect.detect` wraps this."""
+        height).  :func:`darknet_sparse.darknet.detect.detect` wraps this."""
         for name, value in (("thresh", thresh), ("hier", hier), ("nms", nms)):
             if not 0 <= value <= 1:
                 raise BindingError(f"{name} must be in [0, 1], not {value}")

@@ -18,10 +18,10 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import darknet_text
-from .cfg import read_cfg
-from .errors import CfgError, DarknetRunError, OutputError, PolicyError
-from .layout import alexeyab_markers
+from ..format import darknet_text
+from ..format.cfg import read_cfg
+from ..errors import CfgError, DarknetRunError, OutputError, PolicyError
+from ..format.layout import alexeyab_markers
 
 #: Darknet subcommand and the name ``train`` gives its last weights (``base``
 #: is the cfg's file name up to its first dot: ``basecfg`` in utils.c).
@@ -36,7 +36,7 @@ _TAIL_LINES = 15
 
 def darknet_binary() -> Path:
     """The patched Darknet binary to run when the caller names none
-    (:func:`darknet_sparse.home.find_darknet`)."""
+    (:func:`darknet_sparse.darknet.home.find_darknet`)."""
     from . import home
     return home.find_darknet()
 

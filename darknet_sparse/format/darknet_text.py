@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import CfgError
+from ..errors import CfgError
 
 #: The characters Darknet's ``strip`` deletes (AlexeyAB's set; pjreddie's lacks CR).
 BLANKS = " \t\r\n"

@@ -16,7 +16,7 @@ the conv/connected sub-layers inside ``rnn``, ``gru``, ``lstm`` and ``crnn``.
 from __future__ import annotations
 
 from .cfg import Section
-from .errors import CfgError
+from ..errors import CfgError
 
 MODES = ("auto", "dense", "sparse")
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .cfg import Section
-from .errors import CfgError
+from ..errors import CfgError
 
 FORKS = ("pjreddie", "alexeyab")
 

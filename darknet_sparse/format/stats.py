@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .errors import ArrayError, WeightsFormatError
+from ..errors import ArrayError, WeightsFormatError
 from .weightsfile import FLOAT, Slot, WeightsFile
 
 SIGN_OFF = np.uint32(0x7FFFFFFF)

@@ -17,7 +17,7 @@ matrix (also inside rnn/gru/lstm) is stored as ``[inputs][outputs]`` instead
 of ``[outputs][inputs]``.  pjreddie saves (0, 2, 0), AlexeyAB (0, 2, 5).
 
 The payload is the parameter arrays of every layer in cfg order, each layer
-in the order :mod:`darknet_sparse.layout` lists, so the expected size is
+in the order :mod:`darknet_sparse.format.layout` lists, so the expected size is
 ``header + 4 * sum(counts)`` (:func:`expected_size`).  A file that ends exactly on a layer boundary
 is a *partial* file such as ``darknet53.conv.74`` (Darknet loads those);
 one that ends inside a layer is an error; bytes after the last layer are
@@ -44,7 +44,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from .errors import ArrayError, NoSuchArrayError, OutputError, WeightsFormatError
+from ..errors import ArrayError, NoSuchArrayError, OutputError, WeightsFormatError
 from .layout import Layer, Model, Param
 
 FLOAT = np.dtype("<f4")
@@ -131,7 +131,7 @@ class Slot:
 
 
 class WeightsFile:
-    """A ``.weights`` file opened against a :class:`~darknet_sparse.layout.Model`.
+    """A ``.weights`` file opened against a :class:`~darknet_sparse.format.layout.Model`.
 
     Nothing is read beyond the header until arrays are asked for; the size
     check against the cfg happens here, before any array exists.

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from . import policies
-from .errors import PolicyError, WeightsFormatError
-from .layout import PRUNABLE_ROLES, OPTIONAL_PRUNABLE_ROLES
-from .stats import INF_BITS, SIGN_OFF, Moments
-from .weightsfile import Edit, Slot, WeightsFile, check_output, write
+from ..errors import PolicyError, WeightsFormatError
+from ..format.layout import PRUNABLE_ROLES, OPTIONAL_PRUNABLE_ROLES
+from ..format.stats import INF_BITS, SIGN_OFF, Moments
+from ..format.weightsfile import Edit, Slot, WeightsFile, check_output, write
 
 
 @dataclass

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 
-from .errors import PolicyError
+from ..errors import PolicyError
 from .policies import check_sparsity
 
 SCHEDULES = ("agp", "linear")

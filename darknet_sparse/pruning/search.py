@@ -2,10 +2,10 @@
 
 The prune/retrain loop asks for a total sparsity of the prunable weights at
 each step.  :func:`prune_to` finds the value of the policy's knob (see
-:class:`~darknet_sparse.policies.Policy`) that reaches it: ``Magnitude`` and
+:class:`~darknet_sparse.pruning.policies.Policy`) that reaches it: ``Magnitude`` and
 ``Global`` without a spec take the target as their own level; any other
 policy, or a spec that fixes some layers, is bisected, each trial a dry run
-of :func:`darknet_sparse.prune.threshold`.
+of :func:`darknet_sparse.pruning.prune.threshold`.
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from . import prune
-from .errors import PolicyError
-from .layout import PRUNABLE_ROLES
+from ..errors import PolicyError
+from ..format.layout import PRUNABLE_ROLES
 from .policies import Magnitude, Policy, check_kind
-from .stats import nonzero
-from .weightsfile import WeightsFile
+from ..format.stats import nonzero
+from ..format.weightsfile import WeightsFile
 
 #: The search stops once the total sparsity is this close above the target.
 TOLERANCE = 1e-4

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .layout import Layer, Model
+from ..format.layout import Layer, Model
 
 #: Darknet's element-wise activations, as functions of float64 arrays.  A
 #: convolution with any other activation (``normalize_channels`` mixes

@@ -7,7 +7,7 @@ depend on it, and it is blind to cost: yolov3-tiny's channels differ 15x in
 the FLOPs they take (a channel of layer 2 costs 25 MFLOPs, one of layer 12
 1.6), so an order by |gamma| alone empties the expensive, sensitive early
 layers to reach a FLOPs target.  And what matters after a refit
-(:mod:`darknet_sparse.reconstruct`) is not what a channel contributes but
+(:mod:`darknet_sparse.structured.reconstruct`) is not what a channel contributes but
 what the channels left cannot take over.  Optimal Brain Surgeon (Hassibi
 and Stork, 1993), applied to groups of weights (the kernel taps one input
 channel feeds a layer; Frantar and Alistarh's "Optimal Brain Compression",
@@ -30,7 +30,7 @@ consumer it feeds updates its filters and ``H^-1`` as above, and a removed
 channel's own filter stops counting in the consumer that made it.
 
 The result is a score per channel node, its position in that order, for
-:func:`darknet_sparse.slim.choose` (``rank="data"``), which keeps its
+:func:`darknet_sparse.structured.slim.choose` (``rank="data"``), which keeps its
 constraints (heads, shortcut classes, ``min_channels``) and its FLOPs
 search.  The order models each consumer's refit but not how errors travel
 further; the sequential refit afterwards corrects for that on the data.
@@ -43,13 +43,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import PolicyError
-from .layout import Layer, Model
+from ..errors import PolicyError
+from ..format.layout import Layer, Model
 from .reconstruct import POSITIONS, _chunks, _inputs, _picks, _plain, _rows
 
 if TYPE_CHECKING:
     from .channels import ChannelGraph
-    from .darknet import Network
+    from ..darknet.network import Network
 
 #: A consumer whose input patches have more values than this is left out of
 #: the error (its covariance would not fit in memory): a connected layer

@@ -46,17 +46,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import images
+from ..darknet import images
 from . import slim as slim_
-from .errors import PolicyError
-from .layout import Layer, Model, conv_padding, conv_strides
-from .reports import render_table
+from ..errors import PolicyError
+from ..format.layout import Layer, Model, conv_padding, conv_strides
+from ..reports import render_table
 from .slim import SlimResult
-from .weightsfile import WeightsFile, atomic_path
+from ..format.weightsfile import WeightsFile, atomic_path
 
 if TYPE_CHECKING:
     from .channels import ChannelGraph
-    from .darknet import Network
+    from ..darknet.network import Network
 
 #: Output pixels sampled per image and layer (all of them where a layer has fewer).
 POSITIONS = 256
@@ -138,7 +138,7 @@ def reconstruct(dense: Network, slimmed: Network, dense_model: Model, graph: Cha
     """Refit ``slimmed`` (loaded from slim's output) layer by layer to
     reproduce ``dense`` on the images ``x`` (N, C, H, W), in place; see the
     module docstring.  ``graph`` and ``kept`` are the slim choice's
-    (:class:`darknet_sparse.slim.Choice`).  ``on_progress(done, total)``
+    (:class:`darknet_sparse.structured.slim.Choice`).  ``on_progress(done, total)``
     counts the dense pass as the first of ``len(layers) + 1`` steps."""
     for net in (dense, slimmed):
         if net.on_gpu:
@@ -273,14 +273,14 @@ def slim_refit(wf: WeightsFile, output: str | Path, paths: Sequence[str | Path],
                refit: bool = True, resize: str | None = None, positions: int = POSITIONS,
                on_stage: Callable[[str], None] | None = None, **rule) -> RefitResult:
     """``slim`` with calibration images: channels chosen in the data rank's
-    order (:mod:`darknet_sparse.datarank`, ``rank="data"``; or by |gamma|),
+    order (:mod:`darknet_sparse.structured.datarank`, ``rank="data"``; or by |gamma|),
     removed, and the layers after them refit by least squares (``refit``).
     ``rule`` is slim's (``target_flops=``, ``percent=`` ...).  Writes
     ``output`` and its cfg beside it only when everything succeeded."""
     from . import datarank
     from .channels import channel_graph
-    from .darknet import Network
-    from .sensitivity import default_resize
+    from ..darknet.network import Network
+    from ..analysis.sensitivity import default_resize
 
     target = Path(output)
     slim_.check_targets(wf, target)

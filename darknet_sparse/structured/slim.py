@@ -47,19 +47,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import darknet_text
-from .cfg import Section, parse_cfg
+from ..format import darknet_text
+from ..format.cfg import Section, parse_cfg
 from .channels import ACTIVATIONS, ChannelGraph, LayerChannels, channel_graph
-from .errors import CfgError, OutputError, PolicyError
-from .layout import Model, build_model
-from .policies import parse_exclude, selector_matches
-from .weightsfile import FLOAT, WeightsFile, atomic_path, check_output
+from ..errors import CfgError, OutputError, PolicyError
+from ..format.layout import Model, build_model
+from ..pruning.policies import parse_exclude, selector_matches
+from ..format.weightsfile import FLOAT, WeightsFile, atomic_path, check_output
 
 MODES = ("gamma-threshold", "percent", "target-flops")
 #: How channels are scored: ``gamma`` is |gamma| itself; ``layer`` is |gamma|
 #: over the mean |gamma| of the convolution producing it, so that a layer
 #: whose scales are all small (yolov3-tiny's layer 13) is not emptied first;
-#: ``data`` is a given order (:mod:`darknet_sparse.datarank`: the error
+#: ``data`` is a given order (:mod:`darknet_sparse.structured.datarank`: the error
 #: removal causes downstream per FLOP saved, measured on images).
 RANKS = ("gamma", "layer", "data")
 
@@ -589,7 +589,7 @@ def _notes(graph: ChannelGraph, reasons: dict[int, str]) -> list[str]:
 
 def table(result: SlimResult) -> str:
     """The report as text (one row per layer whose numbers change, or with a note)."""
-    from .reports import render_table
+    from ..reports import render_table
     headers = ["layer", "type", "channels", "params", "BFLOPs", "note"]
     rows = []
     for r in result.rows:

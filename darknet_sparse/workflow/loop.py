@@ -4,21 +4,21 @@ Each step of :func:`run`
 
 1. thresholds the previous step's weights (the user's, for step 1) until the
    total sparsity of the prunable weights reaches the step's target
-   (:func:`darknet_sparse.search.prune_to`),
+   (:func:`darknet_sparse.pruning.search.prune_to`),
 2. retrains them for ``iterations`` batches with the patched Darknet and
    ``[net] prune=1``, so weights that are 0 stay exactly 0
-   (:func:`darknet_sparse.runner.train`),
+   (:func:`darknet_sparse.darknet.runner.train`),
 3. counts the zeros retraining revived (0 with the patched binary; stock
    Darknet ignores ``prune=1`` and revives nearly all of them),
 4. evaluates: ``darknet classifier valid`` top-1 for classifiers, a
    detector's agreement mAP@0.5 with the starting model on evaluation images
-   (:func:`darknet_sparse.evaluate.evaluate_detector`, in-process), or the
+   (:func:`darknet_sparse.analysis.evaluate.evaluate_detector`, in-process), or the
    user's evaluation command, and
 5. appends one JSON line to ``OUT/log.jsonl``.
 
 Detectors without labels (``images``).  The starting model labels the
 training images before step 1: its detections above ``label_conf`` become
-Darknet label files in ``OUT/pseudo`` (:mod:`darknet_sparse.pseudolabels`;
+Darknet label files in ``OUT/pseudo`` (:mod:`darknet_sparse.analysis.pseudolabels`;
 never beside the user's images), and ``detector train`` retrains on them.
 The retraining cfg of a detector also sets ``random=0`` in its ``[yolo]`` and
 ``[region]`` sections (``random=1`` resizes the input to up to 608 every 10
@@ -33,7 +33,7 @@ zeroing weights: the previous step's model is slimmed until the step's
 target share of the *starting* model's FLOPs is gone, channels chosen by the
 data rank and the layers after them refit by least squares on
 ``slim_images`` of the training images
-(:func:`darknet_sparse.reconstruct.slim_refit`); the smaller model (its cfg
+(:func:`darknet_sparse.structured.reconstruct.slim_refit`); the smaller model (its cfg
 ``OUT/step-NN.cfg``, kept before retraining as ``OUT/step-NN.slimmed.weights``;
 the retraining cfg rewritten from it) is retrained,
 recalibrated relative to itself before retraining, and scored against the
@@ -45,7 +45,7 @@ channel-pruned student; the heads keep their shapes.
 
 Batch-norm recalibration (``recalibrate``; a detector with ``images`` by
 default).  After each retraining, the rolling statistics are re-estimated on
-that many training images (:mod:`darknet_sparse.recalibrate`).  A
+that many training images (:mod:`darknet_sparse.analysis.recalibrate`).  A
 detector's are measured relative to the starting model: retraining batches
 pull Darknet's rolling averages toward the training images, which are rarely
 what the model was trained for (two videos, here).  A classifier's are
@@ -95,7 +95,7 @@ The evaluation command runs through ``sh``; ``{weights}``, ``{cfg}``,
 ``{data}`` and ``{step}`` in it are replaced by the (shell-quoted) step
 weights, the user's cfg and data file and the step number, which are also in
 the environment as ``DARKNET_SPARSE_WEIGHTS``, ``_CFG``, ``_DATA`` and
-``_STEP`` (:func:`darknet_sparse.runner.evaluate`).  Its last line of
+``_STEP`` (:func:`darknet_sparse.darknet.runner.evaluate`).  Its last line of
 standard output must be the score, a number where higher is better (top-1,
 mAP).
 
@@ -117,13 +117,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import images as images_
-from . import darknet_text, load_model, pseudolabels, reports, runner, schedule, slim
-from .errors import CfgError, OutputError, PolicyError, WeightsFormatError
-from .layout import Model
-from .policies import Global, Policy, check_kind
-from .search import max_sparsity, prune_to, weight_sparsity
-from .weightsfile import WeightsFile, atomic_path
+from ..darknet import images as images_
+from .. import reports
+from ..format import darknet_text
+from ..format.files import load_model
+from ..analysis import pseudolabels
+from ..darknet import runner
+from ..pruning import schedule
+from ..structured import slim
+from ..errors import CfgError, OutputError, PolicyError, WeightsFormatError
+from ..format.layout import Model
+from ..pruning.policies import Global, Policy, check_kind
+from ..pruning.search import max_sparsity, prune_to, weight_sparsity
+from ..format.weightsfile import WeightsFile, atomic_path
 
 STRUCTURED = "structured"
 TRAIN_CFG = "train.cfg"
@@ -156,7 +162,7 @@ STARTING = "starting"
 #: (``recalibrate``), in passes of RECALIBRATION_BATCH.  Its retraining
 #: batches pull Darknet's rolling averages toward the training images'
 #: statistics; recalibrating relative to the starting model keeps only the
-#: shift the pruned weights make (:mod:`darknet_sparse.recalibrate`).  A
+#: shift the pruned weights make (:mod:`darknet_sparse.analysis.recalibrate`).  A
 #: classifier is not recalibrated by default: on the digits models (steps of
 #: 200 batches) it cost 0.2 points of top-1 on average.
 DETECTOR_RECALIBRATION, RECALIBRATION_BATCH = 64, 8
@@ -366,7 +372,7 @@ def _write_training_files(settings: LoopSettings, model: Model, out: Path,
         labeller = None
         if settings.needs_labels:
             def labeller():
-                from .darknet import Network
+                from ..darknet.network import Network
                 return Network(settings.cfg, settings.weights)
         if on_message:
             on_message(f"pseudo-labels: the starting model's detections above {settings.label_conf:g} "
@@ -431,8 +437,8 @@ def _scorer(settings: LoopSettings) -> Callable[..., tuple[float, dict]]:
                                    step), {}
         return score
 
-    from .darknet import Network
-    from .evaluate import Remembered, evaluate_detector
+    from ..darknet.network import Network
+    from ..analysis.evaluate import Remembered, evaluate_detector
     paths = images_.image_paths(settings.eval_images)
     reference = []
 
@@ -613,8 +619,8 @@ def _recalibrate(settings: LoopSettings, model: Model, weights: Path, cfg: Path 
     ``settings.recalibrate`` of the training images: a detector's relative
     to ``reference`` (default the starting weights; of the same cfg), a
     classifier's on its own training list as they are."""
-    from . import recalibrate
-    from .sensitivity import default_resize
+    from ..analysis import recalibrate
+    from ..analysis.sensitivity import default_resize
     cfg = cfg or settings.cfg
     net = recalibrate.calibration_network(cfg, weights, RECALIBRATION_BATCH)
     if settings.task == "detector":
@@ -631,9 +637,9 @@ def _recalibrate(settings: LoopSettings, model: Model, weights: Path, cfg: Path 
 def _structured_step(settings: LoopSettings, model: Model, step: int, source: Path, source_cfg: Path,
                      score: Callable[..., tuple[float, dict]]) -> StepRecord:
     """Slim ``source`` until the step's share of the starting model's FLOPs
-    is gone (data rank and refit, :func:`darknet_sparse.reconstruct.slim_refit`),
+    is gone (data rank and refit, :func:`darknet_sparse.structured.reconstruct.slim_refit`),
     retrain, recalibrate relative to the slimmed model, evaluate."""
-    from . import reconstruct
+    from ..structured import reconstruct
     started = time.monotonic()
     out = settings.out.resolve()
     target = settings.targets[step - 1]

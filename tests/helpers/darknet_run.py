@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from darknet_sparse import darknet, load
-from darknet_sparse._darknet_build import build
+from darknet_sparse.darknet import network as darknet
+from darknet_sparse.format.files import load
+from darknet_sparse.darknet._build import build
 
 ROOT = Path(__file__).resolve().parents[2]
 PATCHED = ROOT / "build" / "darknet" / "darknet"

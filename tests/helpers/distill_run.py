@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from darknet_sparse import darknet
+from darknet_sparse.darknet import network as darknet
 from helpers.darknet_run import PATCHED
 
 #: The binary and the binding under test (the patched build).

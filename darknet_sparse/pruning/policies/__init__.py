@@ -24,14 +24,13 @@ considered, so biases and batch-norm statistics cannot be selected.
 """
 from __future__ import annotations
 
-from ..errors import PolicyError
+from ...errors import PolicyError
 from .absolute import Absolute
 from .base import Level, Policy, Uniform, check_sparsity, check_threshold, prunable_layers
 from .global_ import Global
 from .magnitude import Magnitude
 from .sensitivity import Sensitivity
-from .spec import (DETECTION_HEADS, apply_exclude, apply_spec, check_selector, feeding_heads, parse_exclude,
-                   read_spec, selector_matches, spec_level)
+from .spec import (DETECTION_HEADS, apply_exclude, apply_spec, check_selector, feeding_heads, parse_exclude, read_spec, selector_matches, spec_level)
 from .thresholds import thresholds
 from .triangle import Triangle
 

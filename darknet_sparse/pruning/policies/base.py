@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..errors import PolicyError
-from ..layout import PRUNABLE_ROLES, Layer, Model
+from ...errors import PolicyError
+from ...format.layout import PRUNABLE_ROLES, Layer, Model
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from ..errors import PolicyError
-from ..layout import PRUNABLE_ROLES, Layer, Model
+from ...errors import PolicyError
+from ...format.layout import PRUNABLE_ROLES, Layer, Model
 from .base import Level, check_sparsity, check_threshold, prunable_layers
 
 DETECTION_HEADS = ("yolo", "region", "detection", "Gaussian_yolo")

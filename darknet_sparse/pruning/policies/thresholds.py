@@ -4,9 +4,9 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from ..layout import PRUNABLE_ROLES
-from ..stats import kth_smallest_abs, moments
-from ..weightsfile import Slot, WeightsFile
+from ...format.layout import PRUNABLE_ROLES
+from ...format.stats import kth_smallest_abs, moments
+from ...format.weightsfile import Slot, WeightsFile
 from .base import Level
 
 

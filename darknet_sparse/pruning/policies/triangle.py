@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..layout import Layer
+from ...format.layout import Layer
 from .base import Level, Policy, check_sparsity
 
 

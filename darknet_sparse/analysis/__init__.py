@@ -1,0 +1,1 @@
+"""Measuring models through the binding: metrics, evaluation, sensitivity, recalibration, plans, plots."""

@@ -1,0 +1,1 @@
+"""Unstructured pruning: policies, the pruner, the level search and the AGP schedule."""

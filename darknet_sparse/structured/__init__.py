@@ -1,0 +1,1 @@
+"""Structured pruning: the channel graph, slimming, data ranking and the least-squares refit."""
