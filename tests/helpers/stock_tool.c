@@ -51,7 +51,7 @@ static void put_connected(FILE *out, int index, const char *prefix, const layer 
     if (l->batch_normalize) put_bn(out, index, prefix, l, l->outputs);
 }
 
-/* Sublayers of the recurrent types, named as darknet_sparse.layout names them. */
+/* Sublayers of the recurrent types, named as darknet_sparse.format.layout names them. */
 static void put_recurrent(FILE *out, int index, const layer *l)
 {
     const layer *gru[] = {l->wz, l->wr, l->wh, l->uz, l->ur, l->uh};
