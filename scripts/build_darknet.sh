@@ -18,7 +18,8 @@
 # fetched once with `apt-get source --download-only` through a private deb-src
 # list in DARKNET_SPARSE_BUILD_DIR/apt/ and checked against patches/upstream.sha256; or, with
 # DARKNET_SRC=/path/to/checkout, a copy of that tree.  `patched` applies
-# patches/series in order with `patch -p1`.
+# patches/series in order with `patch -p1`, after copying the sparse kernels
+# (patches/kernels/*.c, *.h) into its src/.
 #
 # Flags come from the environment as upstream's Makefile names them: GPU, CUDNN,
 # OPENCV, OPENMP (default 0) and ARCH (default upstream's).  JOBS sets make -j
@@ -101,6 +102,16 @@ unpack_upstream() {
   fi
 }
 
+# The fork-neutral sparse kernels (patches/kernels/*.c, *.h) into the
+# tree's src/ of $1, where the series' patches (0010) call them.
+copy_kernels() {
+  local f
+  for f in patches/kernels/*.c patches/kernels/*.h; do
+    [ -f "$f" ] || die "patches/kernels/ has no $f"
+    cp "$f" "$1/src/"
+  done
+}
+
 # Apply patches/series to the tree in $1; name the patch and show patch's
 # report (file and hunk) when one does not apply.
 apply_series() {
@@ -140,7 +151,7 @@ source_key() {
   else
     echo "deb $(awk -v f="$TARBALL" '$2 == f {print $1}' patches/upstream.sha256)"
   fi
-  if [ "$variant" = patched ]; then cat patches/series; cat patches/*.patch; fi
+  if [ "$variant" = patched ]; then cat patches/series; cat patches/*.patch patches/kernels/*.c patches/kernels/*.h; fi
 }
 
 key=$(source_key | sha256sum | cut -d' ' -f1)
@@ -149,6 +160,7 @@ if [ "$(cat "$dest/.source-key" 2>/dev/null)" != "$key" ]; then
   trap 'rm -rf "$tree" "$tree.files"' EXIT
   unpack_upstream "$tree"
   if [ "$variant" = patched ]; then
+    copy_kernels "$tree"
     apply_series "$tree"
     stage "unpack+patch: $(grep -cv '^[[:space:]]*\(#\|$\)' patches/series) patches applied, into $dest"
   else
