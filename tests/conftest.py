@@ -23,6 +23,8 @@ import pytest
 
 from darknet_sparse.darknet.examples import write_digits
 from helpers.stock import ROUND_TRIP_LIMIT, Saved, StockTool, build
+# The AlexeyAB tests' hooks: where the fork could not be built, one summary line says so.
+from helpers.ab_hooks import pytest_collection_modifyitems, pytest_terminal_summary  # noqa: F401
 
 
 @pytest.fixture(scope="session")

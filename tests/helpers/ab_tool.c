@@ -8,6 +8,13 @@
 //       one batch-1 inference forward pass of a seeded uniform [0, 1) input
 //       (fuse: after fuse_conv_batchnorm, as `detector test` runs); OUT gets,
 //       for every layer with an output, int32 index, type, count, then count floats.
+//   ab_tool ema CFG IN OUT
+//       the EMA path of training, in-process: IN loaded into a training net,
+//       ema_update(net, 0) (EMA initialisation), then every EMA copy of a zero
+//       weight made stale (set to 1, as when a weight is zeroed after the EMA
+//       began), ema_update(net, 0.5), ema_apply, save_weights OUT
+//   ab_tool save-twice CFG IN OUT1 OUT2   (patched build only)
+//       IN loaded, saved to OUT1, every layer's prune_threshold set to 0, saved to OUT2
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +61,23 @@ static int forward(char *cfg, char *weights, unsigned long long seed, const char
     return 0;
 }
 
+static int ema(char *cfg, char *in, char *out)
+{
+    network net = parse_network_cfg(cfg);  // training allocations: weight_updates, weights_ema
+    int i, k;
+    load_weights(&net, in);
+    ema_update(net, 0);
+    for (i = 0; i < net.n; ++i) {
+        layer l = net.layers[i];
+        if (l.type != CONVOLUTIONAL || !l.weights_ema) continue;
+        for (k = 0; k < l.nweights; ++k) if (l.weights[k] == 0) l.weights_ema[k] = 1;
+    }
+    ema_update(net, 0.5);
+    ema_apply(net);
+    save_weights(net, out);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) return usage();
@@ -72,5 +96,17 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "forward") && (argc == 6 || argc == 7)) {
         return forward(argv[2], argv[3], strtoull(argv[4], 0, 10), argv[5], argc == 7 && !strcmp(argv[6], "fuse"));
     }
+    if (!strcmp(argv[1], "ema") && argc == 5) return ema(argv[2], argv[3], argv[4]);
+#ifdef DS_PRUNE_THRESHOLD
+    if (!strcmp(argv[1], "save-twice") && argc == 6) {
+        network net = parse_network_cfg(argv[2]);
+        int i;
+        load_weights(&net, argv[3]);
+        save_weights(net, argv[4]);
+        for (i = 0; i < net.n; ++i) net.layers[i].prune_threshold = 0;
+        save_weights(net, argv[5]);
+        return 0;
+    }
+#endif
     return usage();
 }
