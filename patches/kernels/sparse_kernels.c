@@ -417,6 +417,29 @@ static inline float finish(float v, int o, const ds_epilogue *epi)
     return v;
 }
 
+/* dst[j] = finish(src[j], o, epi) for j < len, in loops the compiler
+ * vectorises. */
+static void store_run(float *restrict dst, const float *restrict src, int len, int o, const ds_epilogue *epi)
+{
+    float a = epi && epi->scale ? epi->scale[o] : 1, b = epi && epi->bias ? epi->bias[o] : 0;
+    int act = epi ? epi->act : DS_ACT_LINEAR, j;
+    if(!epi){
+        memcpy(dst, src, len*sizeof(float));
+    } else if(act == DS_ACT_LEAKY){
+        for(j = 0; j < len; ++j){
+            float v = src[j]*a + b;
+            dst[j] = v > 0 ? v : .1f*v;
+        }
+    } else if(act == DS_ACT_RELU){
+        for(j = 0; j < len; ++j){
+            float v = src[j]*a + b;
+            dst[j] = v > 0 ? v : 0;
+        }
+    } else {
+        for(j = 0; j < len; ++j) dst[j] = src[j]*a + b;
+    }
+}
+
 /* --------------------------------------------------------- convolution */
 
 /* How one geometry lays out the padded input. */
@@ -570,13 +593,19 @@ int ds_sparse_conv_forward(ds_sparse *s, const ds_conv_geom *g, const float *inp
                     const float *tv = tmp + (size_t)(o - o0)*TILE_MAX;
                     float *dst = out + (size_t)o*out_hw;
                     if(!L.flat || L.Wq == g->out_w){
-                        dst += L.flat ? x0 : row*g->out_w + x0;
-                        for(j = 0; j < len; ++j) dst[j] = finish(tv[j], o, epi);
+                        store_run(dst + (L.flat ? x0 : row*g->out_w + x0), tv, len, o, epi);
                     } else {
+                        /* runs of the valid columns of each padded row */
                         int oy = x0/L.Wq, ox = x0%L.Wq;
-                        for(j = 0; j < len; ++j){
-                            if(ox < g->out_w) dst[oy*g->out_w + ox] = finish(tv[j], o, epi);
-                            if(++ox == L.Wq){ ox = 0; ++oy; }
+                        for(j = 0; j < len;){
+                            int run = g->out_w - ox, skip;
+                            if(run > len - j) run = len - j;
+                            if(run > 0) store_run(dst + oy*g->out_w + ox, tv + j, run, o, epi);
+                            else run = 0;
+                            skip = L.Wq - ox < len - j ? L.Wq - ox : len - j;
+                            j += skip;
+                            ox += skip;
+                            if(ox == L.Wq){ ox = 0; ++oy; }
                         }
                     }
                 }

@@ -12,6 +12,11 @@
  *                                                STEPS passes over fixed data, one forward,
  *                                                save, then as predict (same process)
  *   forward_driver paths CFG WEIGHTS             per layer: 1 sparse path, 0 dense
+ *   forward_driver sizes CFG                     per layer: its type and output floats
+ *                                                (0: none), as predict writes them
+ *   forward_driver layers CFG WEIGHTS REPEAT     per layer: its type and median seconds
+ *                                                of its share of a forward (batch 1), as
+ *                                                forward_network runs it (delta fill too)
  *
  * Everything runs on the CPU, also in a GPU build.
  */
@@ -21,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+char *get_layer_string(LAYER_TYPE a);  /* src/network.h, not in darknet.h */
 
 /* The same values in [0, 1) on every build and machine. */
 static void fill_input(float *x, size_t n, unsigned seed)
@@ -111,6 +118,50 @@ static int train(char *cfg, char *weights, char *out, int steps, char *predictio
     return write_prediction(net, prediction);
 }
 
+static int sizes(char *cfg)
+{
+    network *net = load(cfg, 0, 1);
+    int i;
+    for(i = 0; i < net->n; ++i){
+        layer l = net->layers[i];
+        printf("%s %d\n", get_layer_string(l.type), l.output ? l.outputs : 0);
+    }
+    return 0;
+}
+
+/* forward_network's loop (network_predict's inference setting), each
+ * layer's step timed on its own. */
+static int time_layers(char *cfg, char *weights, int repeat)
+{
+    network *net = load(cfg, weights, 1);
+    float *x = calloc(net->inputs, sizeof(float));
+    double *t = calloc((size_t)repeat*net->n, sizeof(double));
+    int r, i;
+    fill_input(x, net->inputs, 1);
+    network_predict(net, x);
+    for(r = 0; r < repeat; ++r){
+        network n = *net;
+        n.input = x;
+        n.truth = 0;
+        n.train = 0;
+        n.delta = 0;
+        for(i = 0; i < n.n; ++i){
+            layer l = n.layers[i];
+            double start = now();
+            n.index = i;
+            if(l.delta) fill_cpu(l.outputs*l.batch, 0, l.delta, 1);
+            l.forward(l, n);
+            n.input = l.output;
+            t[(size_t)i*repeat + r] = now() - start;
+        }
+    }
+    for(i = 0; i < net->n; ++i){
+        qsort(t + (size_t)i*repeat, repeat, sizeof(double), by_value);
+        printf("%s %.6f\n", get_layer_string(net->layers[i].type), t[(size_t)i*repeat + repeat/2]);
+    }
+    return 0;
+}
+
 #ifdef SPARSE_FORWARD
 static int paths(char *cfg, char *weights)
 {
@@ -132,6 +183,8 @@ int main(int argc, char **argv)
     if(argc == 5 && !strcmp(argv[1], "predict")) return write_prediction(load(argv[2], argv[3], 1), argv[4]);
     if(argc == 5 && !strcmp(argv[1], "time")) return time_forward(argv[2], argv[3], atoi(argv[4]));
     if(argc == 7 && !strcmp(argv[1], "train")) return train(argv[2], argv[3], argv[4], atoi(argv[5]), argv[6]);
+    if(argc == 3 && !strcmp(argv[1], "sizes")) return sizes(argv[2]);
+    if(argc == 5 && !strcmp(argv[1], "layers")) return time_layers(argv[2], argv[3], atoi(argv[4]));
 #ifdef SPARSE_FORWARD
     if(argc == 4 && !strcmp(argv[1], "paths")) return paths(argv[2], argv[3]);
 #endif
