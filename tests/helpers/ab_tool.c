@@ -13,14 +13,35 @@
 //       ema_update(net, 0) (EMA initialisation), then every EMA copy of a zero
 //       weight made stale (set to 1, as when a weight is zeroed after the EMA
 //       began), ema_update(net, 0.5), ema_apply, save_weights OUT
-//   ab_tool save-twice CFG IN OUT1 OUT2   (patched build only)
+//   ab_tool save-twice CFG IN OUT1 OUT2   (patched build only; layers and [rnn] sub-layers)
 //       IN loaded, saved to OUT1, every layer's prune_threshold set to 0, saved to OUT2
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "darknet.h"
 #include "parser.h"
 #include "network.h"
+
+// The fork seeds rand() with time(0) inside make_yolo_layer, so the weights
+// it initialises after a [yolo] layer depend on the second.  The tool is
+// linked from the fork's objects, so their calls of time() reach this one,
+// which returns $AB_TOOL_TIME when it is set: two builds then initialise one
+// cfg alike.
+time_t time(time_t *out)
+{
+    struct timespec now;
+    const char *fixed = getenv("AB_TOOL_TIME");
+    time_t t;
+    if (fixed) {
+        t = (time_t)atoll(fixed);
+    } else {
+        clock_gettime(CLOCK_REALTIME, &now);
+        t = now.tv_sec;
+    }
+    if (out) *out = t;
+    return t;
+}
 
 static int usage(void)
 {
@@ -103,7 +124,12 @@ int main(int argc, char **argv)
         int i;
         load_weights(&net, argv[3]);
         save_weights(net, argv[4]);
-        for (i = 0; i < net.n; ++i) net.layers[i].prune_threshold = 0;
+        for (i = 0; i < net.n; ++i) {  // the layers and the rnn sub-layers the test cfg has
+            layer *l = net.layers + i;
+            l->prune_threshold = 0;
+            if (l->type == RNN) l->input_layer->prune_threshold = l->self_layer->prune_threshold = 0,
+                                l->output_layer->prune_threshold = 0;
+        }
         save_weights(net, argv[5]);
         return 0;
     }
