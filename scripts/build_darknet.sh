@@ -102,14 +102,19 @@ unpack_upstream() {
   fi
 }
 
-# The fork-neutral sparse kernels (patches/kernels/*.c, *.h) into the
-# tree's src/ of $1, where the series' patches (0010) call them.
-copy_kernels() {
+# The fork-neutral sparse kernels the series' patches (0010) call:
+# patches/kernels/*.c and *.h, one per line (none: nothing).
+kernel_files() {
   local f
   for f in patches/kernels/*.c patches/kernels/*.h; do
-    [ -f "$f" ] || die "patches/kernels/ has no $f"
-    cp "$f" "$1/src/"
+    if [ -f "$f" ]; then echo "$f"; fi
   done
+}
+
+# The kernels into the tree's src/ of $1.
+copy_kernels() {
+  local f
+  for f in $(kernel_files); do cp "$f" "$1/src/"; done
 }
 
 # Apply patches/series to the tree in $1; name the patch and show patch's
@@ -151,7 +156,10 @@ source_key() {
   else
     echo "deb $(awk -v f="$TARBALL" '$2 == f {print $1}' patches/upstream.sha256)"
   fi
-  if [ "$variant" = patched ]; then cat patches/series; cat patches/*.patch patches/kernels/*.c patches/kernels/*.h; fi
+  if [ "$variant" = patched ]; then
+    cat patches/series; cat patches/*.patch
+    for f in $(kernel_files); do echo "$f"; cat "$f"; done
+  fi
 }
 
 key=$(source_key | sha256sum | cut -d' ' -f1)

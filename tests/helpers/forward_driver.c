@@ -149,7 +149,11 @@ static int time_layers(char *cfg, char *weights, int repeat)
             layer l = n.layers[i];
             double start = now();
             n.index = i;
+#ifdef SPARSE_FORWARD
+            if(l.delta && sparse_forward_fills_delta(&n)) fill_cpu(l.outputs*l.batch, 0, l.delta, 1);
+#else
             if(l.delta) fill_cpu(l.outputs*l.batch, 0, l.delta, 1);
+#endif
             l.forward(l, n);
             n.input = l.output;
             t[(size_t)i*repeat + r] = now() - start;
