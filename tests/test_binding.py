@@ -93,14 +93,16 @@ def test_missing_files_raise_before_darknet_exits(tmp_path: Path, classifier) ->
 
 def test_an_alexeyab_cfg_is_refused_before_pjreddie_misreads_it(tmp_path: Path, classifier) -> None:
     """pjreddie's parser would read [route] groups= or mish differently (or
-    die): the binding says which features, instead of a size mismatch."""
+    die): with the pjreddie fork chosen, the binding says which features,
+    instead of a size mismatch (fork=auto picks AlexeyAB's binding for it:
+    tests/test_alexeyab_binding.py)."""
     cfg, _ = classifier
     text = cfg.read_text()
     assert "activation=leaky" in text
     ab = tmp_path / "ab.cfg"
     ab.write_text(text.replace("activation=leaky", "activation=mish", 1))
     with pytest.raises(CfgError, match=r"ab.cfg: uses AlexeyAB-only features \(activation=mish at line \d+\)"):
-        darknet.Network(ab)
+        darknet.Network(ab, fork="pjreddie")
     darknet.Network(cfg)  # the plain cfg still loads
 
 

@@ -4,6 +4,7 @@ typedef struct { int batch, max_batch, subdivisions, inputs, truths, outputs, c,
 ds_net *ds_load(const char *cfg, const char *weights, int clear);
 void ds_free(ds_net *net);
 void ds_seed(unsigned int seed);
+const char *ds_fork(void);  /* "pjreddie" or "alexeyab": the fork this binding was built against */
 void ds_get_info(ds_net *net, ds_info *info);
 const char *ds_layer_type(ds_net *net, int index);
 int ds_set_batch(ds_net *net, int batch);
@@ -14,6 +15,7 @@ int ds_save(ds_net *net, const char *path);
 typedef struct ds_dets ds_dets;
 const char *ds_detector_error(ds_net *net);
 int ds_detector_classes(ds_net *net);
+int ds_detect_letterbox(ds_net *net);
 ds_dets *ds_detect(ds_net *net, const char *image, float thresh, float hier, float nms, const char **error);
 int ds_dets_count(ds_dets *dets, int *classes, int *w, int *h);
 void ds_dets_read(ds_dets *dets, float *boxes, float *probs, float *objectness);

@@ -8,6 +8,11 @@
 #include <string.h>
 #include "darknet.h"
 #include "_cdef.h"
+#ifdef DS_FORK_ALEXEYAB  /* the fork's own calls (fork_*): _build.py passes the define */
+#include "_fork_alexeyab.c"
+#else
+#include "_fork_pjreddie.c"
+#endif
 
 char *get_layer_string(LAYER_TYPE a);  /* network.c; not in darknet.h */
 
@@ -22,18 +27,19 @@ struct ds_net {
  * pass's compressed copy: once views exist, rebuild it before using the net. */
 static void sync_weights(ds_net *h)
 {
-#ifdef DARKNET_SPARSE_FORWARD
-    if (h->views) invalidate_sparse_forward_network(h->net);
-#else
-    (void)h;
-#endif
+    if (h->views) fork_weights_changed(h->net);
+}
+
+const char *ds_fork(void)
+{
+    return fork_name();
 }
 
 ds_net *ds_load(const char *cfg, const char *weights, int clear)
 {
     ds_net *h = calloc(1, sizeof(*h));
     if (!h) return NULL;
-    h->net = load_network((char *)cfg, (char *)weights, clear);
+    h->net = fork_load(cfg, weights, clear);
     h->max_batch = h->net->batch;
     h->scratch = calloc((size_t)h->net->inputs * h->net->batch, sizeof(float));
     return h;
@@ -41,7 +47,7 @@ ds_net *ds_load(const char *cfg, const char *weights, int clear)
 
 void ds_free(ds_net *h)
 {
-    free_network(h->net);
+    fork_free(h->net);
     free(h->scratch);
     free(h);
 }
@@ -79,43 +85,6 @@ int ds_set_batch(ds_net *h, int batch)
     return 0;
 }
 
-/* Layers whose training-mode forward computes a loss against net->truth
- * without checking that there is one (forward_yolo_layer reads it at once).
- * Their outputs are the same in either mode. */
-static int is_loss_layer(LAYER_TYPE type)
-{
-    return type == YOLO || type == REGION || type == DETECTION || type == ISEG;
-}
-
-/* network_predict, but in training mode: batch norm uses batch statistics
- * and updates its rolling ones; no truth, no gradient, no update.  The loop
- * is forward_network's, with the loss layers in inference mode: there is no
- * truth to compare with. */
-static void forward_train(network *net, float *input)
-{
-    network orig = *net;
-    int i;
-#ifdef GPU
-    if (net->gpu_index >= 0) {  /* the callers refuse a GPU net (check_host) */
-        net->input = input, net->truth = 0, net->train = 1, net->delta = 0;
-        forward_network(net);
-        *net = orig;
-        return;
-    }
-#endif
-    net->input = input;
-    net->truth = 0;
-    net->delta = 0;
-    for (i = 0; i < net->n; ++i) {
-        layer l = net->layers[i];
-        net->index = i;
-        net->train = !is_loss_layer(l.type);
-        l.forward(l, *net);
-        net->input = l.output;
-    }
-    *net = orig;
-}
-
 /* n rows of x through the net, one batch at a time; the outputs go to out
  * (may be NULL).  A short last batch is padded with zeros. */
 int ds_forward(ds_net *h, const float *x, float *out, int n, int train)
@@ -132,9 +101,10 @@ int ds_forward(ds_net *h, const float *x, float *out, int n, int train)
             memset(h->scratch + (size_t)k * net->inputs, 0, (size_t)(b - k) * net->inputs * sizeof(float));
             in = h->scratch;
         }
-        if (train) forward_train(net, in);
-        else network_predict(net, in);
-        if (out) memcpy(out + (size_t)i * net->outputs, net->output, (size_t)k * net->outputs * sizeof(float));
+        float *result = net->output;
+        if (train) fork_forward_train(net, in);  /* training mode, no truth: the fork's glue */
+        else result = fork_predict(net, in);
+        if (out) memcpy(out + (size_t)i * net->outputs, result, (size_t)k * net->outputs * sizeof(float));
     }
     return 0;
 }
@@ -162,7 +132,7 @@ int ds_train(ds_net *h, const float *x, const float *y, int n, int iterations, f
         d.X.vals[i] = (float *)x + (size_t)i * d.X.cols;
         d.y.vals[i] = (float *)y + (size_t)i * d.y.cols;
     }
-    for (i = 0; i < iterations; ++i) losses[i] = train_network(net, d);
+    for (i = 0; i < iterations; ++i) losses[i] = fork_train(net, d);
     free(d.X.vals);
     free(d.y.vals);
     return 0;
@@ -175,11 +145,11 @@ int ds_save(ds_net *h, const char *path)
     FILE *fp = fopen(path, "wb");
     if (!fp) return -1;
     fclose(fp);
-    save_weights(h->net, (char *)path);
+    fork_save(h->net, path);
     return 0;
 }
 
-#ifdef DARKNET_SPARSE
+#ifdef DS_PATCHED  /* the fork glue defines it for a patched build */
 /* One layer's own arrays (not its sub-layers'), as Darknet saves them; a
  * [batchnorm] layer's biases too, which it uses but never saves. */
 static int layer_arrays(layer *l, float **ptr, const char **name, int *count)
@@ -206,7 +176,7 @@ static int layer_arrays(layer *l, float **ptr, const char **name, int *count)
         ptr[n] = l->rolling_mean, name[n] = "rolling_mean", count[n++] = biases;
         ptr[n] = l->rolling_variance, name[n] = "rolling_variance", count[n++] = biases;
     }
-    if (prune_weight_count(l)) ptr[n] = l->weights, name[n] = "weights", count[n++] = prune_weight_count(l);
+    if (fork_weight_count(l)) ptr[n] = l->weights, name[n] = "weights", count[n++] = fork_weight_count(l);
     return n;
 }
 
@@ -224,7 +194,7 @@ float *ds_param(ds_net *h, int index, int k, const char **sub, const char **name
     *sub = NULL;
     while (k >= n) {
         k -= n;
-        if (!(target = prune_sublayer(l, i++, sub))) return NULL;
+        if (!(target = fork_sublayer(l, i++, sub))) return NULL;
         n = layer_arrays(target, ptr, names, counts);
     }
     *name = names[k];
@@ -252,11 +222,11 @@ int ds_set_threshold(ds_net *h, int index, float threshold)
     int i;
     if (index >= h->net->n) return -1;
     if (index >= 0) {
-        prune_set_threshold(h->net->layers + index, threshold);
+        fork_set_threshold(h->net->layers + index, threshold);
         return 0;
     }
     h->net->prune_threshold = threshold;
-    for (i = 0; i < h->net->n; ++i) prune_set_threshold(h->net->layers + i, threshold);
+    for (i = 0; i < h->net->n; ++i) fork_set_threshold(h->net->layers + i, threshold);
     return 0;
 }
 #endif

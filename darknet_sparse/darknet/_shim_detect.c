@@ -1,8 +1,9 @@
-/* Detection through the binding, as `darknet detector test` does it
- * (examples/detector.c, test_detector): upstream's load_image_color and
- * letterbox_image, one network_predict at batch 1, get_network_boxes over
- * every [yolo], [region] and [detection] layer, and do_nms_sort with the
- * last layer's class count.  Included by _darknet_shim.c, so it sees the
+/* Detection through the binding, as the fork's `darknet detector test` does
+ * it (test_detector; the calls are the fork glue's fork_detect): pjreddie's
+ * load_image_color and letterbox_image, AlexeyAB's load_image and
+ * resize_image (letterbox_image with [net] letter_box=1), one forward pass
+ * at batch 1, get_network_boxes over every detection layer, and the fork's
+ * NMS with the last layer's class count.  Included by _darknet_shim.c, so it sees the
  * ds_net handle; it uses nothing the patches add.
  *
  * load_image_color exits on a file stb_image cannot decode, so the image is
@@ -16,7 +17,14 @@ const char *stbi_failure_reason(void);
 
 static int is_detection_layer(LAYER_TYPE type)
 {
-    return type == YOLO || type == REGION || type == DETECTION;
+    return fork_is_detection(type);  /* AlexeyAB's fork adds [Gaussian_yolo] */
+}
+
+/* Whether ds_detect letterboxes the image (pjreddie: always; AlexeyAB's
+ * fork: only with [net] letter_box=1, else a plain resize). */
+int ds_detect_letterbox(ds_net *h)
+{
+    return fork_letterbox(h->net);
 }
 
 /* Why get_network_boxes would overrun this net's buffers, or NULL. */
@@ -53,7 +61,6 @@ ds_dets *ds_detect(ds_net *h, const char *path, float thresh, float hier, float 
     network *net = h->net;
     int batch = net->batch, width, height, channels;
     ds_dets *d;
-    image im, sized;
     if ((*error = ds_detector_error(h))) return NULL;
     if (!stbi_info(path, &width, &height, &channels)) {
         *error = stbi_failure_reason();
@@ -63,19 +70,12 @@ ds_dets *ds_detect(ds_net *h, const char *path, float thresh, float hier, float 
         *error = "out of memory";
         return NULL;
     }
-    im = load_image_color((char *)path, 0, 0);
-    sized = letterbox_image(im, net->w, net->h);
     sync_weights(h);
     set_batch_network(net, 1);  /* as test_detector; also keeps yolo's flip averaging off */
-    network_predict(net, sized.data);
     d->classes = ds_detector_classes(h);
-    d->w = im.w;
-    d->h = im.h;
-    d->dets = get_network_boxes(net, im.w, im.h, thresh, hier, 0, 1, &d->n);
-    if (nms > 0) do_nms_sort(d->dets, d->n, d->classes, nms);
+    /* the fork's test_detector: its image preparation, forward, decode and NMS */
+    d->dets = fork_detect(net, path, thresh, hier, nms, d->classes, &d->w, &d->h, &d->n);
     set_batch_network(net, batch);
-    free_image(im);
-    free_image(sized);
     return d;
 }
 

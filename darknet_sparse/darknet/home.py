@@ -9,7 +9,11 @@ Every command that needs the binary or the binding asks here.  The binary
 
 The binding (:func:`find_binding`) likewise: ``$DARKNET_SPARSE_BINDING`` (a
 compiled module file), the checkout's ``darknet_sparse/darknet/_darknet*.so`` (``make
-binding``), then the per-user folder's ``binding/_darknet*.so``.
+binding``), then the per-user folder's ``binding/_darknet*.so``.  There is one
+binding per fork (:data:`MODULES`): ``find_binding("alexeyab")`` looks for
+``_darknet_alexeyab*.so`` in the same places (``$DARKNET_SPARSE_BINDING_ALEXEYAB``
+first), built against ``build/darknet-alexeyab`` (``make binding`` when that
+build exists, or ``python -m darknet_sparse.darknet._build --fork alexeyab``).
 
 The per-user folder (:func:`home`) is ``$DARKNET_SPARSE_HOME``, else
 ``$XDG_DATA_HOME/darknet-sparse``, else ``~/.local/share/darknet-sparse``.
@@ -39,6 +43,11 @@ HERE = Path(__file__).resolve().parent
 BUILD_COMMAND = "darknet-sparse build"
 #: The binding's extension module name (``PyInit__darknet``).
 MODULE = "_darknet"
+#: Each fork's binding module, and the environment variable that overrides where it is.
+MODULES = {"pjreddie": MODULE, "alexeyab": "_darknet_alexeyab"}
+BINDING_VARIABLES = {"pjreddie": "DARKNET_SPARSE_BINDING", "alexeyab": "DARKNET_SPARSE_BINDING_ALEXEYAB"}
+#: Each fork's patched tree (a folder of a build folder) and the file that says it is built.
+TREES = {"pjreddie": ("darknet", "libdarknet.a"), "alexeyab": ("darknet-alexeyab", "libdarknet.so")}
 
 
 def _checkout() -> Path | None:
@@ -97,10 +106,10 @@ def find_darknet(path: str | Path | None = None) -> Path:
     raise DarknetRunError(f"the patched Darknet is not built: run `{BUILD_COMMAND}` (or pass --darknet)")
 
 
-def _module_file(folder: Path) -> Path | None:
+def _module_file(folder: Path, module: str = MODULE) -> Path | None:
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        if (folder / (MODULE + suffix)).is_file():
-            return folder / (MODULE + suffix)
+        if (folder / (module + suffix)).is_file():
+            return folder / (module + suffix)
     return None
 
 
@@ -109,17 +118,23 @@ def _binding_candidates() -> list[tuple[str, Path]]:
     return folders + [("home", home() / "binding")]
 
 
-def find_binding() -> Path:
-    """The compiled binding module file (see the module docstring for the order)."""
-    if os.environ.get("DARKNET_SPARSE_BINDING"):
-        path = Path(os.environ["DARKNET_SPARSE_BINDING"])
+def find_binding(fork: str = "pjreddie") -> Path:
+    """The compiled binding module file of ``fork`` (see the module docstring for the order)."""
+    if fork not in MODULES:
+        raise BindingError(f"unknown fork {fork!r}: expected {', '.join(MODULES)}")
+    variable = BINDING_VARIABLES[fork]
+    if os.environ.get(variable):
+        path = Path(os.environ[variable])
         if not path.is_file():
-            raise BindingError(f"{path}: no compiled binding there (DARKNET_SPARSE_BINDING)")
+            raise BindingError(f"{path}: no compiled binding there ({variable})")
         return path
     for _, folder in _binding_candidates():
-        found = _module_file(folder)
+        found = _module_file(folder, MODULES[fork])
         if found is not None:
             return found
+    if fork == "alexeyab":
+        raise BindingError(f"the binding to AlexeyAB's Darknet is not built: run `{BUILD_COMMAND} --fork alexeyab` "
+                           "(in a checkout: make darknet-alexeyab binding)")
     raise BindingError(f"the Darknet binding is not built: run `{BUILD_COMMAND}`")
 
 
@@ -168,7 +183,8 @@ def _binding_key(tree: Path) -> str:
     sources, the build code, and this Python's extension ABI."""
     digest = hashlib.sha256(importlib.machinery.EXTENSION_SUFFIXES[0].encode())
     inputs = [tree / "libdarknet.a", tree / "include" / "darknet.h", tree / "binding-cflags", tree / "link-flags",
-              HERE / "_build.py", HERE / "_cdef.h", HERE / "_shim.c", *sorted(HERE.glob("_shim_*.c"))]
+              HERE / "_build.py", HERE / "_cdef.h", HERE / "_shim.c", *sorted(HERE.glob("_shim_*.c")),
+              *sorted(HERE.glob("_fork_*.c"))]
     for path in inputs:
         digest.update(path.name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"-") + b"\0")
     return digest.hexdigest()
@@ -190,15 +206,24 @@ def build(progress: Callable[[str], None], jobs: int | None = None) -> dict[str,
         fcntl.flock(lock, fcntl.LOCK_EX)  # two builds into one folder take turns
         if _run_logged(["bash", str(script), "patched"], env, log, progress) != 0:
             raise _failure("building Darknet", log_path)
-        tree, out = root / "darknet", root / "binding"
-        key = _binding_key(tree)
-        if _module_file(out) is not None and (out / ".key").is_file() and (out / ".key").read_text() == key:
-            progress(f"binding: {_module_file(out)} is up to date")
-        else:
-            progress(f"binding: compiling {MODULE} against {tree}")
-            command = [sys.executable, "-m", "darknet_sparse.darknet._build", "--darknet", str(tree),
-                       "--out", str(out), "--work", str(out / "work")]
-            if _run_logged(command, env, log, progress) != 0:
-                raise _failure("compiling the binding", log_path)
-            (out / ".key").write_text(key)
+        build_binding(root, "pjreddie", env, log, log_path, progress)
     return status()
+
+
+def build_binding(root: Path, fork: str, env: dict[str, str], log: Any, log_path: Path,
+                  progress: Callable[[str], None]) -> None:
+    """Compile ``fork``'s binding against its tree in ``root`` into
+    ``root/binding``, unless what it depends on is unchanged."""
+    module = MODULES[fork]
+    tree, out = root / TREES[fork][0], root / "binding"
+    key = _binding_key(tree)
+    stamp = out / (".key" if fork == "pjreddie" else f".key-{fork}")
+    if _module_file(out, module) is not None and stamp.is_file() and stamp.read_text() == key:
+        progress(f"binding: {_module_file(out, module)} is up to date")
+        return
+    progress(f"binding: compiling {module} against {tree}")
+    command = [sys.executable, "-m", "darknet_sparse.darknet._build", "--fork", fork, "--darknet", str(tree),
+               "--out", str(out), "--work", str(out / "work" / fork)]
+    if _run_logged(command, env, log, progress) != 0:
+        raise _failure(f"compiling the binding ({fork})", log_path)
+    stamp.write_text(key)

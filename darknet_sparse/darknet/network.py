@@ -1,8 +1,13 @@
 """Darknet in-process, through the cffi binding to the patched build.
 
-The only importer of the compiled module (``_darknet``, built by
-``darknet-sparse build`` into the per-user folder, or by ``make binding`` in a
-checkout; :func:`darknet_sparse.darknet.home.find_binding` says which is used).
+The only importer of the compiled modules: one per fork, ``_darknet``
+(pjreddie's Darknet) and ``_darknet_alexeyab`` (AlexeyAB's), built from the
+same cdef and shim by ``darknet-sparse build`` into the per-user folder, or by
+``make binding`` in a checkout; :func:`darknet_sparse.darknet.home.find_binding`
+says which file is used.  ``Network(cfg, weights, fork="auto")`` picks the
+fork as ``threshold`` does (:func:`darknet_sparse.format.files.resolve_fork`:
+AlexeyAB-only cfg features, then the file's size and header) and records it
+(:attr:`Network.fork`, :attr:`Network.fork_reason`).
 Importing this module always works; using a :class:`Network` where the
 binding was not built raises :class:`BindingError`.  Every return code of a
 ``ds_*`` call goes through :func:`_check`.
@@ -32,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from . import home
-from ..format.files import load
-from ..format.files import load_model
+from ..format.cfg import read_cfg
+from ..format.files import load, load_model, resolve_fork
 from . import runner
 from ..errors import BindingError
 from ..format.weightsfile import atomic_path
@@ -56,11 +61,16 @@ class Backend:
         """Whether it was built against the patched Darknet (prune calls, views)."""
         return hasattr(self.lib, "ds_param")
 
+    @property
+    def fork(self) -> str:
+        """Whose Darknet it was built against: ``pjreddie`` or ``alexeyab``."""
+        return self.ffi.string(self.lib.ds_fork()).decode()
 
-def backend(path: str | Path | None = None) -> Backend:
-    """The binding :func:`darknet_sparse.darknet.home.find_binding` finds, or the
-    extension module file at ``path`` (such as a stock build's)."""
-    return _load(str(home.find_binding() if path is None else path))
+
+def backend(path: str | Path | None = None, fork: str = "pjreddie") -> Backend:
+    """The binding of ``fork`` :func:`darknet_sparse.darknet.home.find_binding`
+    finds, or the extension module file at ``path`` (such as a stock build's)."""
+    return _load(str(home.find_binding(fork) if path is None else path))
 
 
 @lru_cache(maxsize=None)
@@ -113,28 +123,47 @@ def build_info() -> dict[str, Any]:
             "binding": binding}
 
 
-def check_files(cfg: str | Path, weights: str | Path | None) -> None:
-    """Let the core reader reject what would make Darknet exit(), and what
-    pjreddie's parser would misread: an AlexeyAB-only cfg.  :class:`Network`
-    calls it; so does a caller that hands Darknet a copy of the cfg, so that
-    errors name the user's files."""
-    if Path(cfg).is_file():
+def choose_fork(cfg: str | Path, weights: str | Path | None = None, fork: str = "auto") -> tuple[str, str]:
+    """The fork that runs ``cfg`` (and ``weights``) and why: ``fork`` if not
+    ``auto``, else as ``threshold`` reads it
+    (:func:`darknet_sparse.format.files.resolve_fork`)."""
+    return resolve_fork(read_cfg(cfg), fork, weights)
+
+
+def check_files(cfg: str | Path, weights: str | Path | None, fork: str = "auto") -> str:
+    """Let the core reader reject what would make Darknet exit() under the
+    chosen fork, and, where that is pjreddie's, what its parser would
+    misread: an AlexeyAB-only cfg.  Returns the fork.  :class:`Network` calls
+    it; so does a caller that hands Darknet a copy of the cfg, so that errors
+    name the user's files."""
+    chosen = choose_fork(cfg, weights, fork)[0] if Path(cfg).is_file() else ("pjreddie" if fork == "auto" else fork)
+    if chosen == "pjreddie" and Path(cfg).is_file():
         runner.check_cfg(cfg)
     if weights is None:
-        load_model(cfg, fork="pjreddie")
+        load_model(cfg, fork=chosen)
     else:
-        load(cfg, weights, fork="pjreddie")
+        load(cfg, weights, fork=chosen)
+    return chosen
 
 
 class Network:
     """A Darknet network loaded in this process."""
 
     def __init__(self, cfg: str | Path, weights: str | Path | None = None, *, clear: bool = False,
-                 using: Backend | None = None):
+                 using: Backend | None = None, fork: str = "auto"):
         """Parse ``cfg`` (random initial weights, see :func:`seed`), then load
-        ``weights`` if given; ``clear`` resets the images-seen counter."""
-        self._backend = using or backend()
-        check_files(cfg, weights)
+        ``weights`` if given; ``clear`` resets the images-seen counter.
+        ``fork`` (auto, pjreddie, alexeyab) picks the binding; ``using``, a
+        binding, fixes it."""
+        if using is not None:
+            self.fork, self.fork_reason = using.fork, "the binding given"
+            if fork not in ("auto", using.fork):
+                raise BindingError(f"fork={fork} but the binding given is {using.fork}'s")
+        else:
+            self.fork, self.fork_reason = choose_fork(cfg, weights, fork) if Path(cfg).is_file() else (
+                "pjreddie" if fork == "auto" else fork, "as requested")
+        self._backend = using or backend(fork=self.fork)
+        check_files(cfg, weights, self.fork)
         ffi, lib = self._backend.ffi, self._backend.lib
         weights_arg = ffi.NULL if weights is None else os.fsencode(weights)
         handle = lib.ds_load(os.fsencode(cfg), weights_arg, int(clear))
@@ -355,6 +384,24 @@ class Network:
         return None if reason == ffi.NULL else ffi.string(reason).decode()
 
     @property
+    def letterbox(self) -> bool:
+        """Whether :meth:`detect` letterboxes the image, as the fork's
+        ``detector test`` does: pjreddie's always; AlexeyAB's only with
+        ``letter_box=1`` in ``[net]``, else a plain resize to the input size."""
+        return bool(self._backend.lib.ds_detect_letterbox(self._net))
+
+    @property
+    def preprocessing(self) -> str:
+        """How :meth:`detect` prepares an image, in words, naming the fork."""
+        c, h, w = self.input_shape
+        if self.fork == "pjreddie":
+            return f"letterboxed to {w}x{h} (pjreddie's detector test)"
+        if self.letterbox:
+            return f"letterboxed to {w}x{h} (AlexeyAB's detector test with letter_box=1 in [net])"
+        return (f"resized to {w}x{h} without letterbox (AlexeyAB's detector test; "
+                "letter_box=1 in [net] would letterbox)")
+
+    @property
     def detector_classes(self) -> int:
         """How many classes each detected box has probabilities for."""
         reason = self.detector_error()
@@ -364,10 +411,13 @@ class Network:
 
     def detect(self, image: str | Path, thresh: float, hier: float = 0.5, nms: float = 0.45
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
-        """Upstream's own path for one image file: ``load_image_color``,
-        ``letterbox_image``, ``network_predict`` at batch 1,
-        ``get_network_boxes`` over every detection layer, ``do_nms_sort``
-        (``nms`` 0: none).  Returns boxes (n, 4: centre x, y, width, height
+        """The fork's own path for one image file (its ``detector test``):
+        pjreddie's ``load_image_color``, ``letterbox_image``,
+        ``network_predict`` at batch 1, ``get_network_boxes`` over every
+        detection layer, ``do_nms_sort`` (``nms`` 0: none); AlexeyAB's
+        ``load_image``, ``resize_image`` (``letterbox_image`` where
+        :attr:`letterbox`), ``get_network_boxes`` with ``letter``, and the
+        last layer's ``nms_kind`` (``do_nms_sort`` or ``diounms_sort``).  Returns boxes (n, 4: centre x, y, width, height
         as fractions of the image), probabilities (n, classes: 0 at or below
         ``thresh`` or suppressed), objectness (n,) and the image's (width,
         height).  :func:`darknet_sparse.darknet.detect.detect` wraps this."""

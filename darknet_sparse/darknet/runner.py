@@ -49,13 +49,13 @@ def check_binary(path: Path) -> None:
 
 
 def check_cfg(cfg: str | Path) -> None:
-    """The patched Darknet is pjreddie's: refuse a cfg that only AlexeyAB's
-    parser reads right (pjreddie's would misread it, or die)."""
+    """Where the model runs in pjreddie's Darknet: refuse a cfg that only
+    AlexeyAB's parser reads right (pjreddie's would misread it, or die)."""
     markers = alexeyab_markers(read_cfg(cfg))
     if markers:
         raise CfgError(f"{cfg}: uses AlexeyAB-only features ({', '.join(markers[:3])}"
-                       f"{' ...' if len(markers) > 3 else ''}); this command runs the model in the patched "
-                       "Darknet, which is pjreddie's and cannot run it")
+                       f"{' ...' if len(markers) > 3 else ''}); this runs the model in pjreddie's patched "
+                       "Darknet, which cannot run it (in-process commands: --fork alexeyab or auto)")
 
 
 def check_folder(folder: Path) -> None:
