@@ -24,7 +24,7 @@ export AVX DARKNET_AB_SRC
 
 BINDING_STAMP := build/.binding-stamp
 
-.PHONY: all setup system-deps venv darknet darknet-stock darknet-omp darknet-alexeyab darknet-alexeyab-stock alexeyab-if-available binding models images fashion test demo bench bench-speed bench-quality bench-detector bench-slim clean
+.PHONY: all setup system-deps venv darknet darknet-stock darknet-omp darknet-alexeyab darknet-alexeyab-stock alexeyab-if-available binding binding-alexeyab models images fashion test demo bench bench-speed bench-quality bench-detector bench-slim clean
 
 all: setup darknet binding
 
@@ -89,8 +89,14 @@ data/fashion/fashion.data:
 
 binding: venv darknet
 	$(VPY) -m darknet_sparse.darknet._build
+	@$(MAKE) --no-print-directory binding-alexeyab
 
-test: setup models images fashion darknet darknet-stock darknet-omp binding alexeyab-if-available
+# The binding to AlexeyAB's Darknet, where its patched build exists (make darknet-alexeyab).
+binding-alexeyab: venv
+	@if [ -f build/darknet-alexeyab/libdarknet.so ]; then $(VPY) -m darknet_sparse.darknet._build --fork alexeyab; \
+	else echo "binding-alexeyab: build/darknet-alexeyab is not built (make darknet-alexeyab): no AlexeyAB binding"; fi
+
+test: setup models images fashion darknet darknet-stock darknet-omp binding alexeyab-if-available binding-alexeyab
 	$(VPY) -m pytest -q tests
 
 demo: setup models images darknet binding
