@@ -2,6 +2,7 @@
 Darknet's prune phase and save-time threshold."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -315,6 +316,68 @@ def test_shim_return_codes_are_checked(monkeypatch: pytest.MonkeyPatch, classifi
         net.set_prune_threshold(0.1, layer=7)
     with pytest.raises(BindingError, match="no layer 7"):
         net.prune_threshold(7)
+
+
+def test_a_layer_the_shim_has_no_output_for_is_an_error(monkeypatch: pytest.MonkeyPatch, classifier) -> None:
+    """ds_layer_output answers NULL for a layer it does not have; that is an
+    error, never a buffer read at NULL."""
+    net = darknet.Network(*classifier)
+    monkeypatch.setattr(net, "_check_layer", lambda index: None)
+    with pytest.raises(BindingError, match="no output for layer 7"):
+        net.layer_outputs(np.zeros((1, net.inputs), np.float32), [7])
+    with pytest.raises(BindingError, match="no layer 7"):
+        net.layer_type(7)
+
+
+class _Answering:
+    """A compiled module whose named calls answer ``answers[name]`` instead."""
+
+    def __init__(self, lib, **answers):
+        self._lib, self._answers = lib, answers
+
+    def __getattr__(self, name: str):
+        if name in self._answers:
+            return lambda *args: self._answers[name]
+        return getattr(self._lib, name)
+
+
+def test_null_and_negative_answers_of_the_shim_are_errors(tmp_path: Path, classifier) -> None:
+    """Each answer the shim gives when C fails (ds_load NULL when memory runs
+    out, ds_dets_count -1 for boxes get_network_boxes lost) is a BindingError."""
+    real = darknet.backend()
+    failing = darknet.Backend(real.ffi, _Answering(real.lib, ds_load=real.ffi.NULL))
+    with pytest.raises(BindingError, match="could not allocate the network"):
+        darknet.Network(*classifier, using=failing)
+    cfg = tmp_path / "detector.cfg"
+    shutil.copy(Path(__file__).parent / "cfgs" / "tiny_detector.cfg", cfg)
+    net = darknet.Network(cfg, sparse_start(cfg, tmp_path / "detector.weights", fraction=0))
+    image = tmp_path / "image.ppm"
+    image.write_bytes(b"P6 8 8 255\n" + bytes(range(192)))
+    assert net.detect(image, 0.5)[0].shape[1] == 4
+    net._backend = darknet.Backend(real.ffi, _Answering(real.lib, ds_dets_count=-1))
+    with pytest.raises(BindingError, match="lost the detected boxes"):
+        net.detect(image, 0.5)
+
+
+def test_a_save_that_writes_less_is_an_error(monkeypatch: pytest.MonkeyPatch, classifier) -> None:
+    """save_weights ignores failed writes; /dev/full opens but takes nothing
+    (ENOSPC), and the size check says so."""
+    net = darknet.Network(*classifier)
+    size = classifier[1].stat().st_size
+    monkeypatch.setattr(darknet, "atomic_path", lambda path: contextlib.nullcontext("/dev/full"))
+    with pytest.raises(BindingError, match=f"wrote 0 bytes instead of {size} \\(disk full\\?\\)"):
+        net.save("ignored.weights")
+
+
+def test_the_package_binding_has_no_test_only_calls() -> None:
+    """ds_distill_step lives in the tests' own module (helpers/distill_binding.py)."""
+    assert not hasattr(darknet.backend().lib, "ds_distill_step")
+
+
+@pytest.mark.parametrize("value", [-1, 2**32, 1.5, "3", True])
+def test_a_seed_is_a_whole_number_c_can_take(value) -> None:
+    with pytest.raises(BindingError, match="a seed is a whole number from 0 to 4294967295"):
+        darknet.seed(value)
 
 
 def test_saved_weights_get_the_mode_of_a_new_file(tmp_path: Path, classifier) -> None:

@@ -28,5 +28,3 @@ int ds_set_threshold(ds_net *net, int index, float threshold);
 int ds_on_gpu(ds_net *net);
 /* outputs (_shim_outputs.c): any layer's output from the last pass */
 const float *ds_layer_output(ds_net *net, int index, int *count);
-/* distillation (_shim_distill.c): one batch's forward passes and distillation deltas */
-int ds_distill_step(ds_net *net, const float *x, const float *y, int index, float *delta, int capacity, double *loss);

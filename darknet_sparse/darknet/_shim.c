@@ -40,8 +40,16 @@ ds_net *ds_load(const char *cfg, const char *weights, int clear)
     ds_net *h = calloc(1, sizeof(*h));
     if (!h) return NULL;
     h->net = fork_load(cfg, weights, clear);
+    if (!h->net) {
+        free(h);
+        return NULL;
+    }
     h->max_batch = h->net->batch;
     h->scratch = calloc((size_t)h->net->inputs * h->net->batch, sizeof(float));
+    if (!h->scratch) {
+        ds_free(h);
+        return NULL;
+    }
     return h;
 }
 
@@ -52,9 +60,15 @@ void ds_free(ds_net *h)
     free(h);
 }
 
+/* As [net] seed=N: a patched Darknet's seed_set is srand plus a note that
+ * a seed was given, for its data-loading threads (src/seed.c). */
 void ds_seed(unsigned int seed)
 {
+#ifdef DARKNET_SPARSE_SEED
+    seed_set(seed);
+#else
     srand(seed);
+#endif
 }
 
 void ds_get_info(ds_net *h, ds_info *info)
@@ -139,7 +153,8 @@ int ds_train(ds_net *h, const float *x, const float *y, int n, int iterations, f
 }
 
 /* save_weights exit()s when it cannot open the file: open it here first,
- * so a bad path is a -1 the caller reports. */
+ * so a bad path is a -1 the caller reports.  It ignores failed writes (a
+ * full disk), so the caller checks the saved file's size. */
 int ds_save(ds_net *h, const char *path)
 {
     FILE *fp = fopen(path, "wb");
@@ -245,4 +260,3 @@ int ds_on_gpu(ds_net *h)
 
 #include "_shim_detect.c"  /* ds_detect: detection as `detector test` does it */
 #include "_shim_outputs.c"  /* ds_layer_output: any layer's output, e.g. every [yolo] head */
-#include "_shim_distill.c"  /* ds_distill_step: the distillation deltas of one batch */

@@ -79,13 +79,14 @@ ds_dets *ds_detect(ds_net *h, const char *path, float thresh, float hier, float 
     return d;
 }
 
-/* How many boxes, their probabilities' width, and the image's size. */
+/* How many boxes, their probabilities' width, and the image's size; -1
+ * for a negative count, or a positive one without the boxes. */
 int ds_dets_count(ds_dets *d, int *classes, int *w, int *h)
 {
     *classes = d->classes;
     *w = d->w;
     *h = d->h;
-    return d->n;
+    return d->n < 0 || (d->n > 0 && !d->dets) ? -1 : d->n;
 }
 
 /* Copy the boxes out: boxes[4n] (x, y, w, h), probs[n * classes], objectness[n]. */

@@ -41,7 +41,8 @@ from ..format.cfg import read_cfg
 from ..format.files import load, load_model, resolve_fork
 from . import runner
 from ..errors import BindingError
-from ..format.weightsfile import atomic_path
+from ..format.layout import Model
+from ..format.weightsfile import SAVED_VERSION, atomic_path, expected_size, seen_size
 
 #: cfg options the patches add: ``[net]`` prune, prune_threshold; per layer prune_threshold.
 NEW_OPTIONS = ("prune", "prune_threshold")
@@ -104,8 +105,20 @@ def _integer(value: Any, message: str) -> int:
 
 
 def seed(value: int, using: Backend | None = None) -> None:
-    """Seed Darknet's random numbers (``srand``: initial weights, dropout, ...)."""
-    (using or backend()).lib.ds_seed(value)
+    """Seed Darknet's random numbers (initial weights, dropout, ...) as a
+    cfg's ``[net] seed=value`` does in the patched Darknet
+    (patches/0005-seed.patch): ``srand(value)``, so a stock binding draws the
+    same numbers."""
+    message = f"a seed is a whole number from 0 to {2**32 - 1}, not {value!r}"
+    if not 0 <= _integer(value, message) < 2**32:
+        raise BindingError(message)
+    (using or backend()).lib.ds_seed(int(value))
+
+
+def saved_size(model: Model, fork: str) -> int:
+    """The size of the file ``fork``'s ``save_weights`` writes for ``model``."""
+    major, minor, _ = SAVED_VERSION[fork]
+    return expected_size(model, 12 + seen_size(major, minor, fork))
 
 
 def build_info() -> dict[str, Any]:
@@ -168,8 +181,9 @@ class Network:
         weights_arg = ffi.NULL if weights is None else os.fsencode(weights)
         handle = lib.ds_load(os.fsencode(cfg), weights_arg, int(clear))
         if handle == ffi.NULL:
-            raise BindingError(f"{cfg}: Darknet could not allocate the network")
+            raise BindingError(f"{cfg}: Darknet could not allocate the network (out of memory)")
         self._net = ffi.gc(handle, lib.ds_free)
+        self._saved_size = saved_size(load_model(cfg, fork=self.fork), self.fork)
 
     def _info(self) -> Any:
         info = self._backend.ffi.new("ds_info *")
@@ -183,7 +197,10 @@ class Network:
     def layer_type(self, index: int) -> str:
         """Darknet's name of the layer's type (``convolutional``, ``rnn``...)."""
         self._check_layer(index)
-        return self._backend.ffi.string(self._backend.lib.ds_layer_type(self._net, index)).decode()
+        name = self._backend.lib.ds_layer_type(self._net, index)
+        if name == self._backend.ffi.NULL:
+            raise BindingError(f"Darknet has no layer {index}")
+        return self._backend.ffi.string(name).decode()
 
     @property
     def batch(self) -> int:
@@ -259,9 +276,14 @@ class Network:
 
     def save(self, path: str | Path) -> None:
         """Save the weights with Darknet's ``save_weights`` (so a prune
-        threshold applies), atomically: a temporary file renamed over ``path``."""
+        threshold applies), atomically: a temporary file renamed over ``path``.
+        ``save_weights`` does not check its writes, so the file's size is
+        checked against the one the cfg implies (a full disk writes less)."""
         with atomic_path(path) as tmp:
             _check(self._backend.lib.ds_save(self._net, os.fsencode(tmp)), f"{path}: Darknet could not write {tmp}")
+            written = os.stat(tmp).st_size
+            if written != self._saved_size:
+                raise BindingError(f"{path}: Darknet wrote {written} bytes instead of {self._saved_size} (disk full?)")
 
     # Parameters and the prune options: patched Darknet only.
 
@@ -364,6 +386,8 @@ class Network:
 
         def output(index: int) -> np.ndarray:
             ptr = lib.ds_layer_output(self._net, index, count)
+            if ptr == ffi.NULL:
+                raise BindingError(f"Darknet has no output for layer {index}")
             return np.frombuffer(ffi.buffer(ptr, 4 * count[0]), np.float32).reshape(batch, -1)
 
         found = [[output(index)[:0].copy()] for index in layers]
@@ -434,7 +458,7 @@ class Network:
             raise BindingError(f"{image}: Darknet cannot read the image ({ffi.string(error[0]).decode()})")
         found = ffi.gc(found, lib.ds_dets_free)
         classes, width, height = ffi.new("int *"), ffi.new("int *"), ffi.new("int *")
-        n = lib.ds_dets_count(found, classes, width, height)
+        n = _check(lib.ds_dets_count(found, classes, width, height), f"{image}: Darknet lost the detected boxes")
         boxes = np.zeros((n, 4), np.float32)
         probs = np.zeros((n, classes[0]), np.float32)
         objectness = np.zeros(n, np.float32)

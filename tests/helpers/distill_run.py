@@ -9,13 +9,11 @@ import numpy as np
 
 from darknet_sparse.darknet import network as darknet
 from helpers.darknet_run import PATCHED
+from helpers.distill_binding import backend  # noqa: F401 (the tests import it from here)
 
-#: The binary and the binding under test (the patched build).
+#: The binary under test (the patched build); backend() is the binding
+#: module with the tests' own ds_distill_step (helpers/distill_binding.py).
 DARKNET = PATCHED
-
-
-def backend() -> darknet.Backend:
-    return darknet.backend()
 
 
 def distill_options(teacher_cfg: Path, teacher_weights: Path, alpha: float | None = None,
@@ -51,7 +49,7 @@ def distill_step(net: darknet.Network, x: np.ndarray, y: np.ndarray, layer: int)
     assert x.size == net.batch * net.inputs and y.size == net.batch * net._info().truths
     rc = lib.ds_distill_step(net._net, ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y), layer,
                              ffi.from_buffer("float[]", delta), n, loss)
-    assert rc == n, f"ds_distill_step answered {rc}: is the binding built against patches/0020-distill.patch?"
+    assert rc == n, f"ds_distill_step answered {rc}"
     return delta, float(loss[0])
 
 

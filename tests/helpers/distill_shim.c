@@ -1,11 +1,15 @@
-/* Knowledge distillation through the binding (src/distill.h of the patched
- * Darknet): one training-mode forward pass of a batch, then the teacher's
- * and the heads' distillation deltas, as train_network_datum runs them,
- * without the backward pass or an update.  For tests of the deltas against
- * the loss.  Included by _darknet_shim.c; against a Darknet without the
- * patch (no DARKNET_SPARSE_DISTILL) the calls answer -1. */
+/* Test-only: knowledge distillation through the binding (src/distill.h of
+ * the patched Darknet): one training-mode forward pass of a batch, then the
+ * teacher's and the heads' distillation deltas, as train_network_datum runs
+ * them, without the backward pass or an update.  For the tests of the deltas
+ * against the loss.  helpers/distill_binding.py compiles the package's shim
+ * with this file appended (so it sees the ds_net handle) into a module of
+ * the tests' own; the package never ships it. */
 
-#ifdef DARKNET_SPARSE_DISTILL
+#ifndef DARKNET_SPARSE_DISTILL
+#error "the distillation tests need a Darknet with patches/0020-distill.patch"
+#endif
+
 /* x: one batch of input, y: one batch of truth.  delta (capacity floats)
  * receives layer index's delta; *loss its stated loss (distill_loss), or
  * the layer's own cost without a teacher.  Returns the floats written. */
@@ -26,10 +30,3 @@ int ds_distill_step(ds_net *h, const float *x, const float *y, int index, float 
     else if (distill_loss(net, index, loss)) return -1;
     return n;
 }
-#else
-int ds_distill_step(ds_net *h, const float *x, const float *y, int index, float *delta, int capacity, double *loss)
-{
-    (void)h, (void)x, (void)y, (void)index, (void)delta, (void)capacity, (void)loss;
-    return -1;
-}
-#endif
