@@ -51,6 +51,7 @@ from darknet_sparse.darknet import images
 from darknet_sparse.format.files import load
 from darknet_sparse.format.files import load_model
 from darknet_sparse.workflow import loop
+from darknet_sparse.workflow import settings as loop_settings
 from darknet_sparse.analysis import plan
 from darknet_sparse.pruning import prune
 from darknet_sparse.analysis import recalibrate
@@ -107,8 +108,8 @@ FASHION_RECALIBRATION = 2000
 #: 0.8693; rates 0.01 / 0.05: labels 0.8652 / 0.8668, T 2 alpha 1 0.8664 /
 #: 0.8722.  At 90% (3 runs): labels 0.8937; T 1, 2 at alpha 1: 0.8979, 0.8992;
 #: T 4 alpha 0.7: 0.8981.  None closes more than a fifth of the gap there.
-FASHION_RATE = 0.1 * loop.RETRAIN_RATE_SCALE
-FASHION_TEMPERATURE, FASHION_ALPHA = loop.DISTILL_DEFAULTS["classifier"]
+FASHION_RATE = 0.1 * loop_settings.RETRAIN_RATE_SCALE
+FASHION_TEMPERATURE, FASHION_ALPHA = loop_settings.DISTILL_DEFAULTS["classifier"]
 #: The teacher recovers at least this share of the gap label retraining leaves.
 RECOVERY_MIN = 0.5
 
@@ -182,7 +183,7 @@ def one_shot(bench: Bench, sens: sensitivity.Sensitivity) -> list[list[str]]:
 
 def run_loop(bench: Bench) -> list[loop.StepRecord]:
     start = time.perf_counter()
-    settings = loop.LoopSettings(
+    settings = loop_settings.LoopSettings(
         cfg=CFG, weights=WEIGHTS, data=bench.data, out=bench.work / "loop",
         targets=tuple(schedule.targets(LOOP_FINAL, LOOP_STEPS, "agp")), iterations=LOOP_ITERATIONS,
         policy=POLICIES[LOOP_MODE], learning_rate=LOOP_RATE, teacher=None, recalibrate=0)
@@ -231,7 +232,7 @@ def fashion(bench: Bench) -> tuple[float, list[dict]]:
 
     def retrained(target: float, name: str, teacher: Path | None, run: int) -> tuple[float, float]:
         targets = schedule.targets(target, FASHION_STEPS, "agp") + [target] * FASHION_FINE_TUNE_STEPS
-        settings = loop.LoopSettings(
+        settings = loop_settings.LoopSettings(
             cfg=FASHION_CFG, weights=FASHION_WEIGHTS, data=FASHION_DATA,
             out=bench.work / f"fashion-{name}-{target}-{run}", targets=tuple(targets),
             iterations=FASHION_ITERATIONS, policy=Global, learning_rate=FASHION_RATE, batch=FASHION_BATCH,

@@ -20,7 +20,15 @@ class WeightsFormatError(DarknetSparseError, ValueError):
 
 
 class PolicyError(DarknetSparseError, ValueError):
-    """A pruning request that cannot be satisfied (bad level, bad spec)."""
+    """A pruning request that cannot be satisfied: a bad level, spec, mode,
+    schedule or target, or one the model cannot reach."""
+
+
+class InputError(DarknetSparseError, ValueError):
+    """An input that cannot be used, other than a cfg or weights file: an
+    unreadable image, list or labels file, images that do not fit the
+    network, or a setting out of its range (a batch, a confidence, a
+    number of images)."""
 
 
 class OutputError(DarknetSparseError, ValueError):

@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from darknet_sparse.format.cfg import read_cfg
 from darknet_sparse.format.files import load
 from darknet_sparse.darknet import runner
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
-from darknet_sparse.errors import CfgError, DarknetRunError, OutputError, PolicyError, WeightsFormatError
+from darknet_sparse.errors import CfgError, DarknetRunError, InputError, OutputError, PolicyError, WeightsFormatError
 from darknet_sparse.workflow.loop import LoopSettings, run
 from darknet_sparse.pruning.policies import Absolute, Magnitude, Sensitivity, Triangle
 from darknet_sparse.darknet.runner import private_data, retrain_cfg, set_options
@@ -207,9 +208,29 @@ def test_darknet_gets_a_private_cfg_and_data_and_clears_seen(tmp_path, digits, m
                                     str(out / "step-02.pruned.weights"))
     text = (fake.parent / "last.cfg").read_text()
     # no learning rate given: the cfg's 0.1 times RETRAIN_RATE_SCALE; then the default teacher's options
-    assert "[net]\n# set by darknet-sparse loop\nmax_batches=7\nprune=1\nlearning_rate=0.02\ndistill_cfg=" in text
-    assert "max_batches=1500" not in text
+    assert "[net]\n# set by darknet-sparse loop\nprune=1\ndistill_cfg=" in text  # the options the cfg lacks
+    net = read_cfg(fake.parent / "last.cfg")[0]
+    assert (net.get_int("max_batches"), net.get_float("learning_rate")) == (7, 0.02)
+    assert "max_batches=1500" not in text and "seed" not in net.options  # no seed given: the clock
     assert f"backup={out / 'backup'}" in (out / "train.data").read_text().splitlines()
+
+
+def test_a_seed_reaches_the_retraining_cfg(tmp_path, digits, model_files, fake):
+    run(_settings(tmp_path, digits, model_files, fake, seed=12345))
+    assert read_cfg(fake.parent / "last.cfg")[0].get_int("seed") == 12345
+    result = CliRunner().invoke(cli, ["loop", "-w", str(model_files[1]), "--cfg", str(model_files[0]), "--data",
+                                      str(digits), "--sparsities", "0.5", "--iterations-per-step", "3",
+                                      "--eval-cmd", "echo 0.5", "--darknet", str(fake), "--seed", "99",
+                                      "-o", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert read_cfg(fake.parent / "last.cfg")[0].get_int("seed") == 99
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 32, 1.5, True])
+def test_a_seed_is_an_unsigned_int(tmp_path, digits, model_files, fake, seed):
+    with pytest.raises(InputError, match=f"seed {seed!r} must be a whole number in"):
+        run(_settings(tmp_path, digits, model_files, fake, seed=seed))
+    assert not (fake.parent / "args").exists()
 
 
 def test_detector_task_scores_with_the_evaluation_command(tmp_path, digits, model_files, fake):
@@ -277,16 +298,16 @@ def test_resume_of_a_finished_loop_runs_nothing(tmp_path, digits, model_files, f
 
 
 @pytest.mark.parametrize("changes, error, message", [
-    ({"task": "detector", "eval_cmd": None}, PolicyError,
+    ({"task": "detector", "eval_cmd": None}, InputError,
      r"task detector needs evaluation images \(--eval-images: .*\) or an evaluation command \(--eval-cmd\)"),
-    ({"task": "detector", "data": None}, PolicyError, r"task detector needs training images \(--images\)"),
-    ({"data": None}, PolicyError, r"task classifier needs a data file \(--data\)"),
-    ({"eval_images": Path("x")}, PolicyError, r"--eval-images is for detectors"),
-    ({"teacher_cfg": Path("x.cfg"), "teacher": None}, PolicyError, r"--teacher-cfg\) goes with a teacher"),
+    ({"task": "detector", "data": None}, InputError, r"task detector needs training images \(--images\)"),
+    ({"data": None}, InputError, r"task classifier needs a data file \(--data\)"),
+    ({"eval_images": Path("x")}, InputError, r"--eval-images is for detectors"),
+    ({"teacher_cfg": Path("x.cfg"), "teacher": None}, InputError, r"--teacher-cfg\) goes with a teacher"),
     ({"teacher": Path("/nonexistent/t.weights")}, WeightsFormatError, "no such teacher weights file"),
-    ({"teacher": Path(__file__), "alpha": 1.5}, PolicyError, r"alpha 1.5 must be in \[0, 1\]"),
-    ({"teacher": Path(__file__), "temperature": 0.0}, PolicyError, "temperature 0.0 must be a number > 0"),
-    ({"iterations": 0}, PolicyError, "iterations per step 0 must be a whole number >= 1"),
+    ({"teacher": Path(__file__), "alpha": 1.5}, InputError, r"alpha 1.5 must be in \[0, 1\]"),
+    ({"teacher": Path(__file__), "temperature": 0.0}, InputError, "temperature 0.0 must be a number > 0"),
+    ({"iterations": 0}, InputError, "iterations per step 0 must be a whole number >= 1"),
     ({"targets": (0.7, 0.5)}, PolicyError, "must not decrease: 0.7 then 0.5"),
     ({"policy": "random"}, PolicyError, "unknown mode 'random'"),
     ({"darknet": Path("/nonexistent/darknet")}, DarknetRunError, "build the patched one with `darknet-sparse build`"),
@@ -341,20 +362,22 @@ def test_cli_rejects_bad_schedules(tmp_path, digits, model_files, fake, args, me
 
 def test_retrain_cfg_overrides_the_net_section_only():
     text = "# comment\n[net]\nbatch=4\nmax_batches = 900\nlearning_rate=0.1\n[connected]\nmax_batches=3\n"
-    assert retrain_cfg(text, 20, 0.01) == ("# comment\n[net]\n# set by darknet-sparse loop\nmax_batches=20\n"
-                                           "prune=1\nlearning_rate=0.01\nbatch=4\n[connected]\nmax_batches=3\n")
+    assert retrain_cfg(text, 20, 0.01) == ("# comment\n[net]\n# set by darknet-sparse loop\nprune=1\nbatch=4\n"
+                                           "max_batches = 20\nlearning_rate=0.01\n[connected]\nmax_batches=3\n")
     assert "learning_rate=0.1" in retrain_cfg(text, 20)
     assert retrain_cfg("[network]\nprune=0\n", 3) == ("[network]\n# set by darknet-sparse loop\n"
                                                       "max_batches=3\nprune=1\n")
-    with pytest.raises(PolicyError, match=r"first section must be \[net\]"):
+    assert retrain_cfg("[net]\nbatch=1\n", 3, net={"seed": 7}) == ("[net]\n# set by darknet-sparse loop\n"
+                                                                  "max_batches=3\nprune=1\nseed=7\nbatch=1\n")
+    with pytest.raises(CfgError, match=r"first section must be \[net\]"):
         retrain_cfg("[convolutional]\nfilters=3\n[net]\n", 3)
 
 
 def test_set_options_sets_every_section_of_a_type():
     text = "[net]\nwidth=416\n[yolo]\nrandom = 1\nclasses=80\n[route]\nrandom=1\n[yolo]\nclasses=80\n"
     assert set_options(text, {"width": 256}, {"yolo": {"random": 0}}) == (
-        "[net]\n# set by darknet-sparse loop\nwidth=256\n"
-        "[yolo]\n# set by darknet-sparse loop\nrandom=0\nclasses=80\n[route]\nrandom=1\n"
+        "[net]\nwidth=256\n"
+        "[yolo]\nrandom = 0\nclasses=80\n[route]\nrandom=1\n"
         "[yolo]\n# set by darknet-sparse loop\nrandom=0\nclasses=80\n")
     assert set_options(text, {}) == text
 

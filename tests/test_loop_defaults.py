@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from darknet_sparse.workflow import loop as loop_
+from darknet_sparse.workflow import settings as settings_
 from darknet_sparse.pruning import schedule
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
 from darknet_sparse.darknet.examples import write_digits
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 PATCHED = REPO / "build" / "darknet" / "darknet"
 
 
-def _settings_of(monkeypatch, *args) -> loop_.LoopSettings:
+def _settings_of(monkeypatch, *args) -> settings_.LoopSettings:
     """The settings the CLI hands to the loop, which is not run."""
     seen = []
 
@@ -56,12 +57,12 @@ def test_the_cli_defaults_are_the_settings_defaults(monkeypatch, tmp_path, digit
     settings = _settings_of(monkeypatch, "--cfg", cfg, "--weights", weights, "--data", digits,
                             "--final-sparsity", 0.92, "--iterations-per-step", 200, "--out", tmp_path / "o")
     assert settings.targets == tuple(schedule.targets(0.92, 8, "agp") + [0.92])  # eight AGP steps, one fine-tune
-    assert len(settings.targets) == loop_.DEFAULT_STEPS + loop_.DEFAULT_FINE_TUNE_STEPS
-    bare = loop_.LoopSettings(cfg=cfg, weights=weights, data=digits, out=tmp_path / "o",
+    assert len(settings.targets) == settings_.DEFAULT_STEPS + settings_.DEFAULT_FINE_TUNE_STEPS
+    bare = settings_.LoopSettings(cfg=cfg, weights=weights, data=digits, out=tmp_path / "o",
                               targets=settings.targets, iterations=200)
     assert settings == dataclasses.replace(bare, fork=settings.fork)
-    assert settings.policy is Global and settings.learning_rate is None and settings.teacher == loop_.STARTING
-    resolved = loop_.with_defaults(settings)
+    assert settings.policy is Global and settings.learning_rate is None and settings.teacher == settings_.STARTING
+    resolved = settings_.with_defaults(settings)
     assert (resolved.teacher, resolved.temperature, resolved.alpha) == (weights, 4.0, 0.7)
     assert resolved.recalibrate == 0  # a classifier: not by default
 
@@ -74,14 +75,14 @@ def test_no_teacher_and_explicit_settings_override_the_defaults(monkeypatch, tmp
                          "--fine-tune-steps", 0, "--mode", "magnitude", "--learning-rate", 0.05)
     assert plain.targets == tuple(schedule.targets(0.9, 3, "agp")) and plain.teacher is None
     assert plain.policy.name == "magnitude" and plain.learning_rate == 0.05
-    assert loop_.with_defaults(plain).teacher is None
+    assert settings_.with_defaults(plain).teacher is None
     listed = _settings_of(monkeypatch, *common, "--sparsities", "0.5,0.7")  # an explicit list gets no extra step
     assert listed.targets == (0.5, 0.7)
-    detector = loop_.with_defaults(dataclasses.replace(listed, task="detector"))
+    detector = settings_.with_defaults(dataclasses.replace(listed, task="detector"))
     assert (detector.teacher, detector.temperature, detector.alpha) == (None, 1.0, 1.0)
     assert detector.recalibrate == 0  # no --images: nothing to recalibrate on
-    with_images = loop_.with_defaults(dataclasses.replace(listed, task="detector", images=tmp_path))
-    assert with_images.recalibrate == loop_.DETECTOR_RECALIBRATION
+    with_images = settings_.with_defaults(dataclasses.replace(listed, task="detector", images=tmp_path))
+    assert with_images.recalibrate == settings_.DETECTOR_RECALIBRATION
     assert _settings_of(monkeypatch, *common, "--sparsities", "0.5", "--recalibrate", 0).recalibrate == 0
     result = CliRunner().invoke(cli, ["loop", *map(str, common), "--sparsities", "0.5", "--no-teacher",
                                       "--teacher", weights])
@@ -105,7 +106,7 @@ def test_a_loop_with_the_defaults_distils_from_its_starting_weights(tmp_path, di
     assert "distill: teacher " + str(out / "teacher.cfg") + ", 1 head(s), temperature 4, alpha 0.7" in \
         (out / "step-01.log").read_text()
     lines = (out / "log.jsonl").read_text().splitlines()
-    assert len(lines) == loop_.DEFAULT_STEPS + loop_.DEFAULT_FINE_TUNE_STEPS
+    assert len(lines) == settings_.DEFAULT_STEPS + settings_.DEFAULT_FINE_TUNE_STEPS
     assert '"mode": "global"' in lines[0] and '"zeros_revived": 0' in lines[-1]
     assert weight_sparsity(load(cfg, out / "final.weights")) >= 0.92 - 1e-4
 
@@ -137,8 +138,8 @@ def test_each_classifier_step_is_recalibrated_on_its_training_list(tmp_path, dig
     from darknet_sparse.pruning.search import prune_to
 
     cfg, weights = model_files
-    monkeypatch.setattr(loop_, "_retrain", lambda settings, source, step: Path(shutil.copy(
-        source, settings.out.resolve() / loop_.step_name(step))))
+    monkeypatch.setattr(loop_, "retrain", lambda settings, source, step: Path(shutil.copy(
+        source, settings.out.resolve() / settings_.step_name(step))))
     out = tmp_path / "recalibrated"
     result = CliRunner().invoke(cli, ["loop", "--cfg", str(cfg), "--weights", str(weights), "--data", str(digits),
                                       "--sparsities", "0.6", "--iterations-per-step", "1", "--out", str(out),
@@ -146,7 +147,7 @@ def test_each_classifier_step_is_recalibrated_on_its_training_list(tmp_path, dig
     assert result.exit_code == 0, result.output
     pruned = tmp_path / "pruned.weights"
     prune_to(load(cfg, weights), pruned, 0.6, Global)
-    net = recalibrate.calibration_network(cfg, pruned, loop_.RECALIBRATION_BATCH)
+    net = recalibrate.calibration_network(cfg, pruned, settings_.RECALIBRATION_BATCH)
     paths = images.sample([Path(p) for p in (digits.parent / "train.list").read_text().split()], 300)
     recalibrate.recalibrate(net, load(cfg, pruned).model, recalibrate.ImageFiles(paths, net.input_shape, "crop"))
     expected = tmp_path / "expected.weights"
@@ -162,7 +163,7 @@ def test_recalibrating_a_classifier_needs_a_train_list(tmp_path, digits, model_f
     data = tmp_path / "no-train.data"
     data.write_text("".join(line + "\n" for line in digits.read_text().splitlines()
                             if not line.startswith("train")))
-    settings = loop_.LoopSettings(cfg=cfg, weights=weights, data=data, out=tmp_path / "o", targets=(0.5,),
+    settings = settings_.LoopSettings(cfg=cfg, weights=weights, data=data, out=tmp_path / "o", targets=(0.5,),
                                   iterations=1, darknet=PATCHED, recalibrate=100)
     with pytest.raises(CfgError, match="no train= list of images to recalibrate on"):
         loop_.run(settings)

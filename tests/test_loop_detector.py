@@ -23,7 +23,7 @@ from PIL import Image
 from darknet_sparse.darknet import network as darknet
 from darknet_sparse.format.files import load
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
-from darknet_sparse.errors import OutputError, PolicyError
+from darknet_sparse.errors import InputError, OutputError, PolicyError
 from darknet_sparse.workflow.loop import LoopSettings, run
 from darknet_sparse.reports import diff
 from darknet_sparse.pruning.search import weight_sparsity
@@ -231,7 +231,7 @@ def test_each_step_is_recalibrated_relative_to_the_starting_model(tmp_path, dete
     from darknet_sparse.workflow import loop
     from darknet_sparse.analysis import recalibrate
 
-    monkeypatch.setattr(loop, "_retrain", lambda settings, weights, step: Path(shutil.copy(
+    monkeypatch.setattr(loop, "retrain", lambda settings, weights, step: Path(shutil.copy(
         weights, settings.out.resolve() / loop.step_name(step))))
     out = tmp_path / "recalibrated"
     result = _cli(detector, out, "--sparsities", "0.5", "--iterations-per-step", 1, "--darknet", PATCHED,
@@ -254,7 +254,7 @@ def test_each_step_is_recalibrated_relative_to_the_starting_model(tmp_path, dete
 
 
 def test_recalibration_needs_the_training_images(tmp_path, detector):
-    with pytest.raises(PolicyError, match="needs the training images"):
+    with pytest.raises(InputError, match="needs the training images"):
         run(LoopSettings(cfg=detector["cfg"], weights=detector["weights"], data=detector["folder"] / "x.data",
                          out=tmp_path / "run", targets=(0.3,), iterations=1, task="detector",
                          eval_images=detector["eval"], darknet=PATCHED, recalibrate=8))
@@ -297,7 +297,7 @@ def test_a_structured_loop_needs_flops_targets_and_images(tmp_path, detector):
     assert result.exit_code == 2 and "--structured takes --target-flops" in result.output
     result = _cli(detector, tmp_path / "b", "--target-flops", 0.5, "--iterations-per-step", 1)
     assert result.exit_code == 2 and "--target-flops is for --structured" in result.output
-    with pytest.raises(PolicyError, match="give --images"):
+    with pytest.raises(InputError, match="give --images"):
         run(LoopSettings(cfg=detector["cfg"], weights=detector["weights"], data=detector["folder"] / "x.data",
                          out=tmp_path / "c", targets=(0.3,), iterations=1, task="detector",
                          eval_images=detector["eval"], darknet=PATCHED, structured=True))

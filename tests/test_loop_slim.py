@@ -8,19 +8,20 @@ import pytest
 from click.testing import CliRunner
 
 from darknet_sparse.workflow import loop as loop_
+from darknet_sparse.workflow import settings as settings_
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
-from darknet_sparse.errors import PolicyError
+from darknet_sparse.errors import InputError
 from test_loop import fake  # noqa: F401  (the stand-in Darknet fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _settings(tmp_path, digits, model_files, binary, **changes) -> loop_.LoopSettings:
+def _settings(tmp_path, digits, model_files, binary, **changes) -> settings_.LoopSettings:
     cfg, weights = model_files
     values = {"cfg": cfg, "weights": weights, "data": digits, "out": tmp_path / "out", "targets": (0.5,),
               "iterations": 3, "darknet": binary, "eval_cmd": "echo 0.5", "teacher": None}
     values.update(changes)
-    return loop_.LoopSettings(**values)
+    return settings_.LoopSettings(**values)
 
 
 def _net_section(cfg_text: str) -> list[str]:
@@ -41,7 +42,7 @@ def test_without_slim_the_cfg_has_none(tmp_path, digits, model_files, fake):
 
 @pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf")])
 def test_bad_slim_is_an_error_before_anything_runs(tmp_path, digits, model_files, fake, value):
-    with pytest.raises(PolicyError, match="slim .* must be a number >= 0"):
+    with pytest.raises(InputError, match="slim .* must be a number >= 0"):
         loop_.run(_settings(tmp_path, digits, model_files, fake, slim=value))
     assert not (fake.parent / "args").exists()
 

@@ -20,7 +20,7 @@ from darknet_sparse.analysis import sensitivity
 from darknet_sparse.pruning.prune import threshold
 from darknet_sparse.cli import cli
 from darknet_sparse.darknet.network import Network
-from darknet_sparse.errors import BindingError, CfgError, PolicyError
+from darknet_sparse.errors import BindingError, CfgError, InputError
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = REPO / "cfg" / "digits.cfg"
@@ -55,11 +55,11 @@ def test_pooled_statistics_are_those_of_all_values():
     np.testing.assert_allclose(variance, flat.var(0, ddof=1))
 
 
-def test_dropout_off_and_the_batch_are_first_options():
-    text = "[net]\nbatch=1\n[ dropout ]\nprobability=.3\n[dropout]\n[connected]\noutput=2\n"
-    assert recalibrate.calibration_cfg(text) == ("[net]\nbatch=1\n[ dropout ]\nprobability=0\nprobability=.3\n"
+def test_dropout_off_and_the_batch_set_where_darknet_reads_them():
+    text = "[net]\nbatch=1\n[ dropout ]\nprobability=.3\nprobability=.5\n[dropout]\n[connected]\noutput=2\n"
+    assert recalibrate.calibration_cfg(text) == ("[net]\nbatch=1\n[ dropout ]\nprobability=0\n"
                                                  "[dropout]\nprobability=0\n[connected]\noutput=2\n")
-    assert recalibrate.calibration_cfg(text, 8).startswith("[net]\nbatch=8\nsubdivisions=1\nbatch=1\n[ dropout ]")
+    assert recalibrate.calibration_cfg(text, 8).startswith("[net]\nsubdivisions=1\nbatch=8\n[ dropout ]")
 
 
 def test_darknet_reads_the_first_options(tmp_path):
@@ -67,7 +67,7 @@ def test_darknet_reads_the_first_options(tmp_path):
     cfg.write_text(CFG.read_text().replace("batch=64", "batch=1"))
     assert recalibrate.calibration_network(cfg, WEIGHTS, 5).batch == 5
     net = recalibrate.calibration_network(cfg, WEIGHTS)
-    with pytest.raises(PolicyError, match="takes 1 image per pass, too few"):
+    with pytest.raises(InputError, match="takes 1 image per pass, too few"):
         recalibrate.recalibrate(net, load_model(cfg, "pjreddie"), np.zeros((4, 3, 16, 16), np.float32))
 
 
@@ -124,12 +124,12 @@ def test_recalibration_repairs_a_one_shot_pruned_model(digits, pruned):
 def test_errors(tmp_path, digits):
     net = recalibrate.calibration_network(CFG, WEIGHTS)
     model = load_model(CFG, "pjreddie")
-    with pytest.raises(PolicyError, match="at least 2 images, got 1"):
+    with pytest.raises(InputError, match="at least 2 images, got 1"):
         recalibrate.recalibrate(net, model, _train_images(digits, 1))
     plain = tmp_path / "plain.cfg"
     plain.write_text("[net]\nbatch=2\nheight=8\nwidth=8\nchannels=3\n"
                      "[convolutional]\nfilters=2\nsize=3\nstride=1\npad=1\nactivation=leaky\n")
-    with pytest.raises(PolicyError, match="no batch-norm statistics"):
+    with pytest.raises(InputError, match="no batch-norm statistics"):
         recalibrate.recalibrate(Network(plain), load_model(plain, "pjreddie"), np.zeros((4, 3, 8, 8)))
     same = CliRunner().invoke(cli, ["recalibrate", "-w", str(WEIGHTS), "--images", str(digits.parent / "train"),
                                     "-o", str(WEIGHTS)])
@@ -269,7 +269,7 @@ def test_relative_needs_a_reference_of_the_same_layers(tmp_path, digits):
     assert other.read_text() != CFG.read_text()
     Network(other).save(tmp_path / "other.weights")
     net = recalibrate.calibration_network(CFG, WEIGHTS, 8)
-    with pytest.raises(PolicyError, match="layer 2: the reference has 16 channels, the model 32"):
+    with pytest.raises(InputError, match="layer 2: the reference has 16 channels, the model 32"):
         recalibrate.recalibrate(net, load_model(CFG, "pjreddie"), _train_images(digits, 16),
                                 reference=recalibrate.calibration_network(other, tmp_path / "other.weights", 8))
 
@@ -301,6 +301,6 @@ def test_a_slimmed_model_recalibrates_against_its_dense_reference(tmp_path, digi
         for name in ROLLING:
             expected = dense.params(i)[name][channels[i]] if i in channels else dense.params(i)[name]
             np.testing.assert_allclose(slimmed.params(i)[name], expected, rtol=1e-4, atol=1e-6)
-    with pytest.raises(PolicyError, match="layer 0: the reference has 16 channels, the model 15"):
+    with pytest.raises(InputError, match="layer 0: the reference has 16 channels, the model 15"):
         recalibrate.recalibrate(slimmed, load_model(slim_cfg, "pjreddie"), x, reference=dense,
                                 reference_model=load_model(CFG, "pjreddie"))

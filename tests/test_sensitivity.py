@@ -19,7 +19,7 @@ from darknet_sparse.analysis import sensitivity
 from darknet_sparse.pruning.prune import threshold
 from darknet_sparse.cli import cli
 from darknet_sparse.darknet.network import Network
-from darknet_sparse.errors import BindingError, CfgError, PolicyError
+from darknet_sparse.errors import BindingError, CfgError, InputError
 from darknet_sparse.darknet.examples import classifier_top1
 from tiny_models import write_model
 
@@ -102,11 +102,6 @@ def test_top1_through_the_binding_equals_the_binarys(digits, pruned):
     assert mine < 0.99  # the pruned model is measurably worse, so the match is not trivial
 
 
-def test_first_max_breaks_ties_and_nans_as_darknets_top_k():
-    outputs = np.array([[0.1, 0.5, 0.5], [np.nan, 0.2, 0.1], [0.3, np.nan, 0.4], [2, 2, 2]], np.float32)
-    assert sensitivity.first_max(outputs).tolist() == [1, 0, 2, 0]
-
-
 def test_sweep_prunes_each_layer_alone_and_restores_it(digits, model):
     net = Network(CFG, WEIGHTS)
     before = _all_params(net)
@@ -173,7 +168,7 @@ def test_csv_round_trip(tmp_path, digits, model):
 def test_bad_csv_says_where(tmp_path, text, message):
     path = tmp_path / "sens.csv"
     path.write_text(text)
-    with pytest.raises(PolicyError, match=message):
+    with pytest.raises(InputError, match=message):
         sensitivity.read_csv(path)
 
 
@@ -335,7 +330,7 @@ def test_yolov3_tiny_layers_that_feed_only_the_first_head_are_measured(tmp_path)
     model = load_model(YOLO_CFG, "pjreddie", YOLO_WEIGHTS)
     assert sensitivity.output_layers(model) == [16, 23]
     net = Network(YOLO_CFG, YOLO_WEIGHTS)
-    x = images.load_batch(PHOTOS[:2], net.input_shape, sensitivity.default_resize(model))
+    x = images.load_batch(PHOTOS[:2], net.input_shape, images.default_resize(model))
     layer = sensitivity.select_layers(model, "15")
     every = sensitivity.sweep(net, model, [0.9], sensitivity.deviation(net, x, [16, 23]), layer)
     last = sensitivity.sweep(net, model, [0.9], sensitivity.deviation(net, x, [23]), layer)

@@ -409,8 +409,7 @@ def test_target_flops_on_the_real_model_loads_in_stock_darknet(fraction, stock_t
 
 def test_rewrite_keeps_comments_and_spacing():
     text = "[net]\nwidth=16\n\n[convolutional]\nfilters = 16   # sixteen\r\nsize=1\n[conv]\nsize=1\n"
-    sections = ds.parse_cfg(text)
-    new = slim.rewrite_cfg(text, sections, {0: {"filters": 5}, 1: {"filters": 2}})
+    new = slim.rewrite_cfg(text, {0: {"filters": 5}, 1: {"filters": 2}})
     assert new == "[net]\nwidth=16\n\n[convolutional]\nfilters = 5   # sixteen\r\nsize=1\n[conv]\nfilters=2\nsize=1\n"
 
 

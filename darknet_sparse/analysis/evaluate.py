@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..darknet import images
 from ..darknet.detect import HIER, NMS, Detections, detect
-from ..errors import CfgError, PolicyError
-from .sensitivity import first_max
+from ..darknet.images import load_batch
+from ..errors import InputError
+from ..format.layout import DETECTION_TYPES
+from .metrics import hits, labelled_set
 
 if TYPE_CHECKING:
     from ..darknet.network import Network
@@ -51,9 +52,6 @@ CLASSIFIER_CHUNK = 64
 #: order, each replacing the first occurrence only (``find_replace``).
 LABEL_REWRITES = (("images", "labels"), ("JPEGImages", "labels"), ("raw", "labels"),
                   (".jpg", ".txt"), (".png", ".txt"), (".JPG", ".txt"), (".JPEG", ".txt"))
-TASKS = ("detector", "classifier")
-#: Last layers that make a network a detector.
-DETECTION_LAYERS = ("yolo", "region", "detection")
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,7 @@ class ClassifierReport:
 
 def task_of(last_layer_type: str) -> str:
     """``detector`` when the last layer is a detection layer, else ``classifier``."""
-    return "detector" if last_layer_type in DETECTION_LAYERS else "classifier"
+    return "detector" if last_layer_type in DETECTION_TYPES else "classifier"
 
 
 # Ground truth.
@@ -111,7 +109,7 @@ def label_path(image: str | Path) -> Path:
     for old, new in LABEL_REWRITES:
         text = text.replace(old, new, 1)
     if not any(old in str(image) for old, new in LABEL_REWRITES if new == ".txt"):
-        raise PolicyError(f"{image}: Darknet's rule derives no label file from this name "
+        raise InputError(f"{image}: Darknet's rule derives no label file from this name "
                           "(it needs .jpg, .png, .JPG or .JPEG in it)")
     return Path(text)
 
@@ -121,9 +119,9 @@ def read_labels(path: Path, classes: int) -> np.ndarray:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise PolicyError(f"{path}: cannot read the label file: {exc.strerror}") from None
+        raise InputError(f"{path}: cannot read the label file: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise PolicyError(f"{path}: not a text label file") from None
+        raise InputError(f"{path}: not a text label file") from None
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -134,11 +132,11 @@ def read_labels(path: Path, classes: int) -> np.ndarray:
                 raise ValueError
             row = [int(values[0])] + [float(v) for v in values[1:]]
         except ValueError:
-            raise PolicyError(f"{path}:{number}: expected 'class cx cy w h', found {line.strip()!r}") from None
+            raise InputError(f"{path}:{number}: expected 'class cx cy w h', found {line.strip()!r}") from None
         if not 0 <= row[0] < classes:
-            raise PolicyError(f"{path}:{number}: class {row[0]}, the network has classes 0..{classes - 1}")
+            raise InputError(f"{path}:{number}: class {row[0]}, the network has classes 0..{classes - 1}")
         if not all(math.isfinite(v) for v in row[1:]) or row[3] < 0 or row[4] < 0:
-            raise PolicyError(f"{path}:{number}: box {row[1:]} is not finite with a width and height >= 0")
+            raise InputError(f"{path}:{number}: box {row[1:]} is not finite with a width and height >= 0")
         rows.append(row)
     return np.array(rows, np.float64).reshape(-1, 5)
 
@@ -152,35 +150,10 @@ def _label_corners(labels: np.ndarray, width: int, height: int) -> np.ndarray:
 
 # Detectors.
 
-class Remembered:
-    """A reference model whose detections are computed once per image and
-    setting: scoring many models against one (a loop's steps, a benchmark's
-    rows) runs the reference once.  What :func:`evaluate_detector` asks of
-    its ``reference``.  ``seen`` may have been filled elsewhere (a worker
-    process gets a copy), and ``net`` then be None: an image not in it is a
-    KeyError."""
-
-    def __init__(self, net: Network | None, seen: dict | None = None, classes: int | None = None):
-        self.net = net
-        self.seen = {} if seen is None else seen
-        self.detector_classes = net.detector_classes if net is not None else classes
-
-    def detector_error(self) -> str | None:
-        return self.net.detector_error() if self.net is not None else None
-
-    def detect(self, image: str | Path, thresh: float, hier: float, nms: float):
-        key = (str(image), thresh, hier, nms)
-        if key not in self.seen:
-            if self.net is None:
-                raise KeyError(f"{image}: no reference detections at {key[1:]}")
-            self.seen[key] = self.net.detect(image, thresh, hier, nms)
-        return self.seen[key]
-
-
 def check_detector(net: Network, what: str = "the model") -> None:
     reason = net.detector_error()
     if reason:
-        raise PolicyError(f"{what} is not a detector Darknet can decode: {reason}")
+        raise InputError(f"{what} is not a detector Darknet can decode: {reason}")
 
 
 def evaluate_detector(net: Network, paths: Sequence[str | Path], *, reference: Network | None = None,
@@ -192,18 +165,18 @@ def evaluate_detector(net: Network, paths: Sequence[str | Path], *, reference: N
     ``reference``, against that model's detections above ``reference_conf``
     (agreement).  ``on_progress(n)`` is told how many images are done."""
     if not paths:
-        raise PolicyError("no images to evaluate")
+        raise InputError("no images to evaluate")
     for name, value in (("conf", conf), ("reference conf", reference_conf), ("nms", nms)):
         if not 0 <= value < 1:
-            raise PolicyError(f"{name} must be in [0, 1), not {value}")
+            raise InputError(f"{name} must be in [0, 1), not {value}")
     check_detector(net)
     if reference is not None:
         check_detector(reference, "the reference model")
         if reference.detector_classes != net.detector_classes:
-            raise PolicyError(f"the reference model has {reference.detector_classes} classes, "
+            raise InputError(f"the reference model has {reference.detector_classes} classes, "
                               f"the model {net.detector_classes}")
     if names is not None and len(names) < net.detector_classes:
-        raise PolicyError(f"{len(names)} class names for a model with {net.detector_classes} classes")
+        raise InputError(f"{len(names)} class names for a model with {net.detector_classes} classes")
     # Every label file is read before the first image is run: a bad one fails at once.
     labels = None if reference is not None else [read_labels(label_path(p), net.detector_classes) for p in paths]
     found, truths, seconds = [], [], 0.0
@@ -295,23 +268,14 @@ def evaluate_classifier(net: Network, data: str | Path, k: int = 5,
     file, as ``classifier valid`` computes them (its ``top=`` is the k it
     prints).  ``on_progress(n)`` is told how many images are done."""
     if k < 1:
-        raise PolicyError(f"k must be at least 1, not {k}")
-    paths, truth = images.labelled_list(data)
-    if net.outputs < truth.max() + 1:
-        raise CfgError(f"{data}: labels reach class {truth.max()}, the network has {net.outputs} outputs")
+        raise InputError(f"k must be at least 1, not {k}")
+    paths, truth = labelled_set(net, data)
     top1 = topk = 0
     for start in range(0, len(paths), CLASSIFIER_CHUNK):
         chunk = paths[start:start + CLASSIFIER_CHUNK]
-        outputs = net.predict(images.load_batch(chunk, net.input_shape, "crop"))
-        expected = truth[start:start + len(chunk)]
-        top1 += int(np.sum(first_max(outputs) == expected))
-        topk += int(np.sum(np.any(top_k(outputs, k) == expected[:, None], axis=1)))
+        outputs = net.predict(load_batch(chunk, net.input_shape, "crop"))
+        first, among = hits(outputs, truth[start:start + len(chunk)], k)
+        top1, topk = top1 + first, topk + among
         if on_progress:
             on_progress(start + len(chunk))
     return ClassifierReport(len(paths), top1 / len(paths), k, topk / len(paths))
-
-
-def top_k(outputs: np.ndarray, k: int) -> np.ndarray:
-    """Each row's ``k`` best classes as Darknet's ``top_k`` ranks them: by
-    value, an earlier index first among equals (a stable sort)."""
-    return np.argsort(-outputs, axis=1, kind="stable")[:, :k]

@@ -39,9 +39,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import PolicyError
+from ..format.weightsfile import atomic_path
 from ..reports import render_table
 from .sensitivity import HIGHER_IS_BETTER, Row, Sensitivity
-from ..format.weightsfile import atomic_path
 
 TARGETS = ("sparsity", "flops")
 #: The metric a plan minimises when none is named, first present wins.

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import OutputError
-from .sensitivity import Sensitivity
 from ..format.weightsfile import atomic_path
+from .sensitivity import Sensitivity
 
 
 def _pyplot():

@@ -58,23 +58,22 @@ this needs a CPU build of the binding (:func:`sensitivity.check_host`).
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..format import darknet_text
 from ..darknet import images
-from ..errors import CfgError, PolicyError
+from ..darknet.network import Network, check_files
+from ..errors import InputError
+from ..format import darknet_text
+from ..format.files import load_model
 from ..format.layout import Layer, Model
 from ..reports import render_table
 from .sensitivity import check_host
-
-if TYPE_CHECKING:
-    from ..darknet.network import Network
 
 #: The weight of a batch in Darknet's rolling average (batchnorm_layer.c).
 EMA_RATE = np.float32(0.01)
@@ -104,39 +103,68 @@ class Recalibration:
     layers: list[LayerChange]
     skipped: list[int]  # layers with batch norm this cannot recalibrate
     relative: bool = False  # only the shift from a reference model applied
+    fork: str = "pjreddie"  # whose Darknet ran the model
 
 
 def calibration_cfg(text: str, batch: int | None = None) -> str:
     """cfg text whose ``[dropout]`` layers drop nothing (``probability=0``)
     and, with ``batch``, whose passes take ``batch`` images (``batch=``,
-    ``subdivisions=1``): each set as its section's first option, the one
-    Darknet reads."""
-    first = {"[dropout]": ["probability=0"]}
-    if batch is not None:
-        first["[net]"] = first["[network]"] = [f"batch={batch}", "subdivisions=1"]
-    lines = []
-    for line in text.splitlines():
-        lines += [line] + first.get(darknet_text.strip(line), [])
-    return "\n".join(lines) + "\n"
+    ``subdivisions=1`` in ``[net]``), by :func:`darknet_text.edit_sections`."""
+    edits: dict[int, dict[str, object]] = {}
+    for index, kind in enumerate(darknet_text.section_types(text)):
+        if kind == "dropout":
+            edits[index] = {"probability": 0}
+        elif index == 0 and kind in ("net", "network") and batch is not None:
+            edits[index] = {"batch": batch, "subdivisions": 1}
+    return darknet_text.edit_sections(text, edits)
 
 
-def calibration_network(cfg: str | Path, weights: str | Path, batch: int | None = None) -> Network:
+def calibration_network(cfg: str | Path, weights: str | Path, batch: int | None = None,
+                        fork: str = "auto") -> Network:
     """The network of ``cfg`` and ``weights`` with dropout off, and passes of
     ``batch`` images if given (parsed from a temporary copy of the cfg; the
-    weights are read as they are)."""
-    from ..darknet.network import Network, check_files
-
+    weights are read as they are), in the Darknet of ``fork`` (auto: as
+    :class:`~darknet_sparse.darknet.Network` resolves it)."""
     if batch is not None and batch < 2:
-        raise PolicyError(f"calibration passes need at least 2 images, not {batch}")
-    check_files(cfg, weights)  # errors name the user's files, not the copy's
-    try:
-        text = Path(cfg).read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError as exc:
-        raise CfgError(f"{cfg}: cannot read: {exc.strerror}") from None
+        raise InputError(f"calibration passes need at least 2 images, not {batch}")
+    fork = check_files(cfg, weights, fork)  # errors name the user's files, not the copy's
+    text = darknet_text.read_text(cfg, "the cfg")
     with tempfile.TemporaryDirectory(prefix="darknet-sparse-") as folder:
         copy = Path(folder) / Path(cfg).name
-        copy.write_text(calibration_cfg(text, batch), encoding="utf-8", errors="surrogateescape")
-        return Network(copy, weights)
+        copy.write_text(calibration_cfg(text, batch), encoding="utf-8", errors="surrogateescape", newline="")
+        return Network(copy, weights, fork=fork)
+
+
+def recalibrate_file(cfg: str | Path, weights: str | Path, paths: Sequence[str | Path], output: str | Path, *,
+                     batch: int | None = None, reference: str | Path | None = None,
+                     reference_cfg: str | Path | None = None, resize: str | None = None,
+                     channels: Mapping[int, np.ndarray] | None = None,
+                     on_progress: Callable[[int, int], None] | None = None, fork: str = "auto") -> Recalibration:
+    """Recalibrate the model of ``cfg`` and ``weights`` on the images
+    ``paths`` and save it to ``output`` (atomically; ``output`` may be
+    ``weights``): the one call the command line, the loop and the
+    benchmarks make.
+
+    Passes take ``batch`` images (default: the cfg's); ``reference`` (with
+    ``reference_cfg``, default ``cfg``) are the dense weights to measure the
+    shift against, through ``channels`` for a channel-pruned model
+    (:func:`recalibrate`); ``resize`` fits the images (default: as Darknet
+    does for this network, :func:`darknet_sparse.darknet.images.default_resize`).
+    ``on_progress(done, total)`` counts the passes.  ``fork`` picks whose
+    Darknet runs both models (auto: as :class:`~darknet_sparse.darknet.Network`
+    resolves the model's); the result says which.
+    """
+    net = calibration_network(cfg, weights, batch, fork)
+    base = None if reference is None else calibration_network(reference_cfg or cfg, reference, batch, net.fork)
+    model = load_model(cfg, net.fork, weights)
+    base_model = model if reference is None or reference_cfg is None else load_model(reference_cfg, net.fork,
+                                                                                      reference)
+    x = ImageFiles(paths, net.input_shape, resize or images.default_resize(model))
+    total = len(x) // pass_size(len(x), net.batch) * (1 if base is None else 2)
+    result = recalibrate(net, model, x, None if on_progress is None else (lambda done: on_progress(done, total)),
+                         reference=base, reference_model=base_model, channels=channels)
+    net.save(output)
+    return dataclasses.replace(result, fork=net.fork)
 
 
 def batchnorm_layers(net: Network) -> tuple[list[int], list[int]]:
@@ -155,9 +183,9 @@ def batchnorm_layers(net: Network) -> tuple[list[int], list[int]]:
 def pass_size(images: int, batch: int) -> int:
     """Images per pass: as even as the passes allow, at most ``batch``."""
     if images < 2:
-        raise PolicyError(f"recalibration needs at least 2 images, got {images}")
+        raise InputError(f"recalibration needs at least 2 images, got {images}")
     if batch < 2:
-        raise PolicyError(f"the network takes {batch} image per pass, too few for batch statistics: "
+        raise InputError(f"the network takes {batch} image per pass, too few for batch statistics: "
                           "load it with a larger batch (calibration_network, recalibrate --batch)")
     return images // -(-images // batch)
 
@@ -240,7 +268,7 @@ def recalibrate(net: Network, model: Model, x: np.ndarray | ImageFiles,
     check_host(net)
     layers, skipped = batchnorm_layers(net)
     if not layers:
-        raise PolicyError("the network has no batch-norm statistics to recalibrate")
+        raise InputError("the network has no batch-norm statistics to recalibrate")
     if reference is not None:
         _check_reference(net, reference, layers, channels)
     stats, passes, size = measure(net, model, x, on_progress)
@@ -287,19 +315,19 @@ def _check_reference(net: Network, reference: Network, layers: list[int],
     same batch-norm channels (or, through ``channels``, the ones kept)."""
     check_host(reference)
     if reference.input_shape != net.input_shape:
-        raise PolicyError(f"the reference takes input {reference.input_shape}, the model {net.input_shape}")
+        raise InputError(f"the reference takes input {reference.input_shape}, the model {net.input_shape}")
     theirs, _ = batchnorm_layers(reference)
     if theirs != layers:
-        raise PolicyError(f"the reference has batch norm in layers {theirs}, the model in {layers}")
+        raise InputError(f"the reference has batch norm in layers {theirs}, the model in {layers}")
     for index in layers:
         ours, other = net.params(index)["rolling_mean"].size, reference.params(index)["rolling_mean"].size
         if channels and index in channels:
             kept = np.asarray(channels[index])
             if len(kept) and (kept.min() < 0 or kept.max() >= other):
-                raise PolicyError(f"layer {index}: kept channels outside the reference's {other}")
+                raise InputError(f"layer {index}: kept channels outside the reference's {other}")
             other = len(kept)
         if ours != other:
-            raise PolicyError(f"layer {index}: the reference has {other} channels, the model {ours}")
+            raise InputError(f"layer {index}: the reference has {other} channels, the model {ours}")
 
 
 def pooled(sums: np.ndarray, passes: int, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -325,7 +353,8 @@ def table(result: Recalibration) -> str:
     passes = f"{result.passes} pass{'es' if result.passes != 1 else ''}"
     rows = [[c.layer, c.type, c.channels, f"{c.mean_shift:.4f}", f"{c.std_ratio:.4f}"] for c in result.layers]
     how = ", relative to the reference" if result.relative else ""
-    lines = [f"recalibrated {len(result.layers)} layers on {result.images} images ({passes} of {result.batch}{how})",
+    lines = [f"recalibrated {len(result.layers)} layers on {result.images} images ({passes} of {result.batch}{how}"
+             f", in {result.fork}'s Darknet)",
              render_table(["layer", "type", "channels", "mean shift", "std ratio"], rows, align="><")]
     if result.skipped:
         lines.append(f"left as they were (batch norm inside recurrent layers): {result.skipped}")

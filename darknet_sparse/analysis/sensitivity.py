@@ -50,11 +50,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..darknet import images
-from ..errors import BindingError, PolicyError
-from ..format.layout import Layer, Model
+from ..errors import BindingError, InputError, PolicyError
+from ..format.layout import DETECTION_TYPES, Layer, Model
+from ..format.weightsfile import atomic_path
 from ..pruning.policies import check_sparsity, parse_exclude, prunable_layers, selector_matches
 from ..reports import render_table
-from ..format.weightsfile import atomic_path
+from . import evaluate
+from .metrics import Remembered, hits, labelled_set
 
 if TYPE_CHECKING:
     from ..darknet.network import Network
@@ -64,8 +66,6 @@ Measure = Callable[["Network"], dict]
 HIGHER_IS_BETTER = ("top1", "map50", "map")
 #: Probabilities below this count as this in the KL divergence.
 KL_FLOOR = 1e-12
-#: Layer types whose outputs are a detector's results: its heads.
-HEAD_TYPES = ("yolo", "region", "detection")
 FIELDS = ("layer", "type", "weights", "flops", "level", "nonzero", "sparsity", "effective_flops")
 
 
@@ -106,24 +106,12 @@ class Sensitivity:
 
 def top1(net: Network, data: str | Path, how: str = "crop") -> Measure:
     """Top-1 on the ``valid=`` list of a classifier's ``.data`` file."""
-    paths, truth = images.labelled_list(data)
+    paths, truth = labelled_set(net, data)
     x = images.load_batch(paths, net.input_shape, how)
-    if net.outputs < truth.max() + 1:
-        raise PolicyError(f"{data}: labels reach class {truth.max()}, the network has {net.outputs} outputs")
 
     def measure(network: Network) -> dict:
-        return {"top1": float(np.mean(first_max(network.predict(x)) == truth))}
+        return {"top1": hits(network.predict(x), truth)[0] / len(truth)}
     return measure
-
-
-def first_max(outputs: np.ndarray) -> np.ndarray:
-    """Each row's class as Darknet's ``top_k`` picks it: the first index
-    whose value no later value exceeds (NaN never wins a comparison)."""
-    best = np.zeros(len(outputs), np.int64)
-    rows = np.arange(len(outputs))
-    for i in range(1, outputs.shape[1]):
-        best = np.where(outputs[:, i] > outputs[rows, best], i, best)
-    return best
 
 
 def deviation(net: Network, x: np.ndarray, heads: Sequence[int], softmax: bool = False) -> Measure:
@@ -132,7 +120,7 @@ def deviation(net: Network, x: np.ndarray, heads: Sequence[int], softmax: bool =
     heads); with ``softmax``, also the KL divergence at the last head."""
     heads = list(heads)
     if not heads:
-        raise PolicyError("deviation needs at least one output layer")
+        raise InputError("deviation needs at least one output layer")
     reference = [y.astype(np.float64) for y in net.layer_outputs(x, heads)]
     norms = [np.linalg.norm(y, axis=1) for y in reference]
     for norm in norms:
@@ -154,46 +142,20 @@ def agreement(paths: Sequence[str | Path], reference: Network, reference_conf: f
     """Agreement mAP on the images ``paths`` with ``reference`` (a network
     the sweep does not edit): its detections with confidence above
     ``reference_conf`` are the ground truth; ``map50`` and ``map``."""
-    from . import evaluate  # which imports this module
-
-    fixed = _Unchanging(reference)
+    fixed = Remembered(reference)
 
     def measure(network: Network) -> dict:
         report = evaluate.evaluate_detector(network, paths, reference=fixed, reference_conf=reference_conf)
         if report.map50 is None:
-            raise PolicyError(f"the reference model finds nothing above confidence {reference_conf:g} in the "
+            raise InputError(f"the reference model finds nothing above confidence {reference_conf:g} in the "
                               f"{len(paths)} images: there is nothing to agree with")
         return {"map50": report.map50, "map": report.map}
     return measure
 
 
-class _Unchanging:
-    """A network no one edits during the sweep (the reference): each image's
-    detections are computed once, not once per measurement."""
-
-    def __init__(self, net: Network):
-        self._net = net
-        self._seen: dict[tuple, tuple] = {}
-
-    def detect(self, image: str | Path, *options: float) -> tuple:
-        key = (str(image), *options)
-        if key not in self._seen:
-            self._seen[key] = self._net.detect(image, *options)
-        return self._seen[key]
-
-    def __getattr__(self, name: str):
-        return getattr(self._net, name)
-
-
-def default_resize(model: Model) -> str:
-    """How ``darknet`` fits images to this network: ``letterbox`` for a
-    detector (``detector test``), ``crop`` otherwise (``classifier valid``)."""
-    return "letterbox" if any(layer.type in HEAD_TYPES for layer in model.layers) else "crop"
-
-
 def output_layers(model: Model) -> list[int]:
     """The layers whose outputs a user reads: every detector head, or the last layer."""
-    heads = [layer.index for layer in model.layers if layer.type in HEAD_TYPES]
+    heads = [layer.index for layer in model.layers if layer.type in DETECTION_TYPES]
     return heads or [len(model.layers) - 1]
 
 
@@ -322,11 +284,11 @@ def read_csv(path: str | Path) -> Sensitivity:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header is None or tuple(header[:len(FIELDS)]) != FIELDS or len(header) == len(FIELDS):
-        raise PolicyError(f"{path}: not a sensitivity CSV: the header must be {','.join(FIELDS)} "
+        raise InputError(f"{path}: not a sensitivity CSV: the header must be {','.join(FIELDS)} "
                           "and one or more metric columns")
     metrics = tuple(header[len(FIELDS):])
     rows = []
@@ -341,13 +303,13 @@ def read_csv(path: str | Path) -> Sensitivity:
                       float(record["level"]), int(record["nonzero"]), int(record["effective_flops"]),
                       {name: float(record[name]) for name in metrics})
         except ValueError:
-            raise PolicyError(f"{path}:{number}: expected {len(header)} values of the header's kinds") from None
+            raise InputError(f"{path}:{number}: expected {len(header)} values of the header's kinds") from None
         if not (0 <= row.level < 1 and 0 <= row.nonzero <= row.weights and row.weights > 0
                 and all(math.isfinite(v) for v in row.metrics.values())):
-            raise PolicyError(f"{path}:{number}: level, nonzero or a metric is out of range")
+            raise InputError(f"{path}:{number}: level, nonzero or a metric is out of range")
         rows.append(row)
     if not rows:
-        raise PolicyError(f"{path}: no rows")
+        raise InputError(f"{path}: no rows")
     baseline_rows = [row for row in rows if row.level == 0]
     baseline = dict(baseline_rows[0].metrics) if baseline_rows else {}
     return Sensitivity(metrics, baseline, rows)

@@ -2,20 +2,20 @@
 ``plan`` and ``recalibrate``."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 import click
 
 from .. import reports
-from ..format.files import find_cfg
-from ..darknet import images
-from ..format.files import load_model
 from ..analysis import plan as plan_
 from ..analysis import recalibrate as recalibrate_
 from ..analysis import sensitivity as sensitivity_
+from ..darknet import images
+from ..format.files import find_cfg, load_model
 from ..format.weightsfile import check_output
-from . import cfg_option, cli, json_option
+from .base import cfg_option, cli, fork_option, json_option
 
 weights_option = click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False, path_type=Path),
                               help="The model's .weights; only read.")
@@ -63,13 +63,15 @@ def _sample(source: Path, max_images: int | None) -> list[Path]:
               help="Write every measurement as CSV (what `plan` reads).")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw the curves into this image (needs matplotlib: the plot extra).")
+@fork_option
 @json_option
 def sensitivity(weights: Path, cfg: Path | None, data: Path | None, image_source: Path | None,
                 metric: str | None, reference: Path | None, reference_conf: float, levels: list[float],
                 layers: str | None, resize: str | None, max_images: int | None, csv_path: Path | None,
-                plot: Path | None, as_json: bool) -> None:
+                plot: Path | None, fork: str, as_json: bool) -> None:
     """Prune one layer at a time to each level and measure the network,
-    in-process through the binding; the weights file is only read."""
+    in-process through the binding; the weights file is only read.  --fork
+    picks whose Darknet runs it (auto: AlexeyAB's for a cfg only it reads)."""
     from ..darknet.network import Network
 
     if (data is None) == (image_source is None):
@@ -79,17 +81,18 @@ def sensitivity(weights: Path, cfg: Path | None, data: Path | None, image_source
     if (metric == "map50") != (reference is not None):
         raise click.UsageError("--metric map50 needs --reference DENSE.weights, and --reference needs it")
     cfg = cfg or find_cfg(weights)
-    model = load_model(cfg, "pjreddie", weights)
+    net = Network(cfg, weights, fork=fork)
+    model = load_model(cfg, net.fork, weights)
     chosen = sensitivity_.select_layers(model, layers)
     levels = sensitivity_.check_levels(levels)
-    net = Network(cfg, weights)
     if data is not None:
         measure = sensitivity_.top1(net, data, resize or "crop")
     elif metric == "map50":
-        measure = sensitivity_.agreement(_sample(image_source, max_images), Network(cfg, reference), reference_conf)
+        measure = sensitivity_.agreement(_sample(image_source, max_images), Network(cfg, reference, fork=net.fork),
+                                          reference_conf)
     else:
         x = images.load_batch(_sample(image_source, max_images), net.input_shape,
-                              resize or sensitivity_.default_resize(model))
+                              resize or images.default_resize(model))
         measure = sensitivity_.deviation(net, x, sensitivity_.output_layers(model),
                                          sensitivity_.ends_in_softmax(model))
     with click.progressbar(length=len(chosen) * len(levels), label="layers x levels", file=sys.stderr) as bar:
@@ -100,7 +103,9 @@ def sensitivity(weights: Path, cfg: Path | None, data: Path | None, image_source
     if plot:
         from ..analysis import plots
         plots.sensitivity(result, plot)
-    click.echo(reports.to_json(result) if as_json else sensitivity_.table(result))
+    click.echo(reports.to_json(result, fork=net.fork, fork_reason=net.fork_reason) if as_json
+               else sensitivity_.table(result) + f"\nfork: {net.fork} ({net.fork_reason}): the model ran in "
+               f"{net.fork}'s Darknet")
 
 
 @cli.command()
@@ -146,22 +151,26 @@ def plan(sensitivity_csv: Path, target_sparsity: float | None, target_flops: flo
               help="The reference's cfg (default: the model's).")
 @resize_option
 @max_images_option
+@fork_option
 @json_option
 def recalibrate(weights: Path, cfg: Path | None, image_source: Path, output: Path, batch: int | None,
                 reference: Path | None, reference_cfg: Path | None, resize: str | None, max_images: int | None,
-                as_json: bool) -> None:
+                fork: str, as_json: bool) -> None:
     """Re-estimate batch-norm rolling mean and variance on calibration
-    images after pruning; weights, biases and scales stay as they are."""
+    images after pruning; weights, biases and scales stay as they are.
+    --fork picks whose Darknet runs it (auto: AlexeyAB's for a cfg only it reads)."""
     cfg = cfg or find_cfg(weights)
     check_output(weights, output)
     paths = _sample(image_source, max_images)
-    net = recalibrate_.calibration_network(cfg, weights, batch)
-    base = None if reference is None else recalibrate_.calibration_network(reference_cfg or cfg, reference, batch)
-    model = load_model(cfg, "pjreddie", weights)
-    x = recalibrate_.ImageFiles(paths, net.input_shape, resize or sensitivity_.default_resize(model))
-    passes = len(x) // recalibrate_.pass_size(len(x), net.batch) * (1 if base is None else 2)
-    with click.progressbar(length=passes, label="calibration passes", file=sys.stderr) as bar:
-        result = recalibrate_.recalibrate(net, model, x, on_progress=lambda done: bar.update(done - bar.pos),
-                                          reference=base)
-    net.save(output)
+    with contextlib.ExitStack() as stack:
+        bars: list = []
+
+        def progress(done: int, total: int) -> None:
+            if not bars:
+                bars.append(stack.enter_context(click.progressbar(length=total, label="calibration passes",
+                                                                  file=sys.stderr)))
+            bars[0].update(done - bars[0].pos)
+        result = recalibrate_.recalibrate_file(cfg, weights, paths, output, batch=batch, reference=reference,
+                                               reference_cfg=reference_cfg, resize=resize, on_progress=progress,
+                                               fork=fork)
     click.echo(reports.to_json(result) if as_json else recalibrate_.table(result) + f"\n\nwritten: {output}")

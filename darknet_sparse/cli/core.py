@@ -5,11 +5,11 @@ from pathlib import Path
 
 import click
 
+from .. import reports
 from ..format.files import load
 from ..pruning import prune as prune_
-from .. import reports
 from ..pruning.policies import POLICIES, Policy, read_spec
-from . import cfg_option, cli, fork_option, json_option, weights_argument
+from .base import cfg_option, cli, fork_option, json_option, weights_argument
 
 
 @cli.command()

@@ -9,13 +9,12 @@ from pathlib import Path
 import click
 
 from .. import reports
-from ..format import darknet_text
-from ..format.files import find_cfg
-from ..darknet import images
-from ..format.files import load_model
 from ..analysis import evaluate as evaluate_
+from ..darknet import images
 from ..errors import PolicyError
-from . import cfg_option, cli, json_option, weights_argument
+from ..format import darknet_text
+from ..format.files import find_cfg, load_model
+from .base import cfg_option, cli, fork_option, json_option, weights_argument
 
 path_type = click.Path(dir_okay=False, path_type=Path)
 
@@ -49,6 +48,8 @@ def _progress(length: int) -> Iterator[Callable[[int], None]]:
               help="Detector: score agreement with these (dense) weights instead of label files: their "
                    "detections above --reference-conf are the ground truth.")
 @click.option("--reference-cfg", type=path_type, help="The reference's cfg (default: the model's).")
+@click.option("--reference-fork", type=click.Choice(("same", "auto", "pjreddie", "alexeyab")), default="same",
+              show_default=True, help="Whose Darknet runs the reference (same: the model's fork).")
 @click.option("--reference-conf", type=click.FloatRange(0, 1, max_open=True), default=evaluate_.REFERENCE_CONF,
               show_default=True, help="Confidence a reference detection needs to count as ground truth.")
 @click.option("--conf", type=click.FloatRange(0, 1, max_open=True), default=evaluate_.CONF, show_default=True,
@@ -59,17 +60,23 @@ def _progress(length: int) -> Iterator[Callable[[int], None]]:
 @click.option("--top", "k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Classifier: also report top-K.")
 @click.option("--max-images", type=click.IntRange(min=1), help="Use at most this many images (a seeded random choice).")
+@fork_option
 @json_option
 def evaluate(weights: Path, cfg: Path | None, image_source: Path | None, data: Path | None,
-             reference: Path | None, reference_cfg: Path | None, reference_conf: float, conf: float, nms: float,
-             names: Path | None, k: int, max_images: int | None, as_json: bool) -> None:
+             reference: Path | None, reference_cfg: Path | None, reference_fork: str, reference_conf: float,
+             conf: float, nms: float, names: Path | None, k: int, max_images: int | None, fork: str,
+             as_json: bool) -> None:
     """Score WEIGHTS in-process through the binding: a detector's mAP@0.5 and
     mAP@0.5:0.95 (COCO's evaluator) against Darknet label files or a
-    reference model, or a classifier's top-1 and top-K as `classifier valid`."""
+    reference model, or a classifier's top-1 and top-K as `classifier valid`.
+    --fork picks whose Darknet runs it (auto: AlexeyAB's for a cfg only it
+    reads, else by the weights' layout and header), with that fork's own
+    image preparation, decode and NMS: AlexeyAB's `detector test` resizes
+    without letterbox unless [net] letter_box=1, and the output says which."""
     from ..darknet.network import Network
 
     cfg = cfg or find_cfg(weights)
-    task = evaluate_.task_of(load_model(cfg, "pjreddie", weights).layers[-1].type)
+    task = evaluate_.task_of(load_model(cfg, fork, weights).layers[-1].type)
     if task == "classifier":
         for given, option in ((reference, "--reference"), (reference_cfg, "--reference-cfg"),
                               (image_source, "--images"), (names, "--names")):
@@ -78,11 +85,12 @@ def evaluate(weights: Path, cfg: Path | None, image_source: Path | None, data: P
                                   f"[detection]): {option} is for detectors; give --data")
         if data is None:
             raise PolicyError(f"{cfg} is a classifier: give --data (its valid=, labels= and classes=)")
-        net = Network(cfg, weights)
+        net = Network(cfg, weights, fork=fork)
         count = len(images.labelled_list(data)[0])
         with _progress(count) as on_progress:
             report = evaluate_.evaluate_classifier(net, data, k, on_progress=on_progress)
-        click.echo(reports.to_json(report) if as_json else _classifier_text(weights, cfg, data, report))
+        click.echo(reports.to_json(report, fork=net.fork, fork_reason=net.fork_reason) if as_json
+                   else _classifier_text(weights, cfg, data, report) + "\n" + _fork_line(net))
         return
 
     if reference_cfg is not None and reference is None:
@@ -96,13 +104,30 @@ def evaluate(weights: Path, cfg: Path | None, image_source: Path | None, data: P
     paths = images.sample([image_source] if single else images.image_paths(image_source), max_images)
     names_file = names or (Path(options["names"]) if "names" in options else None)
     class_names = darknet_text.read_lines(names_file) if names_file is not None else None
-    net = Network(cfg, weights)
-    reference_net = Network(reference_cfg or cfg, reference) if reference is not None else None
+    net = Network(cfg, weights, fork=fork)
+    reference_net = None if reference is None else Network(
+        reference_cfg or cfg, reference, fork=net.fork if reference_fork == "same" else reference_fork)
     with _progress(len(paths)) as on_progress:
         report = evaluate_.evaluate_detector(
             net, paths, reference=reference_net, reference_conf=reference_conf,
             reference_name=str(reference), conf=conf, nms=nms, names=class_names, on_progress=on_progress)
-    click.echo(reports.to_json(report) if as_json else _detector_text(weights, cfg, image_source, report))
+    if as_json:
+        extra = {"preprocessing": net.preprocessing}
+        if reference_net is not None:
+            extra.update(reference_fork=reference_net.fork, reference_preprocessing=reference_net.preprocessing)
+        click.echo(reports.to_json(report, fork=net.fork, fork_reason=net.fork_reason, **extra))
+        return
+    lines = [_fork_line(net), f"images: {net.preprocessing}"]
+    if reference_net is not None:
+        lines.append(f"reference: {_fork_line(reference_net)}; {reference_net.preprocessing}")
+    click.echo(_detector_text(weights, cfg, image_source, report) + "\n" + "\n".join(lines))
+
+
+def _fork_line(net) -> str:
+    return f"fork: {net.fork} ({net.fork_reason}): the model ran in {_FORK_NAMES[net.fork]} Darknet"
+
+
+_FORK_NAMES = {"pjreddie": "pjreddie's", "alexeyab": "AlexeyAB's"}
 
 
 def _detector_text(weights: Path, cfg: Path, source: Path, report: evaluate_.DetectorReport) -> str:
@@ -114,7 +139,7 @@ def _detector_text(weights: Path, cfg: Path, source: Path, report: evaluate_.Det
              f"above {report.conf:g}, NMS {report.nms:g}",
              f"mAP@0.5       {score(report.map50)}",
              f"mAP@0.5:0.95  {score(report.map)}",
-             f"{report.seconds_per_image:.3f} s per image (load, letterbox, forward, decode, NMS)"]
+             f"{report.seconds_per_image:.3f} s per image (load, resize, forward, decode, NMS)"]
     if report.truth == "reference":
         lines.insert(2, "  (agreement with the reference model, not accuracy against human labels)")
     if report.classes:

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import click
 
+from .. import reports
 from ..darknet import images
 from ..format.files import load
-from .. import reports
 from ..structured import slim as slim_
-from . import ToolError, cfg_option, cli, fork_option, json_option, weights_argument
+from .base import ToolError, cfg_option, cli, fork_option, json_option, weights_argument
 
 
 @cli.command()

@@ -10,13 +10,14 @@ from pathlib import Path
 import click
 
 from .. import reports
-from ..format.files import find_cfg
-from ..pruning import schedule
-from ..workflow import loop as loop_
 from ..analysis import pseudolabels
 from ..darknet import runner
+from ..format.files import find_cfg
+from ..pruning import schedule
 from ..pruning.policies import POLICIES, read_spec
-from . import cfg_option, cli, fork_option
+from ..workflow import loop as loop_
+from ..workflow import settings as settings_
+from .base import cfg_option, cli, fork_option
 
 
 def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
@@ -36,9 +37,9 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
                    "Needed for classifiers; a detector may give --images instead.")
 @click.option("--final-sparsity", type=float,
               help="Total sparsity of the prunable weights after the last step, in [0, 1).")
-@click.option("--steps", type=click.IntRange(min=1), default=loop_.DEFAULT_STEPS, show_default=True,
+@click.option("--steps", type=click.IntRange(min=1), default=settings_.DEFAULT_STEPS, show_default=True,
               help="Number of prune/retrain steps to reach --final-sparsity.")
-@click.option("--fine-tune-steps", type=click.IntRange(min=0), default=loop_.DEFAULT_FINE_TUNE_STEPS,
+@click.option("--fine-tune-steps", type=click.IntRange(min=0), default=settings_.DEFAULT_FINE_TUNE_STEPS,
               show_default=True, help="Extra retraining steps at --final-sparsity after the schedule's "
                                          "(not with --sparsities, which lists every step).")
 @click.option("--structured", is_flag=True,
@@ -50,7 +51,7 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
               help="Explicit step targets instead of a schedule, e.g. 0.5,0.7,0.9.")
 @click.option("--schedule", "schedule_name", type=click.Choice(schedule.SCHEDULES), default="agp",
               show_default=True, help="agp: Zhu & Gupta's cubic ramp (big steps first); linear: equal steps.")
-@click.option("--mode", type=click.Choice(tuple(POLICIES)), default=loop_.LoopSettings.policy.name,
+@click.option("--mode", type=click.Choice(tuple(POLICIES)), default=settings_.LoopSettings.policy.name,
               show_default=True,
               help="How each step's thresholds are chosen; the mode's level is searched so the total "
                    "sparsity reaches the step's target (magnitude and global take it as it is).")
@@ -60,7 +61,7 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
               help="Batches of retraining after each threshold (max_batches of the private cfg).")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True),
               help=f"The retraining rate (default: for classifiers the cfg's learning_rate x "
-                   f"{loop_.RETRAIN_RATE_SCALE:g}, for detectors the cfg's).")
+                   f"{settings_.RETRAIN_RATE_SCALE:g}, for detectors the cfg's).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for every step's weights, log.jsonl and final.weights.")
 @click.option("--task", type=click.Choice(tuple(runner.TASKS)), default="classifier", show_default=True,
@@ -79,7 +80,7 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
               help="Detector: network width and height while retraining, a multiple of 32 (default: "
                    "the cfg's; smaller is cheaper per batch but, on yolov3-tiny, recovered less).")
 @click.option("--batch", type=click.IntRange(min=1),
-              help=f"Images per retraining batch (default: the cfg's; detectors {loop_.DETECTOR_BATCH}).")
+              help=f"Images per retraining batch (default: the cfg's; detectors {settings_.DETECTOR_BATCH}).")
 @click.option("--subdivisions", type=click.IntRange(min=1), help="Split each batch in this many passes.")
 @click.option("--teacher", type=click.Path(dir_okay=False, path_type=Path),
               help="Distil: retrain on the soft targets of these (dense) weights (patched Darknet's "
@@ -90,11 +91,11 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
               help="The teacher's cfg (default: --cfg); its heads must have the student's shapes.")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True),
               help="Distillation temperature T (soft targets softmax(z/T), sigmoid(z/T) for [yolo]); "
-                   "default: " + ", ".join(f"{t:g} for {task}s" for task, (t, _) in loop_.DISTILL_DEFAULTS.items())
+                   "default: " + ", ".join(f"{t:g} for {task}s" for task, (t, _) in settings_.DISTILL_DEFAULTS.items())
                    + ".")
 @click.option("--alpha", type=click.FloatRange(0, 1),
               help="Weight of the teacher's term; 1 - alpha weighs the labels; default: "
-                   + ", ".join(f"{a:g} for {task}s" for task, (_, a) in loop_.DISTILL_DEFAULTS.items()) + ".")
+                   + ", ".join(f"{a:g} for {task}s" for task, (_, a) in settings_.DISTILL_DEFAULTS.items()) + ".")
 @click.option("--slim", "slim_lambda", type=click.FloatRange(min=0),
               help="Retrain with [net] slim=λ (the patched Darknet's L1 on batch-norm scales), so that "
                    "`darknet-sparse slim` can then remove channels.")
@@ -102,7 +103,7 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
               help="After each retraining, re-estimate batch-norm statistics on this many training images "
                    "(a detector's --images, relative to the starting model; a classifier's train= list, "
                    "which pays when steps are short) (0: not).  Default: "
-                   f"{loop_.DETECTOR_RECALIBRATION} for a detector with --images, else 0.")
+                   f"{settings_.DETECTOR_RECALIBRATION} for a detector with --images, else 0.")
 @click.option("--eval-cmd",
               help="Shell command printing the score as its last line; {weights}, {cfg}, {data}, {step} "
                    "are replaced (also $DARKNET_SPARSE_WEIGHTS etc.).  Default: for classifiers top-1 of "
@@ -112,6 +113,9 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--resume", is_flag=True, help="Carry on after the last complete step in OUT/log.jsonl.")
 @click.option("--darknet", type=click.Path(dir_okay=False, path_type=Path),
               help="The patched Darknet binary (default: the one `darknet-sparse build` made).")
+@click.option("--seed", type=click.IntRange(0, settings_.SEED_LIMIT - 1),
+              help="Seed the patched Darknet's random numbers while retraining ([net] seed=N), so the same "
+                   "command retrains the same way (default: the clock, as upstream).")
 @cfg_option
 @fork_option
 def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: int, fine_tune_steps: int,
@@ -121,7 +125,7 @@ def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: 
          eval_images: Path | None, train_size: int | None, batch: int | None, subdivisions: int | None,
          teacher: Path | None, no_teacher: bool, teacher_cfg: Path | None, temperature: float | None,
          alpha: float | None, slim_lambda: float | None, recalibrate_images: int | None,
-         eval_cmd: str | None, min_score: float | None, resume: bool, darknet: Path | None,
+         eval_cmd: str | None, min_score: float | None, resume: bool, darknet: Path | None, seed: int | None,
          cfg: Path | None, fork: str) -> None:
     """Prune and retrain in steps: threshold to each step's target, retrain
     with zero weights frozen (patched Darknet, prune=1), evaluate, log.
@@ -158,15 +162,15 @@ def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: 
         targets += [targets[-1]] * fine_tune_steps
     if no_teacher and teacher is not None:
         raise click.UsageError("--no-teacher and --teacher exclude each other")
-    settings = loop_.LoopSettings(
+    settings = settings_.LoopSettings(
         cfg=cfg or find_cfg(weights), weights=weights, data=data, out=out, targets=tuple(targets),
         iterations=iterations, policy=POLICIES[mode], spec=read_spec(spec) if spec else None, task=task,
         eval_cmd=eval_cmd, min_score=min_score, darknet=darknet, learning_rate=learning_rate, fork=fork,
         images=images, eval_images=eval_images, label_conf=label_conf, train_size=train_size, batch=batch,
         subdivisions=subdivisions,
-        teacher=None if no_teacher else teacher or loop_.STARTING, teacher_cfg=teacher_cfg, temperature=temperature,
+        teacher=None if no_teacher else teacher or settings_.STARTING, teacher_cfg=teacher_cfg, temperature=temperature,
         alpha=alpha, slim=slim_lambda,
-        recalibrate=recalibrate_images, structured=structured)
+        recalibrate=recalibrate_images, structured=structured, seed=seed)
     with click.progressbar(length=len(targets), label="prune/retrain steps",
                            file=sys.stderr) as bar:
         result = loop_.run(settings, resume, on_progress=lambda done: bar.update(done - bar.pos),
@@ -181,7 +185,7 @@ def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: 
 
 def _summary(result: loop_.LoopResult) -> str:
     metric = result.steps[0].metric if result.steps else "top1"
-    structured = bool(result.steps) and result.steps[0].mode == loop_.STRUCTURED
+    structured = bool(result.steps) and result.steps[0].mode == settings_.STRUCTURED
     headers = ["step", "target", "FLOPs removed" if structured else "sparsity", metric, "revived", "seconds",
                "weights"]
     rows = [[r.step, f"{r.target_sparsity:.4f}", f"{r.sparsity:.4f}", f"{r.value:.4f}", r.zeros_revived,

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..format import darknet_text
 from ..errors import DarknetRunError, OutputError
+from ..format import darknet_text
 
 LABELS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Must equal width= and height= in cfg/digits.cfg: 2x nearest-neighbour

@@ -7,9 +7,12 @@ Darknet (``src/image.c``) loads an 8-bit image with stb_image as floats
                largest centred square and resizes it to the network's size;
 ``letterbox``  (``detector test``: ``letterbox_image``) resizes to fit
                inside the network's size keeping the aspect ratio and pastes
-               the result centred on a grey (0.5) canvas.
+               the result centred on a grey (0.5) canvas;
+``resize``     (AlexeyAB's ``detector test`` without ``letter_box=1``:
+               ``resize_image``, the same bilinear code in that fork)
+               stretches the image to the network's size.
 
-Both resize with ``resize_image``: bilinear in two passes (columns, then
+All resize with ``resize_image``: bilinear in two passes (columns, then
 rows), in float32 in Darknet's order of operations, including its quirk of
 dropping the second row's share on the last output row.  :func:`resize`
 repeats that operation for operation, so a classifier's outputs here equal
@@ -28,10 +31,23 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import CfgError, InputError
 from ..format import darknet_text
-from ..errors import CfgError, PolicyError
+from ..format.layout import DETECTION_TYPES, Model
 
-RESIZE = ("crop", "letterbox")
+RESIZE = ("crop", "letterbox", "resize")
+
+
+def default_resize(model: Model) -> str:
+    """How ``darknet`` fits images to this network: for a detector as the
+    fork's ``detector test`` (pjreddie: ``letterbox``; AlexeyAB: ``resize``
+    unless ``[net] letter_box=1``), ``crop`` otherwise (``classifier valid``)."""
+    if not any(layer.type in DETECTION_TYPES for layer in model.layers):
+        return "crop"
+    if model.fork == "alexeyab" and not model.net.get_int("letter_box", 0):
+        return "resize"
+    return "letterbox"
+
 #: File types both stb_image and Pillow read.
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tga", ".gif", ".pgm", ".ppm", ".pnm")
 #: The value ``letterbox_image`` fills the border with.
@@ -45,12 +61,12 @@ def read_pixels(path: str | Path, channels: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     if channels not in (1, 3):
-        raise PolicyError(f"{path}: images are loaded with 1 or 3 channels, the network takes {channels}")
+        raise InputError(f"{path}: images are loaded with 1 or 3 channels, the network takes {channels}")
     try:
         with Image.open(path) as image:
             rgb = np.asarray(image.convert("RGB"), dtype=np.int32)
     except (OSError, UnidentifiedImageError) as exc:
-        raise PolicyError(f"{path}: cannot read the image: {exc}") from None
+        raise InputError(f"{path}: cannot read the image: {exc}") from None
     if channels == 1:
         rgb = (rgb[..., 0] * 77 + rgb[..., 1] * 150 + rgb[..., 2] * 29)[..., None] >> 8
     return (rgb.transpose(2, 0, 1) / 255.).astype(F32)
@@ -103,11 +119,11 @@ def letterbox(image: np.ndarray, w: int, h: int) -> np.ndarray:
 def load_batch(paths: Sequence[str | Path], shape: tuple[int, int, int], how: str = "crop") -> np.ndarray:
     """Images prepared for a network taking (c, h, w): float32 (N, c, h, w)."""
     if how not in RESIZE:
-        raise PolicyError(f"unknown resize {how!r}: expected one of {', '.join(RESIZE)}")
+        raise InputError(f"unknown resize {how!r}: expected one of {', '.join(RESIZE)}")
     c, h, w = shape
     if not (c and h and w):
-        raise PolicyError("the network takes no images (its cfg gives no width, height and channels)")
-    prepare = center_crop if how == "crop" else letterbox
+        raise InputError("the network takes no images (its cfg gives no width, height and channels)")
+    prepare = {"crop": center_crop, "letterbox": letterbox, "resize": resize}[how]
     batch = np.empty((len(paths), c, h, w), F32)
     for row, path in zip(batch, paths):
         row[:] = prepare(read_pixels(path, c), w, h)
@@ -121,11 +137,11 @@ def image_paths(source: str | Path) -> list[Path]:
     if source.is_dir():
         paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
         if not paths:
-            raise PolicyError(f"{source}: no images ({', '.join(SUFFIXES)}) in this folder")
+            raise InputError(f"{source}: no images ({', '.join(SUFFIXES)}) in this folder")
         return paths
     paths = [Path(line) for line in darknet_text.read_lines(source) if line]
     if not paths:
-        raise PolicyError(f"{source}: the list names no images")
+        raise InputError(f"{source}: the list names no images")
     return paths
 
 

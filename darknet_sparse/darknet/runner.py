@@ -18,9 +18,9 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..errors import CfgError, DarknetRunError, OutputError
 from ..format import darknet_text
 from ..format.cfg import read_cfg
-from ..errors import CfgError, DarknetRunError, OutputError, PolicyError
 from ..format.layout import alexeyab_markers
 
 #: Darknet subcommand and the name ``train`` gives its last weights (``base``
@@ -81,33 +81,19 @@ def retrain_cfg(text: str, iterations: int, learning_rate: float | None = None,
 
 def set_options(text: str, net: Mapping[str, object],
                 sections: Mapping[str, Mapping[str, object]] | None = None) -> str:
-    """The cfg text with the options of ``net`` set at the top of its
-    ``[net]`` section and those of ``sections[type]`` at the top of every
-    ``[type]`` section (``{"yolo": {"random": 0}}``), each under a comment
-    line, their earlier values in those sections removed; every other line
-    is kept as it is."""
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if _key(line).startswith("[")), None)
-    if start is None or _key(lines[start]) not in ("[net]", "[network]"):
-        raise PolicyError("the cfg's first section must be [net] or [network]")
-    wanted = {index: net for index in (start,)}
-    for i in range(start + 1, len(lines)):
-        kind = _key(lines[i])
-        if kind.startswith("[") and sections and kind.strip("[]") in sections:
-            wanted[i] = sections[kind.strip("[]")]
-    result, current = lines[:start], None
-    for i in range(start, len(lines)):
-        if _key(lines[i]).startswith("["):
-            current = wanted.get(i)
-            result.append(lines[i])
-            if current:
-                result.append("# set by darknet-sparse loop")
-                result += [f"{key}={value}" for key, value in current.items()]
-            continue
-        if current and _key(lines[i]).split("=", 1)[0] in current:
-            continue
-        result.append(lines[i])
-    return "\n".join(result) + "\n"
+    """The cfg text with the options of ``net`` set in its ``[net]`` section
+    and those of ``sections[type]`` in every ``[type]`` section
+    (``{"yolo": {"random": 0}}``), by :func:`darknet_text.edit_sections`:
+    an option the section has is changed on its line, one it lacks is added
+    under a ``# set by darknet-sparse loop`` line."""
+    types = darknet_text.section_types(text)
+    if not types or types[0] not in ("net", "network"):
+        raise CfgError("the cfg's first section must be [net] or [network]")
+    edits = {0: net} if net else {}
+    for index, kind in enumerate(types[1:], 1):
+        if sections and sections.get(kind):
+            edits[index] = sections[kind]
+    return darknet_text.edit_sections(text, edits, "set by darknet-sparse loop")
 
 
 def private_data(text: str, backup: Path, train: Path | None = None) -> str:

@@ -21,9 +21,15 @@ list files                    (``get_paths``, ``src/data.c``): each line is
 
 Darknet prints a warning for a ``.data`` line that is not ``key=value`` and
 carries on; :func:`read_options` makes it an error that names the line.
+
+:func:`edit_sections` is the one editor of cfg text: it cuts lines by the
+same rule, so a file's line ends, spacing, comments and every line it does
+not change come back as they were.
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import CfgError
@@ -31,6 +37,8 @@ from ..errors import CfgError
 #: The characters Darknet's ``strip`` deletes (AlexeyAB's set; pjreddie's lacks CR).
 BLANKS = " \t\r\n"
 _DELETE_BLANKS = str.maketrans("", "", BLANKS)
+#: A value's leading number, as ``atoi``/``atof`` read it.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def strip(line: str) -> str:
@@ -57,6 +65,56 @@ def options(text: str, source: str = "<data>") -> dict[str, str]:
             raise CfgError(f"{source}:{number}: not a key=value line: {line!r}")
         found.setdefault(key, value)
     return found
+
+
+def section_types(text: str) -> list[str]:
+    """The type of every section of cfg text, in order (``[ yolo ]`` ->
+    ``yolo``): the indices :func:`edit_sections` takes."""
+    return [line[1:-1] if line.endswith("]") else line[1:]
+            for line in map(strip, lines(text)) if line.startswith("[")]
+
+
+def edit_sections(text: str, edits: Mapping[int, Mapping[str, object]], note: str | None = None) -> str:
+    """cfg ``text`` with ``key=value`` set in the sections ``edits`` names
+    by index (0: the first section, ``[net]``; see :func:`section_types`).
+
+    A key the section has keeps its first line (the one Darknet reads), the
+    text before ``=`` and the blanks after it, with the new value in place
+    of the old (of its leading number, if it starts with one, as ``atoi``
+    and ``atof`` read it: ``filters = 16  # sixteen`` keeps its comment);
+    its later lines in the section are removed.  A key it lacks is added after
+    the section's header, under a ``# note`` line when ``note`` is given.
+    Lines are cut at ``\n`` only (:func:`lines`); every other line, and
+    whether the text ends with a newline, stay as they are.
+    """
+    parts = lines(text)
+    headers = [i for i, line in enumerate(parts) if strip(line).startswith("[")]
+    missing = [index for index in edits if not 0 <= index < len(headers)]
+    if missing:
+        raise CfgError(f"the cfg has {len(headers)} sections, no section {missing[0]} to edit")
+    for index in sorted(edits, reverse=True):
+        wanted = {key: str(value) for key, value in edits[index].items()}
+        start = headers[index]
+        end = headers[index + 1] if index + 1 < len(headers) else len(parts)
+        seen: set[str] = set()
+        for i in range(end - 1, start, -1):
+            key = strip(parts[i]).split("=", 1)[0]
+            if key not in wanted or strip(parts[i])[:1] in ("#", ";") or "=" not in parts[i]:
+                continue
+            if any(key == strip(line).split("=", 1)[0] and "=" in line and strip(line)[:1] not in ("#", ";")
+                   for line in parts[start + 1:i]):
+                del parts[i]  # a later line of a key Darknet reads from its first
+                continue
+            before, _, after = parts[i].partition("=")
+            value = after.lstrip(" \t")
+            number = _NUMBER.match(value)
+            kept = value[number.end():] if number else ("\r" if value.endswith("\r") else "")
+            parts[i] = before + "=" + after[:len(after) - len(value)] + wanted[key] + kept
+            seen.add(key)
+        added = [f"{key}={value}" for key, value in wanted.items() if key not in seen]
+        if added:
+            parts[start + 1:start + 1] = ([f"# {note}"] if note else []) + added
+    return "\n".join(parts) + ("\n" if text.endswith("\n") or not text else "")
 
 
 def read_text(path: str | Path, what: str, errors: str = "surrogateescape") -> str:

@@ -29,6 +29,9 @@ from .cfg import Section
 from ..errors import CfgError
 
 FORKS = ("pjreddie", "alexeyab")
+#: The layer types whose outputs are a detector's results (its heads):
+#: pjreddie's three, and AlexeyAB's Gaussian_yolo.
+DETECTION_TYPES = ("yolo", "region", "detection", "Gaussian_yolo")
 
 #: Roles of parameter arrays.  Only ``weights`` is pruned by default;
 #: ``shortcut`` and ``implicit`` only when asked; the rest never.

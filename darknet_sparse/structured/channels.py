@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..format.layout import Layer, Model
+from ..format.layout import DETECTION_TYPES, Layer, Model
 
 #: Darknet's element-wise activations, as functions of float64 arrays.  A
 #: convolution with any other activation (``normalize_channels`` mixes
@@ -58,7 +58,8 @@ ACTIVATIONS = {
 
 #: Layer types that act on every channel alone and keep the channel order.
 PASS_THROUGH = ("maxpool", "avgpool", "upsample", "dropout", "activation")
-HEADS = ("yolo", "Gaussian_yolo", "region", "detection", "iseg")
+#: Layers whose input channels are a fixed format: the detection heads and iseg.
+HEADS = DETECTION_TYPES + ("iseg",)
 #: Convolution options this module does not follow: the layer is frozen.
 _CONV_OPTIONS_FROZEN = ("numload", "dontload", "dontloadscales", "flipped", "binary", "xnor", "antialiasing",
                         "share_index", "coordconv", "assisted_excitation", "deform")

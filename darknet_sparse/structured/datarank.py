@@ -43,13 +43,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import PolicyError
+from ..errors import BindingError
 from ..format.layout import Layer, Model
-from .reconstruct import POSITIONS, _chunks, _inputs, _picks, _plain, _rows
+from . import calibration
 
 if TYPE_CHECKING:
-    from .channels import ChannelGraph
     from ..darknet.network import Network
+    from .channels import ChannelGraph
 
 #: A consumer whose input patches have more values than this is left out of
 #: the error (its covariance would not fit in memory): a connected layer
@@ -118,20 +118,23 @@ def _output_scale(net: Network, index: int, outputs: int) -> np.ndarray:
     return np.ones(outputs)
 
 
-def measure(dense: Network, model: Model, graph: ChannelGraph, x: np.ndarray, *, positions: int = POSITIONS,
+def measure(dense: Network, model: Model, graph: ChannelGraph, x: np.ndarray, *,
+            positions: int = calibration.POSITIONS,
             seed: int = 0, on_progress: Callable[[int, int], None] | None = None) -> list[Consumer]:
     """Every consumer's state for :func:`order`, from one pass of the dense
     network over the images ``x`` (N, C, H, W)."""
     if dense.on_gpu:
-        raise PolicyError("the data rank reads host memory: use a CPU build of the binding")
-    todo = [i for i in consumers(graph) if _patch(model.layers[i]) <= MAX_PATCH and _plain(model.layers[i], model.fork)]
+        raise BindingError("the data rank reads host memory: use a CPU build of the binding")
+    todo = [i for i in consumers(graph)
+            if _patch(model.layers[i]) <= MAX_PATCH and calibration.plain(model.layers[i], model.fork)]
     rng = np.random.default_rng(seed)
-    picks = {i: _picks(model.layers[i], len(x), positions, rng) for i in todo}
+    picks = {i: calibration.picks(model.layers[i], len(x), positions, rng) for i in todo}
     sums: dict[int, list] = {}
-    for part in _chunks(len(x)):
-        for index, inp in zip(todo, _inputs(dense, todo, x[part])):
+    for part in calibration.chunks(len(x)):
+        for index, inp in zip(todo, calibration.inputs(dense, todo, x[part])):
             layer = model.layers[index]
-            rows = _rows(inp.reshape(-1, *layer.input), layer, picks[index][part], model.fork).astype(np.float64)
+            rows = calibration.rows(inp.reshape(-1, *layer.input), layer, picks[index][part],
+                                    model.fork).astype(np.float64)
             total = sums.setdefault(index, [0, np.zeros(rows.shape[1]), np.zeros((rows.shape[1],) * 2)])
             total[0] += len(rows)
             total[1] += rows.sum(0)

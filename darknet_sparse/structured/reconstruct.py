@@ -42,34 +42,26 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..darknet import images
-from . import slim as slim_
-from ..errors import PolicyError
-from ..format.layout import Layer, Model, conv_padding, conv_strides
-from ..reports import render_table
-from .slim import SlimResult
+from ..darknet.network import Network
+from ..errors import BindingError, InputError
+from ..format.layout import Layer, Model
 from ..format.weightsfile import WeightsFile, atomic_path
+from ..reports import render_table
+from . import calibration, datarank
+from . import slim as slim_
+from .channels import ChannelGraph, channel_graph
+from .slim import SlimResult
 
-if TYPE_CHECKING:
-    from .channels import ChannelGraph
-    from ..darknet.network import Network
-
-#: Output pixels sampled per image and layer (all of them where a layer has fewer).
-POSITIONS = 256
 #: Candidate pulls toward the dense filters, relative to the mean squared
 #: input; each layer takes the one whose fit on most images reproduces the
 #: held-out images best.
 RIDGES = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 #: The share of the images held out to choose the ridge.
 HOLDOUT = 0.25
-#: Images per forward pass of the collection (memory: every fitted layer's input).
-CHUNK = 8
-
-
 @dataclass
 class LayerFit:
     """How well one layer's refit reproduces the dense layer's output."""
@@ -84,55 +76,19 @@ class LayerFit:
     error_after: float  # and after (fitted without them)
 
 
-def _plain(layer: Layer, fork: str) -> bool:
-    """Whether :func:`_rows` models the layer: no AlexeyAB dilation."""
-    return layer.type == "connected" or fork != "alexeyab" or layer.section.get_int("dilation", 1) == 1
-
-
-def _rows(x: np.ndarray, layer: Layer, picks: np.ndarray, fork: str = "pjreddie") -> np.ndarray:
-    """im2col rows of the input ``x`` (N, C, H, W) at output pixels ``picks``
-    (per image, flat indices into the output plane): (N * len, C * k * k)."""
-    if layer.type == "connected":
-        return x.reshape(len(x), -1)
-    size = layer.section.get_int("size", 1)
-    stride_x, stride_y = conv_strides(layer.section, fork)
-    pad = conv_padding(layer.section, size)
-    n, c, h, w = x.shape
-    _, oh, ow = layer.output
-    padded = np.zeros((n, c, h + 2 * pad, w + 2 * pad), np.float32)
-    padded[:, :, pad:pad + h, pad:pad + w] = x
-    oy, ox = np.divmod(picks, ow)  # (N, P)
-    ky, kx = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-    rows = oy[:, :, None, None] * stride_y + ky  # (N, P, k, k)
-    cols = ox[:, :, None, None] * stride_x + kx
-    image = np.arange(n)[:, None, None, None]
-    patches = padded[image, :, rows, cols]  # (N, P, k, k, C)
-    return patches.transpose(0, 1, 4, 2, 3).reshape(n * picks.shape[1], c * size * size)
-
-
-def _picks(layer: Layer, images: int, positions: int, rng: np.random.Generator) -> np.ndarray:
-    if layer.type == "connected":
-        return np.zeros((images, 1), np.int64)
-    _, oh, ow = layer.output
-    plane = oh * ow
-    if plane <= positions:
-        return np.tile(np.arange(plane), (images, 1))
-    return np.stack([np.sort(rng.choice(plane, positions, replace=False)) for _ in range(images)])
-
-
 def fittable(graph: ChannelGraph, kept: np.ndarray) -> list[int]:
     """The layers refit: convolutions of one group and connected layers,
     from the first one whose input lost channels (before it nothing
     differs from the dense network)."""
     fork = graph.model.fork
     layers = [e for e in graph.layers if ((e.role == "conv" and e.groups == 1) or e.role == "connected")
-              and _plain(graph.model.layers[e.index], fork)]
+              and calibration.plain(graph.model.layers[e.index], fork)]
     changed = [e.index for e in layers if not kept[e.input].all()]
     return [e.index for e in layers if changed and e.index >= changed[0]]
 
 
 def reconstruct(dense: Network, slimmed: Network, dense_model: Model, graph: ChannelGraph, kept: np.ndarray,
-                x: np.ndarray, *, positions: int = POSITIONS, ridges: Sequence[float] = RIDGES,
+                x: np.ndarray, *, positions: int = calibration.POSITIONS, ridges: Sequence[float] = RIDGES,
                 holdout: float = HOLDOUT, seed: int = 0, layers: Sequence[int] | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> list[LayerFit]:
     """Refit ``slimmed`` (loaded from slim's output) layer by layer to
@@ -142,12 +98,12 @@ def reconstruct(dense: Network, slimmed: Network, dense_model: Model, graph: Cha
     counts the dense pass as the first of ``len(layers) + 1`` steps."""
     for net in (dense, slimmed):
         if net.on_gpu:
-            raise PolicyError("reconstruction reads and writes host memory: use a CPU build of the binding")
+            raise BindingError("reconstruction reads and writes host memory: use a CPU build of the binding")
     if len(x) < 2:
-        raise PolicyError(f"reconstruction needs at least 2 images, got {len(x)}")
+        raise InputError(f"reconstruction needs at least 2 images, got {len(x)}")
     todo = fittable(graph, kept) if layers is None else list(layers)
     rng = np.random.default_rng(seed)
-    picks = {index: _picks(dense_model.layers[index], len(x), positions, rng) for index in todo}
+    picks = {index: calibration.picks(dense_model.layers[index], len(x), positions, rng) for index in todo}
     fit_images = len(x) - max(1, round(holdout * len(x)))
     targets = _dense_targets(dense, dense_model, graph, kept, x, picks)
     if on_progress:
@@ -161,18 +117,6 @@ def reconstruct(dense: Network, slimmed: Network, dense_model: Model, graph: Cha
     return fits
 
 
-def _chunks(count: int, size: int = CHUNK):
-    for start in range(0, count, size):
-        yield slice(start, min(start + size, count))
-
-
-def _inputs(net: Network, indices: Sequence[int], x: np.ndarray) -> list[np.ndarray]:
-    """Each layer's input (the previous layer's output, or the image) for the images ``x``."""
-    wanted = sorted({i - 1 for i in indices if i > 0})
-    found = dict(zip(wanted, net.layer_outputs(x, wanted))) if wanted else {}
-    return [np.asarray(x, np.float32) if i == 0 else found[i - 1] for i in indices]
-
-
 def _dense_filters(dense: Network, layer: Layer, keep_out: np.ndarray) -> np.ndarray:
     return dense.params(layer.index)["weights"].reshape(layer.output[0], -1)[keep_out].astype(np.float64)
 
@@ -184,10 +128,10 @@ def _dense_targets(dense: Network, model: Model, graph: ChannelGraph, kept: np.n
     indices = list(picks)
     filters = {i: _dense_filters(dense, model.layers[i], kept[graph.layers[i].output]) for i in indices}
     parts: dict[int, list[np.ndarray]] = {i: [] for i in indices}
-    for part in _chunks(len(x)):
-        for index, inp in zip(indices, _inputs(dense, indices, x[part])):
+    for part in calibration.chunks(len(x)):
+        for index, inp in zip(indices, calibration.inputs(dense, indices, x[part])):
             layer = model.layers[index]
-            rows = _rows(inp.reshape(-1, *layer.input), layer, picks[index][part], model.fork)
+            rows = calibration.rows(inp.reshape(-1, *layer.input), layer, picks[index][part], model.fork)
             parts[index].append((rows.astype(np.float64) @ filters[index].T).astype(np.float32))
     return {i: np.concatenate(p) for i, p in parts.items()}
 
@@ -207,9 +151,9 @@ def _fit_layer(slimmed: Network, dense: Network, layer: Layer, entry, kept: np.n
     start = w0[:, np.repeat(keep_in, w0.shape[1] // len(keep_in))]  # the dense filters on the kept inputs
     columns = start.shape[1] + 1  # and the constant
     sums = {name: [np.zeros((columns, columns)), np.zeros((columns, len(start))), 0.0] for name in ("fit", "held")}
-    for part in _chunks(len(x)):
-        (inp,) = _inputs(slimmed, [index], x[part])
-        rows = _rows(inp.reshape(-1, *shape), layer, picks[part], fork).astype(np.float64)
+    for part in calibration.chunks(len(x)):
+        (inp,) = calibration.inputs(slimmed, [index], x[part])
+        rows = calibration.rows(inp.reshape(-1, *shape), layer, picks[part], fork).astype(np.float64)
         X = np.concatenate([rows, np.ones((len(rows), 1))], 1)
         T = target[part.start * per_image:part.stop * per_image].astype(np.float64)
         image = np.repeat(np.arange(part.start, part.stop), per_image)
@@ -270,23 +214,19 @@ class RefitResult:
 
 
 def slim_refit(wf: WeightsFile, output: str | Path, paths: Sequence[str | Path], *, rank: str = "data",
-               refit: bool = True, resize: str | None = None, positions: int = POSITIONS,
+               refit: bool = True, resize: str | None = None, positions: int = calibration.POSITIONS,
                on_stage: Callable[[str], None] | None = None, **rule) -> RefitResult:
     """``slim`` with calibration images: channels chosen in the data rank's
     order (:mod:`darknet_sparse.structured.datarank`, ``rank="data"``; or by |gamma|),
     removed, and the layers after them refit by least squares (``refit``).
     ``rule`` is slim's (``target_flops=``, ``percent=`` ...).  Writes
     ``output`` and its cfg beside it only when everything succeeded."""
-    from . import datarank
-    from .channels import channel_graph
-    from ..darknet.network import Network
-    from ..analysis.sensitivity import default_resize
 
     target = Path(output)
     slim_.check_targets(wf, target)
     say = on_stage or (lambda text: None)
     dense = Network(wf.model.path, wf.path)
-    x = images.load_batch(paths, dense.input_shape, resize or default_resize(wf.model))
+    x = images.load_batch(paths, dense.input_shape, resize or images.default_resize(wf.model))
     scores = None
     if rank == "data":
         say(f"measuring what each channel's removal costs downstream on {len(x)} images")

@@ -47,13 +47,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import OutputError, PolicyError
 from ..format import darknet_text
-from ..format.cfg import Section, parse_cfg
-from .channels import ACTIVATIONS, ChannelGraph, LayerChannels, channel_graph
-from ..errors import CfgError, OutputError, PolicyError
+from ..format.cfg import parse_cfg
 from ..format.layout import Model, build_model
-from ..pruning.policies import parse_exclude, selector_matches
 from ..format.weightsfile import FLOAT, WeightsFile, atomic_path, check_output
+from ..pruning.policies import parse_exclude, selector_matches
+from .channels import ACTIVATIONS, ChannelGraph, LayerChannels, channel_graph
 
 MODES = ("gamma-threshold", "percent", "target-flops")
 #: How channels are scored: ``gamma`` is |gamma| itself; ``layer`` is |gamma|
@@ -359,32 +359,12 @@ def _slim_connected(current: dict[str, np.ndarray], layer, keep_in: np.ndarray, 
 # The cfg text.
 
 
-def rewrite_cfg(text: str, sections: list[Section], values: dict[int, dict[str, int]]) -> str:
+def rewrite_cfg(text: str, values: dict[int, dict[str, int]]) -> str:
     """``text`` with ``key=value`` of the given layers (index after ``[net]``)
-    replaced in place: spacing, comments and every other line unchanged.  A key
-    the section does not have is added after its header."""
-    lines = text.split("\n")
-    inserts: dict[int, list[str]] = {}
-    for index, changes in values.items():
-        section = sections[index + 1]
-        for key, value in changes.items():
-            if key not in section.option_lines:
-                inserts.setdefault(section.line, []).append(f"{key}={value}")
-                continue
-            number = section.option_lines[key]
-            raw = lines[number - 1]
-            before, equals, after = raw.partition("=")
-            digits = len(after) - len(after.lstrip(" \t"))
-            end = digits
-            while end < len(after) and (after[end].isdigit() or (end == digits and after[end] in "+-")):
-                end += 1
-            if darknet_text.strip(before) != key or end == digits or \
-                    int(after[digits:end]) != section.get_int(key):
-                raise CfgError(f"{section.where(key)}: cannot rewrite {raw.strip()!r} in place")
-            lines[number - 1] = before + equals + after[:digits] + str(value) + after[end:]
-    for number in sorted(inserts, reverse=True):
-        lines[number:number] = inserts[number]
-    return "\n".join(lines)
+    set by :func:`darknet_text.edit_sections`: in place where the section
+    has the key (spacing, comments and every other line unchanged), else
+    added after its header."""
+    return darknet_text.edit_sections(text, {index + 1: changes for index, changes in values.items()})
 
 
 # --------------------------------------------------------------------------
@@ -495,11 +475,8 @@ def apply(wf: WeightsFile, choice: Choice, output: str | Path | None) -> SlimRes
             changes[entry.index] = {"filters": int(kept[entry.output].sum())}
             if entry.depthwise:
                 changes[entry.index]["groups"] = groups[entry.index]
-    try:
-        text = cfg_path.read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError as exc:
-        raise CfgError(f"{cfg_path}: cannot read cfg: {exc.strerror}") from None
-    new_text = rewrite_cfg(text, parse_cfg(text, str(cfg_path)), changes)
+    text = darknet_text.read_text(cfg_path, "the cfg")
+    new_text = rewrite_cfg(text, changes)
     new_model = build_model(parse_cfg(new_text, str(cfg_path)), model.fork)
     _check(new_model, graph, kept, arrays)
 

@@ -108,128 +108,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..darknet import images as images_
 from .. import reports
+from ..analysis import pseudolabels
+from ..analysis import recalibrate as recalibrate_
+from ..analysis.evaluate import evaluate_detector
+from ..analysis.metrics import Remembered
+from ..darknet import images as images_
+from ..darknet import runner
+from ..darknet.network import Network
+from ..errors import InputError, OutputError, PolicyError
 from ..format import darknet_text
 from ..format.files import load_model
-from ..analysis import pseudolabels
-from ..darknet import runner
-from ..pruning import schedule
-from ..structured import slim
-from ..errors import CfgError, OutputError, PolicyError, WeightsFormatError
 from ..format.layout import Model
-from ..pruning.policies import Global, Policy, check_kind
-from ..pruning.search import max_sparsity, prune_to, weight_sparsity
 from ..format.weightsfile import WeightsFile, atomic_path
+from ..pruning.search import prune_to, weight_sparsity
+from ..structured import reconstruct, slim
+from .retrain import retrain, write_train_cfg, write_training_files
+from .settings import BACKUP, FINAL, LOG, RECALIBRATION_BATCH, STRUCTURED, LoopSettings, check, step_name, with_defaults
 
-STRUCTURED = "structured"
-TRAIN_CFG = "train.cfg"
-TRAIN_DATA = "train.data"
-TEACHER_CFG = "teacher.cfg"
-PSEUDO = "pseudo"
-#: A detector's retraining batch and subdivisions when the loop sizes them:
-#: small enough for a CPU step of a few minutes, big enough for batch norm.
-DETECTOR_BATCH = 8
 METRICS = ("top1", "map50", "score")
-#: Without ``learning_rate``, a classifier retrains at the cfg's rate times
-#: this: fine-tuning, not training from scratch (digits: 0.1 -> 0.02); a
-#: detector at the cfg's.  Chosen with
-#: the other defaults (global mode, the CLI's steps and final fine-tune step)
-#: on digits models of other splits: benchmarks/quality.md, (e).
-RETRAIN_RATE_SCALE = 0.2
-#: The command line's schedule: this many AGP steps, then this many more
-#: retraining steps at the final target (its threshold changes nothing).
-#: 8 rather than 5 AGP steps: on digits models of split seeds 1 to 5
-#: (retrained 2026-12-02; 2 loops each at 0.92 and 200 iterations a step)
-#: 5 steps lost 0.25 points of top-1 on average and 1.39 at worst, 8 steps
-#: 0.14 and 0.56.  On the worst seed (3), 10 steps did as well as 8; 12
-#: steps, and 8 with a second fine-tune step, did worse.  A step costs its
-#: iterations: 8 + 1 steps of 200 on digits take about 70 s on a CPU core.
-DEFAULT_STEPS, DEFAULT_FINE_TUNE_STEPS = 8, 1
-#: ``LoopSettings.teacher``'s default: a classifier is taught by its own
-#: starting (dense) weights, a detector by no one (it has its pseudo-labels).
-STARTING = "starting"
-#: A detector's default images for batch-norm recalibration after each step
-#: (``recalibrate``), in passes of RECALIBRATION_BATCH.  Its retraining
-#: batches pull Darknet's rolling averages toward the training images'
-#: statistics; recalibrating relative to the starting model keeps only the
-#: shift the pruned weights make (:mod:`darknet_sparse.analysis.recalibrate`).  A
-#: classifier is not recalibrated by default: on the digits models (steps of
-#: 200 batches) it cost 0.2 points of top-1 on average.
-DETECTOR_RECALIBRATION, RECALIBRATION_BATCH = 64, 8
-#: Distillation's defaults per task: (temperature, alpha).  A classifier
-#: mixes the teacher's soft targets with the labels; a detector's teacher
-#: alone (alpha 1) needs no labels at all.
-DISTILL_DEFAULTS = {"classifier": (4.0, 0.7), "detector": (1.0, 1.0)}
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    """Everything one loop needs; see :func:`run`."""
-
-    cfg: Path
-    weights: Path
-    data: Path | None  # None: a detector with ``images``
-    out: Path
-    targets: tuple[float, ...]
-    iterations: int
-    policy: type[Policy] = Global  # one threshold for all layers: the big ones take most of it
-    spec: dict | None = None
-    task: str = "classifier"
-    eval_cmd: str | None = None
-    min_score: float | None = None
-    darknet: Path | None = None  # None: runner.darknet_binary()
-    learning_rate: float | None = None  # None: a classifier's cfg's times RETRAIN_RATE_SCALE
-    fork: str = "auto"
-    images: Path | None = None  # detector: unlabelled training images (a folder or a list)
-    eval_images: Path | None = None  # detector: scored by agreement with ``weights``
-    label_conf: float = pseudolabels.LABEL_CONF
-    train_size: int | None = None  # detector: the retraining input; None: the cfg's
-    batch: int | None = None  # None: the cfg's (classifier), DETECTOR_BATCH (detector)
-    subdivisions: int | None = None
-    teacher: Path | str | None = STARTING  # distillation: the teacher's weights; None: labels only
-    teacher_cfg: Path | None = None  # None: ``cfg``
-    temperature: float | None = None  # None: DISTILL_DEFAULTS of the task
-    alpha: float | None = None
-    slim: float | None = None  # ``[net] slim=λ`` in the retraining cfg (patches/0021); None: not set
-    #: After each retraining, batch-norm statistics re-estimated on this many
-    #: training images (a detector's ``images``, relative to ``weights``; a
-    #: classifier's ``train=`` list, as they are); 0: not; None: the task's
-    #: default (:func:`recalibration`).
-    recalibrate: int | None = None
-    #: Structured: each step removes whole channels (slim, data rank and
-    #: refit on ``slim_images`` of ``images``) until ``targets`` (then the
-    #: fractions of the starting model's FLOPs removed) instead of zeroing
-    #: weights, and retrains the smaller model.
-    structured: bool = False
-    slim_images: int = 64
-
-    @property
-    def metric(self) -> str:
-        """The log key of the evaluation: ``top1``, ``map50`` or ``score``."""
-        if self.eval_cmd:
-            return "score"
-        return "map50" if self.task == "detector" else "top1"
-
-    @property
-    def mode(self) -> str:
-        """The log's ``mode``: the policy's name, or ``structured``."""
-        return STRUCTURED if self.structured else self.policy.name
-
-    @property
-    def needs_labels(self) -> bool:
-        """Whether retraining reads labels (not with a teacher at alpha 1)."""
-        settings = with_defaults(self)
-        return settings.teacher is None or settings.alpha < 1
 
 
 @dataclass
@@ -288,9 +192,9 @@ def run(settings: LoopSettings, resume: bool = False,
     if settings.darknet is None:
         settings = dataclasses.replace(settings, darknet=runner.darknet_binary())
     settings = with_defaults(settings)
-    model = _check(settings)
+    model = check(settings)
     out = settings.out.resolve()
-    log = out / "log.jsonl"
+    log = out / LOG
     done: list[StepRecord] = []
     if log.exists():
         if not resume:
@@ -298,8 +202,8 @@ def run(settings: LoopSettings, resume: bool = False,
                               "to carry on or choose a new output folder")
         done = read_log(log, settings)
         _drop_partial_line(log)
-    labelled = _write_training_files(settings, model, out, on_message)
-    (out / "backup").mkdir(exist_ok=True)
+    labelled = write_training_files(settings, model, out, on_message)
+    (out / BACKUP).mkdir(exist_ok=True)
     if on_progress:
         on_progress(len(done))
 
@@ -323,7 +227,7 @@ def run(settings: LoopSettings, resume: bool = False,
         failed = None if _meets_floor(record, settings) else record
 
     accepted = steps[:steps.index(failed)] if failed else steps
-    final = out / "final.weights"
+    final = out / FINAL
     if accepted:
         _copy(Path(accepted[-1].weights), final)
         if settings.structured:
@@ -334,101 +238,6 @@ def run(settings: LoopSettings, resume: bool = False,
     return LoopResult(steps, len(done), final if accepted else None, stopped, labelled)
 
 
-def with_defaults(settings: LoopSettings) -> LoopSettings:
-    """``settings`` with the task's defaults in place of :data:`STARTING`
-    and of no temperature, alpha or recalibration."""
-    teacher = settings.teacher
-    if isinstance(teacher, str):
-        if teacher != STARTING:
-            raise PolicyError(f"teacher {teacher!r}: give a weights path, {STARTING!r} or None")
-        teacher = settings.weights if settings.task == "classifier" else None
-    temperature, alpha = DISTILL_DEFAULTS.get(settings.task, DISTILL_DEFAULTS["detector"])
-    return dataclasses.replace(settings, teacher=teacher,
-                               temperature=temperature if settings.temperature is None else settings.temperature,
-                               alpha=alpha if settings.alpha is None else settings.alpha,
-                               recalibrate=recalibration(settings.task, settings.images)
-                               if settings.recalibrate is None else settings.recalibrate)
-
-
-def recalibration(task: str, images: Path | None) -> int:
-    """The training images a loop recalibrates on by default: a detector's
-    :data:`DETECTOR_RECALIBRATION` of its ``images``; none without them, and
-    none for a classifier."""
-    return DETECTOR_RECALIBRATION if task == "detector" and images is not None else 0
-
-
-def _write_training_files(settings: LoopSettings, model: Model, out: Path,
-                          on_message: Callable[[str], None] | None) -> pseudolabels.Labelled | None:
-    """``OUT/train.cfg``, ``OUT/train.data``, ``OUT/teacher.cfg`` (with a
-    teacher) and the pseudo-labels (a detector with ``images``)."""
-    net, sections = _retrain_options(settings, model)
-    if settings.teacher is not None:
-        teacher_cfg = settings.teacher_cfg or settings.cfg
-        shape = {k: net[k] for k in ("width", "height", "batch", "subdivisions") if k in net}
-        (out / TEACHER_CFG).write_text(runner.set_options(teacher_cfg.read_text(), shape, sections))
-    _write_train_cfg(settings, model, settings.cfg)
-    labelled, train = None, None
-    if settings.images is not None and settings.task == "detector":
-        labeller = None
-        if settings.needs_labels:
-            def labeller():
-                from ..darknet.network import Network
-                return Network(settings.cfg, settings.weights)
-        if on_message:
-            on_message(f"pseudo-labels: the starting model's detections above {settings.label_conf:g} "
-                       f"in {out / PSEUDO}" if labeller else f"training images: linked into {out / PSEUDO} "
-                       "(the teacher needs no labels)")
-        labelled = pseudolabels.prepare(labeller, images_.image_paths(settings.images), out / PSEUDO,
-                                        settings.label_conf, pseudolabels.file_identity(settings.cfg,
-                                                                                        settings.weights))
-        if on_message and labeller:
-            kept = " (kept from the last run)" if labelled.reused else ""
-            on_message(f"pseudo-labels: {labelled.boxes} boxes in {labelled.images} images{kept}")
-        train = labelled.train_list
-    data = settings.data.read_text() if settings.data else f"classes={_classes(model)}\n"
-    (out / TRAIN_DATA).write_text(runner.private_data(data, out / "backup", train))
-    return labelled
-
-
-def _write_train_cfg(settings: LoopSettings, model: Model, cfg: Path) -> None:
-    """``OUT/train.cfg``: ``cfg`` (the user's, or a structured step's) with
-    the retraining options."""
-    net, sections = _retrain_options(settings, model)
-    if settings.teacher is not None:
-        net.update(distill_cfg=settings.out.resolve() / TEACHER_CFG, distill_weights=settings.teacher.resolve(),
-                   distill_temperature=f"{settings.temperature:g}", distill_alpha=f"{settings.alpha:g}")
-    (settings.out.resolve() / TRAIN_CFG).write_text(runner.retrain_cfg(cfg.read_text(), settings.iterations,
-                                                                      settings.learning_rate, net, sections))
-
-
-def _retrain_options(settings: LoopSettings, model: Model) -> tuple[dict, dict | None]:
-    """The ``[net]`` options and the per-section ones of the retraining cfg
-    beyond ``max_batches``, ``prune`` and ``learning_rate``."""
-    net: dict = {}
-    sections = None
-    if settings.learning_rate is None and settings.task == "classifier":  # Darknet's default rate is 0.001
-        net["learning_rate"] = f"{model.net.get_float('learning_rate', 0.001) * RETRAIN_RATE_SCALE:g}"
-    if "burn_in" in model.net.options:
-        net["burn_in"] = 0  # a burn-in longer than the step would keep the rate near 0 throughout
-    if settings.task == "detector":
-        if settings.train_size is not None:
-            net["width"] = net["height"] = settings.train_size
-        net["batch"], net["subdivisions"] = DETECTOR_BATCH, 1
-        sections = {"yolo": {"random": 0}, "region": {"random": 0}}
-    if settings.batch is not None:
-        net["batch"] = settings.batch
-        net["subdivisions"] = 1
-    if settings.subdivisions is not None:
-        net["subdivisions"] = settings.subdivisions
-    if settings.slim is not None:
-        net["slim"] = f"{settings.slim:g}"  # network slimming's L1 on batch-norm scales
-    return net, sections
-
-
-def _classes(model: Model) -> int:
-    return model.layers[-1].section.get_int("classes", 20)
-
-
 def _scorer(settings: LoopSettings) -> Callable[..., tuple[float, dict]]:
     """The evaluation of a step's weights: its value and details."""
     if settings.eval_cmd or settings.task != "detector":
@@ -437,8 +246,6 @@ def _scorer(settings: LoopSettings) -> Callable[..., tuple[float, dict]]:
                                    step), {}
         return score
 
-    from ..darknet.network import Network
-    from ..analysis.evaluate import Remembered, evaluate_detector
     paths = images_.image_paths(settings.eval_images)
     reference = []
 
@@ -448,139 +255,10 @@ def _scorer(settings: LoopSettings) -> Callable[..., tuple[float, dict]]:
         report = evaluate_detector(Network(cfg or settings.cfg, weights), paths, reference=reference[0],
                                    reference_name=str(settings.weights))
         if report.map50 is None:
-            raise PolicyError(f"the starting model {settings.weights} finds nothing above the reference "
+            raise InputError(f"the starting model {settings.weights} finds nothing above the reference "
                               f"confidence in {settings.eval_images}: there is no agreement to score")
         return report.map50, {"map": report.map}
     return agreement
-
-
-def _check(settings: LoopSettings) -> Model:
-    """Validate the settings before anything runs; the cfg's model."""
-    schedule.explicit(settings.targets)
-    kind = check_kind(settings.policy)
-    if isinstance(settings.iterations, bool) or not isinstance(settings.iterations, int) \
-            or settings.iterations < 1:
-        raise PolicyError(f"iterations per step {settings.iterations!r} must be a whole number >= 1")
-    if settings.task not in runner.TASKS:
-        raise PolicyError(f"unknown task {settings.task!r}: expected one of {', '.join(runner.TASKS)}")
-    _check_task(settings)
-    if settings.structured:
-        _check_structured(settings)
-    if settings.learning_rate is not None and not (math.isfinite(settings.learning_rate)
-                                                   and settings.learning_rate > 0):
-        raise PolicyError(f"learning rate {settings.learning_rate!r} must be a number > 0")
-    if settings.slim is not None and not (math.isfinite(settings.slim) and settings.slim >= 0):
-        raise PolicyError(f"slim {settings.slim!r} must be a number >= 0")
-    _check_paths(settings)
-    model = load_model(settings.cfg, settings.fork, settings.weights)
-    if not settings.weights.is_file():
-        raise WeightsFormatError(f"{settings.weights}: no such weights file")
-    wf = WeightsFile(settings.weights, model)  # checks the size against the cfg
-    if not settings.structured and (settings.spec is not None or not kind.exact):
-        reach = max_sparsity(wf, kind, settings.spec)
-        if reach < settings.targets[-1]:
-            raise PolicyError(f"mode {kind.name} reaches at most {reach:.4f} total sparsity on "
-                              f"{settings.weights} (with its spec, if any), not {settings.targets[-1]:g}")
-    return model
-
-
-def _check_structured(settings: LoopSettings) -> None:
-    """A structured loop's targets are FLOPs shares in (0, 1); it needs
-    calibration images and no per-layer spec."""
-    if settings.targets[0] <= 0 or settings.targets[-1] >= 1:
-        raise PolicyError(f"structured targets are shares of the FLOPs removed, in (0, 1): {settings.targets}")
-    if settings.images is None:
-        raise PolicyError("a structured loop chooses and refits channels on calibration images: give --images")
-    if settings.spec is not None:
-        raise PolicyError("a structured loop takes no --spec (it removes channels, not weights)")
-    if isinstance(settings.slim_images, bool) or not isinstance(settings.slim_images, int) \
-            or settings.slim_images < 2:
-        raise PolicyError(f"slim images {settings.slim_images!r}: a whole number >= 2")
-
-
-def _check_task(settings: LoopSettings) -> None:
-    """The task's inputs: a classifier's data file, a detector's images,
-    evaluation and teacher settings."""
-    if settings.task == "detector":
-        if settings.data is None and settings.images is None:
-            raise PolicyError("task detector needs training images (--images) or a data file (--data)")
-        if not settings.eval_cmd and settings.eval_images is None:
-            raise PolicyError("task detector needs evaluation images (--eval-images: agreement with the "
-                              "starting model) or an evaluation command (--eval-cmd)")
-        if settings.train_size is not None and (settings.train_size < 32 or settings.train_size % 32):
-            raise PolicyError(f"training input {settings.train_size} must be a multiple of 32")
-        if settings.recalibrate and settings.images is None:
-            raise PolicyError("recalibration after each step needs the training images (--images)")
-    else:
-        if settings.data is None:
-            raise PolicyError(f"task {settings.task} needs a data file (--data)")
-        for given, option in ((None if settings.structured else settings.images, "--images"),
-                              (settings.eval_images, "--eval-images"),
-                              (settings.train_size, "--train-size")):
-            if given is not None:
-                raise PolicyError(f"{option} is for detectors (--task detector)")
-    if isinstance(settings.recalibrate, bool) or not isinstance(settings.recalibrate, int) \
-            or settings.recalibrate < 0 or settings.recalibrate == 1:
-        raise PolicyError(f"recalibration images {settings.recalibrate!r}: 0 (none) or a whole number >= 2")
-    if not 0 < settings.label_conf < 1:
-        raise PolicyError(f"label confidence {settings.label_conf!r} must be in (0, 1)")
-    for name, value in (("batch", settings.batch), ("subdivisions", settings.subdivisions)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise PolicyError(f"{name} {value!r} must be a whole number >= 1")
-    if settings.teacher is None:
-        if settings.teacher_cfg is not None:
-            raise PolicyError("a teacher cfg (--teacher-cfg) goes with a teacher (--teacher)")
-        return
-    if not (math.isfinite(settings.temperature) and settings.temperature > 0):
-        raise PolicyError(f"temperature {settings.temperature!r} must be a number > 0")
-    if not 0 <= settings.alpha <= 1:
-        raise PolicyError(f"alpha {settings.alpha!r} must be in [0, 1]")
-
-
-def _check_paths(settings: LoopSettings) -> None:
-    """Inputs exist and are not among the files the loop writes; Darknet
-    can use the output folder, which is created."""
-    for what, path in (("data file", settings.data), ("cfg", settings.cfg), ("teacher cfg", settings.teacher_cfg)):
-        if path is not None and not path.is_file():
-            raise CfgError(f"{path}: no such {what}")
-    for path in (settings.cfg, settings.teacher_cfg):
-        if path is not None:
-            runner.check_cfg(path)
-    if settings.recalibrate and settings.task != "detector" \
-            and not darknet_text.read_options(settings.data).get("train"):
-        raise CfgError(f"{settings.data}: no train= list of images to recalibrate on (--recalibrate 0: not)")
-    if settings.teacher is not None:
-        teacher_cfg = settings.teacher_cfg or settings.cfg
-        if not settings.teacher.is_file():
-            raise WeightsFormatError(f"{settings.teacher}: no such teacher weights file")
-        WeightsFile(settings.teacher, load_model(teacher_cfg, settings.fork, settings.teacher))
-        for path in (settings.teacher, teacher_cfg):
-            if re.search(r"\s", str(path.resolve())):
-                raise OutputError(f"{path.resolve()}: Darknet reads cfg options without their blanks; "
-                                  "the teacher's path must have none")
-    out = settings.out.resolve()
-    if settings.images is not None and (out / PSEUDO == settings.images.resolve()
-                                        or out / PSEUDO in settings.images.resolve().parents):
-        raise OutputError(f"{settings.images}: the loop rewrites {out / PSEUDO}; give the original images")
-    for what, source in (("training images", settings.images), ("evaluation images", settings.eval_images)):
-        if source is not None and not source.exists():
-            raise PolicyError(f"{source}: no such folder or list of {what}")
-    runner.check_binary(settings.darknet)
-    runner.check_folder(out)
-    if settings.images is not None:
-        pseudolabels.check_folder(out / PSEUDO)
-    for path in (settings.cfg, settings.data, settings.weights, settings.teacher, settings.teacher_cfg):
-        if path is None:
-            continue
-        path = path.resolve()
-        if path.parent == out / "backup" or out / PSEUDO in path.parents or (path.parent == out and (
-                path.name in (TRAIN_CFG, TRAIN_DATA, TEACHER_CFG, "final.weights", "log.jsonl")
-                or path.name.startswith("step-"))):
-            raise OutputError(f"{path}: the loop writes this file; copy it out of {out} first")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot create the output folder: {exc.strerror}") from None
 
 
 def _step(settings: LoopSettings, model: Model, step: int, source: Path,
@@ -591,9 +269,9 @@ def _step(settings: LoopSettings, model: Model, step: int, source: Path,
     target = settings.targets[step - 1]
     pruned = out / f"step-{step:02d}.pruned.weights"
     _, level = prune_to(WeightsFile(source, model), pruned, target, settings.policy, settings.spec)
-    trained = _retrain(settings, pruned, step)
+    trained = retrain(settings, pruned, step)
     if settings.recalibrate:
-        _recalibrate(settings, model, trained)
+        _recalibrate(settings, trained)
     revived = reports.diff(WeightsFile(pruned, model), WeightsFile(trained, model)).revived
     pruned.unlink()
     sparsity = weight_sparsity(WeightsFile(trained, model))
@@ -603,35 +281,19 @@ def _step(settings: LoopSettings, model: Model, step: int, source: Path,
                       details)
 
 
-def _retrain(settings: LoopSettings, weights: Path, step: int) -> Path:
-    """Retrain ``weights`` from the private cfg and data file; the result,
-    ``OUT/step-NN.weights`` (Darknet's output in ``OUT/step-NN.log``)."""
-    out = settings.out.resolve()
-    trained = out / step_name(step)
-    runner.train(settings.darknet, settings.task, out / TRAIN_DATA, out / TRAIN_CFG, weights, out / "backup",
-                 out / f"step-{step:02d}.log", trained)
-    return trained
-
-
-def _recalibrate(settings: LoopSettings, model: Model, weights: Path, cfg: Path | None = None,
+def _recalibrate(settings: LoopSettings, weights: Path, cfg: Path | None = None,
                  reference: Path | None = None) -> None:
     """Recalibrate ``weights`` (of ``cfg``, default the user's) in place on
     ``settings.recalibrate`` of the training images: a detector's relative
     to ``reference`` (default the starting weights; of the same cfg), a
     classifier's on its own training list as they are."""
-    from ..analysis import recalibrate
-    from ..analysis.sensitivity import default_resize
     cfg = cfg or settings.cfg
-    net = recalibrate.calibration_network(cfg, weights, RECALIBRATION_BATCH)
     if settings.task == "detector":
-        paths = images_.sample(images_.image_paths(settings.images), settings.recalibrate)
-        base = recalibrate.calibration_network(cfg, reference or settings.weights, RECALIBRATION_BATCH)
+        source, reference = settings.images, reference or settings.weights
     else:
-        train = darknet_text.read_options(settings.data)["train"]  # checked by _check_paths
-        paths, base = images_.sample(images_.image_paths(train), settings.recalibrate), None
-    recalibrate.recalibrate(net, model, recalibrate.ImageFiles(paths, net.input_shape, default_resize(model)),
-                            reference=base)
-    net.save(weights)
+        source, reference = darknet_text.read_options(settings.data)["train"], None  # checked by check()
+    paths = images_.sample(images_.image_paths(source), settings.recalibrate)
+    recalibrate_.recalibrate_file(cfg, weights, paths, weights, batch=RECALIBRATION_BATCH, reference=reference)
 
 
 def _structured_step(settings: LoopSettings, model: Model, step: int, source: Path, source_cfg: Path,
@@ -639,7 +301,6 @@ def _structured_step(settings: LoopSettings, model: Model, step: int, source: Pa
     """Slim ``source`` until the step's share of the starting model's FLOPs
     is gone (data rank and refit, :func:`darknet_sparse.structured.reconstruct.slim_refit`),
     retrain, recalibrate relative to the slimmed model, evaluate."""
-    from ..structured import reconstruct
     started = time.monotonic()
     out = settings.out.resolve()
     target = settings.targets[step - 1]
@@ -655,21 +316,16 @@ def _structured_step(settings: LoopSettings, model: Model, step: int, source: Pa
     step_cfg = out / f"step-{step:02d}.cfg"
     os.replace(slim.cfg_beside(staged), step_cfg)
     step_model = load_model(step_cfg, settings.fork, staged)
-    _write_train_cfg(settings, model, step_cfg)
-    trained = _retrain(settings, staged, step)
+    write_train_cfg(settings, model, step_cfg)
+    trained = retrain(settings, staged, step)
     if settings.recalibrate:
-        _recalibrate(settings, step_model, trained, step_cfg, staged)
+        _recalibrate(settings, trained, step_cfg, staged)
     revived = reports.diff(WeightsFile(staged, step_model), WeightsFile(trained, step_model)).revived
     removed = 1 - step_model.flops / model.flops
     value, details = score(trained, step, step_cfg)
     return StepRecord(step, target, removed, settings.metric, value, revived, str(trained), STRUCTURED,
                       removed, settings.iterations, round(time.monotonic() - started, 3),
                       {**details, "cfg": str(step_cfg)})
-
-
-def step_name(step: int) -> str:
-    """``step-NN.weights``: where step ``step`` keeps its retrained weights."""
-    return f"step-{step:02d}.weights"
 
 
 def read_log(log: Path, settings: LoopSettings) -> list[StepRecord]:

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from ...errors import PolicyError
-from ...format.layout import PRUNABLE_ROLES, Layer, Model
+from ...format.layout import DETECTION_TYPES, PRUNABLE_ROLES, Layer, Model
 from .base import Level, check_sparsity, check_threshold, prunable_layers
 
-DETECTION_HEADS = ("yolo", "region", "detection", "Gaussian_yolo")
+DETECTION_HEADS = DETECTION_TYPES  # the name the policies' API has always had
 
 
 def selector_matches(selector: str, layer: Layer, model: Model) -> bool:

@@ -1,0 +1,119 @@
+"""The files the loop retrains from, in its output folder: the private cfg
+(``train.cfg``: the user's, or a structured step's, with the retraining
+options), the teacher's cfg, the private data file and the pseudo-labels
+(:mod:`darknet_sparse.workflow.loop`'s docstring says what each holds);
+and one retraining run of Darknet on them."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ..analysis import pseudolabels
+from ..darknet import images as images_
+from ..darknet import runner
+from ..darknet.network import Network
+from ..format import darknet_text
+from ..format.layout import Model
+from .settings import (
+    BACKUP,
+    DETECTOR_BATCH,
+    PSEUDO,
+    RETRAIN_RATE_SCALE,
+    TEACHER_CFG,
+    TRAIN_CFG,
+    TRAIN_DATA,
+    LoopSettings,
+    step_name,
+)
+
+
+def write_training_files(settings: LoopSettings, model: Model, out: Path,
+                          on_message: Callable[[str], None] | None) -> pseudolabels.Labelled | None:
+    """``OUT/train.cfg``, ``OUT/train.data``, ``OUT/teacher.cfg`` (with a
+    teacher) and the pseudo-labels (a detector with ``images``)."""
+    net, sections = retrain_options(settings, model)
+    if settings.teacher is not None:
+        teacher_cfg = settings.teacher_cfg or settings.cfg
+        shape = {k: net[k] for k in ("width", "height", "batch", "subdivisions") if k in net}
+        _write(out / TEACHER_CFG, runner.set_options(darknet_text.read_text(teacher_cfg, "the teacher cfg"), shape,
+                                                     sections))
+    write_train_cfg(settings, model, settings.cfg)
+    labelled, train = None, None
+    if settings.images is not None and settings.task == "detector":
+        labeller = None
+        if settings.needs_labels:
+            def labeller() -> Network:
+                return Network(settings.cfg, settings.weights)
+        if on_message:
+            on_message(f"pseudo-labels: the starting model's detections above {settings.label_conf:g} "
+                       f"in {out / PSEUDO}" if labeller else f"training images: linked into {out / PSEUDO} "
+                       "(the teacher needs no labels)")
+        labelled = pseudolabels.prepare(labeller, images_.image_paths(settings.images), out / PSEUDO,
+                                        settings.label_conf, pseudolabels.file_identity(settings.cfg,
+                                                                                        settings.weights))
+        if on_message and labeller:
+            kept = " (kept from the last run)" if labelled.reused else ""
+            on_message(f"pseudo-labels: {labelled.boxes} boxes in {labelled.images} images{kept}")
+        train = labelled.train_list
+    data = darknet_text.read_text(settings.data, "the .data file") if settings.data else \
+        f"classes={_classes(model)}\n"
+    _write(out / TRAIN_DATA, runner.private_data(data, out / BACKUP, train))
+    return labelled
+
+
+def write_train_cfg(settings: LoopSettings, model: Model, cfg: Path) -> None:
+    """``OUT/train.cfg``: ``cfg`` (the user's, or a structured step's) with
+    the retraining options."""
+    net, sections = retrain_options(settings, model)
+    if settings.teacher is not None:
+        net.update(distill_cfg=settings.out.resolve() / TEACHER_CFG, distill_weights=settings.teacher.resolve(),
+                   distill_temperature=f"{settings.temperature:g}", distill_alpha=f"{settings.alpha:g}")
+    text = darknet_text.read_text(cfg, "the cfg")
+    _write(settings.out.resolve() / TRAIN_CFG, runner.retrain_cfg(text, settings.iterations, settings.learning_rate,
+                                                                  net, sections))
+
+
+def retrain_options(settings: LoopSettings, model: Model) -> tuple[dict, dict | None]:
+    """The ``[net]`` options and the per-section ones of the retraining cfg
+    beyond ``max_batches``, ``prune`` and ``learning_rate`` (and ``seed``,
+    when the settings give one)."""
+    net: dict = {}
+    sections = None
+    if settings.learning_rate is None and settings.task == "classifier":  # Darknet's default rate is 0.001
+        net["learning_rate"] = f"{model.net.get_float('learning_rate', 0.001) * RETRAIN_RATE_SCALE:g}"
+    if "burn_in" in model.net.options:
+        net["burn_in"] = 0  # a burn-in longer than the step would keep the rate near 0 throughout
+    if settings.task == "detector":
+        if settings.train_size is not None:
+            net["width"] = net["height"] = settings.train_size
+        net["batch"], net["subdivisions"] = DETECTOR_BATCH, 1
+        sections = {"yolo": {"random": 0}, "region": {"random": 0}}
+    if settings.batch is not None:
+        net["batch"] = settings.batch
+        net["subdivisions"] = 1
+    if settings.subdivisions is not None:
+        net["subdivisions"] = settings.subdivisions
+    if settings.slim is not None:
+        net["slim"] = f"{settings.slim:g}"  # network slimming's L1 on batch-norm scales
+    if settings.seed is not None:
+        net["seed"] = settings.seed  # the patched Darknet's srand: the same step every run
+    return net, sections
+
+
+def _write(path: Path, text: str) -> None:
+    """A private file for Darknet, its bytes as read (no newline translation)."""
+    path.write_text(text, encoding="utf-8", errors="surrogateescape", newline="")
+
+
+def _classes(model: Model) -> int:
+    return model.layers[-1].section.get_int("classes", 20)
+
+
+def retrain(settings: LoopSettings, weights: Path, step: int) -> Path:
+    """Retrain ``weights`` from the private cfg and data file; the result,
+    ``OUT/step-NN.weights`` (Darknet's output in ``OUT/step-NN.log``)."""
+    out = settings.out.resolve()
+    trained = out / step_name(step)
+    runner.train(settings.darknet, settings.task, out / TRAIN_DATA, out / TRAIN_CFG, weights, out / BACKUP,
+                 out / f"step-{step:02d}.log", trained)
+    return trained
