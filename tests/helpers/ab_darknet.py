@@ -146,7 +146,7 @@ def weight_arrays(cfg: Path, weights: Path) -> dict[tuple[int, str], np.ndarray]
 
 def read_forward(path: Path) -> dict[int, tuple[int, np.ndarray]]:
     """``ab_tool forward``'s file: layer index -> (type, output)."""
-    raw = path.read_bytes()
+    raw = Path(path).read_bytes()
     out, at = {}, 0
     while at < len(raw):
         index, kind, count = np.frombuffer(raw, dtype=np.int32, count=3, offset=at)
@@ -154,3 +154,22 @@ def read_forward(path: Path) -> dict[int, tuple[int, np.ndarray]]:
         out[int(index)] = (int(kind), np.frombuffer(raw, dtype=np.float32, count=int(count), offset=at).copy())
         at += 4 * int(count)
     return out
+
+
+def with_role_set(cfg: Path, weights: Path, out: Path, role: str, value: float) -> Path:
+    """``weights`` with every array of ``role`` (e.g. rolling_variance) set to
+    ``value``, written to ``out``.  The fork initialises rolling variances to
+    0, so batch norm at inference multiplies by 1/sqrt(1e-5) and activations of
+    an untrained net overflow after some 30 layers; 1 keeps them finite."""
+    import darknet_sparse as ds
+    model = ds.load_model(cfg, fork="alexeyab")
+    raw = bytearray(Path(weights).read_bytes())
+    at = 20
+    for layer in model.layers:
+        for p in layer.params:
+            if p.role == role:
+                raw[at:at + 4 * p.count] = np.full(p.count, value, dtype=np.float32).tobytes()
+            at += 4 * p.count
+    assert at == len(raw), f"{weights}: {len(raw)} bytes, the layout says {at}"
+    Path(out).write_bytes(bytes(raw))
+    return Path(out)

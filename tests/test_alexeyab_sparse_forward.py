@@ -1,0 +1,117 @@
+"""The sparse forward pass of AlexeyAB's Darknet ([net] sparse_forward=,
+patches/alexeyab/0003-sparse-forward.patch) against the stock build.
+
+For yolov4-tiny, yolov7-tiny, efficientnet_b0 (grouped and depthwise
+convolutions) and tests/data/ab/ab_geometry.cfg (dilation 2 and 3,
+stride_x != stride_y, groups, depthwise, 1x1 stride 2, connected layers), with
+the fork's own initial weights pruned to 0%, 50% and 90% (magnitude), one
+inference forward pass of the same seeded input (``ab_tool forward``, batch
+norm fused as `detector test` runs; unfused too for the geometry cfg) in each
+build; every layer's output is compared:
+
+- dense, and exact: bit-identical to stock (the EXACT kernels sum each
+  product in the k order of the fork's GEMM, never FMA: the fork's AVX GEMM
+  does the same, compiled without -mfma); connected layers in exact mode
+  within the bound below (stock's gemm_nt sums in vector lanes);
+- sparse and auto: within 1e-5 relative in the max norm, per layer:
+  max|patched - stock| <= 1e-5 * max|stock| over the layer's whole output
+  (FMA and another summation order: float rounding, not equality).
+
+DS_SPARSE_FORWARD_TRACE shows which path each layer took: the test checks that
+sparse and exact ran the kernels on every layer, and auto on the sparse ones.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers.ab_darknet import CFGS, REPO, edit_cfg, read_forward, run, with_role_set
+from helpers.ab_fixtures import ab  # noqa: F401
+
+GEOMETRY = REPO / "tests" / "data" / "ab" / "ab_geometry.cfg"
+CFG_LIST = [CFGS / "yolov4-tiny.cfg", CFGS / "yolov7-tiny.cfg", CFGS / "efficientnet_b0.cfg", GEOMETRY]
+SPARSITIES = [0.0, 0.5, 0.9]
+BOUND = 1e-5
+CONNECTED = 2  # AlexeyAB's LAYER_TYPE of [connected]
+
+
+@pytest.fixture(scope="module", params=CFG_LIST, ids=lambda p: p.stem)
+def model(request, ab, tmp_path_factory):  # noqa: F811
+    cfg = request.param
+    folder = tmp_path_factory.mktemp(f"ab_forward_{cfg.stem}")
+    local = folder / cfg.name
+    local.write_text(cfg.read_text())
+    init = folder / "init.weights"
+    run([ab.stock_tool, "init", local, init], folder, env={"AB_TOOL_TIME": "1000"})
+    dense = with_role_set(local, init, folder / "dense.weights", "rolling_variance", 1.0)
+    files = {0.0: dense}
+    for s in SPARSITIES[1:]:
+        out = folder / f"pruned{s}.weights"
+        done = subprocess.run([sys.executable, "-m", "darknet_sparse", "threshold", "--fork", "alexeyab", "--mode",
+                               "magnitude", "-s", str(s), "--cfg", str(local), str(dense), "-o", str(out)],
+                              capture_output=True, text=True, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        files[s] = out
+    return folder, local, files
+
+
+def forward(tool: Path, folder: Path, cfg: Path, weights: Path, name: str, fuse: bool = True,
+            trace: bool = False) -> tuple[dict, str]:
+    out = folder / f"{name}.out"
+    done = run([tool, "forward", cfg, weights, "3", out] + (["fuse"] if fuse else []), folder,
+               env={"DS_SPARSE_FORWARD_TRACE": "1"} if trace else None)
+    return read_forward(out), done.stderr
+
+
+def mode_cfg(folder: Path, cfg: Path, mode: str) -> Path:
+    path = folder / f"{cfg.stem}.{mode}.cfg"
+    path.write_text(edit_cfg(cfg.read_text(), {"sparse_forward": mode}))
+    return path
+
+
+def max_relative(a: np.ndarray, b: np.ndarray) -> float:
+    assert np.isfinite(b).all()
+    scale = float(np.abs(b).max())
+    return float(np.abs(a - b).max()) / scale if scale > 0 else float(np.abs(a).max())
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_sparse_forward_matches_stock(ab, model, sparsity):  # noqa: F811
+    folder, cfg, files = model
+    weights = files[sparsity]
+    stock, _ = forward(ab.stock_tool, folder, cfg, weights, f"stock{sparsity}")
+    fused_cases = [True, False] if cfg.name == GEOMETRY.name else [True]
+    for fuse in fused_cases:
+        if not fuse:
+            stock, _ = forward(ab.stock_tool, folder, cfg, weights, f"stock{sparsity}u", fuse=False)
+        for mode in ("dense", "exact", "sparse", "auto"):
+            got, trace = forward(ab.patched_tool, folder, mode_cfg(folder, cfg, mode), weights,
+                                 f"{mode}{sparsity}{fuse}", fuse=fuse, trace=True)
+            assert got.keys() == stock.keys()
+            paths = [line.split(": ")[-1].split(" ")[0] for line in trace.splitlines()
+                     if line.startswith("ds_sparse_forward:")]
+            if mode == "dense":
+                assert paths == []
+            elif mode in ("exact", "sparse"):
+                assert paths and set(paths) == {mode}, trace
+            else:
+                # auto: sparse where at most 50% (convolutional) or 30% (connected) is non-zero
+                # (ties at the magnitude threshold leave some 50% layers just over it)
+                if sparsity == 0:
+                    assert set(paths) == {"dense"}, trace
+                else:
+                    assert "sparse" in paths and (sparsity < 0.9 or set(paths) == {"sparse"}), trace
+            differs = 0
+            for index, (kind, values) in stock.items():
+                mine = got[index][1]
+                if mode == "dense" or (mode == "exact" and kind != CONNECTED):
+                    assert np.array_equal(mine, values), (mode, fuse, index)
+                else:
+                    assert max_relative(mine, values) <= BOUND, (mode, fuse, index, max_relative(mine, values))
+                    differs += not np.array_equal(mine, values)
+            if mode == "sparse":
+                assert differs > 0  # FMA: the kernels ran, and are not stock's arithmetic
