@@ -106,7 +106,7 @@ bench: setup models images darknet binding
 	$(VPY) benchmarks/bench_threshold.py
 	$(VPY) benchmarks/bench_prune_overhead.py
 
-bench-speed: setup models darknet darknet-stock
+bench-speed: setup models darknet darknet-stock darknet-omp
 	$(VPY) benchmarks/bench_speed.py
 
 bench-quality: setup models images fashion darknet binding

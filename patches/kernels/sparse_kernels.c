@@ -19,7 +19,10 @@
  * Kernel: a tile of up to 4 vectors of output positions; two filters at a
  * time keep their sums in registers while their non-zero weights, each
  * broadcast, multiply the tap's slice (FAST: FMA; EXACT: multiply, then
- * add, in k order from 0: each output is exactly pjreddie's gemm_nn sum). */
+ * add, in k order from 0: each output is exactly pjreddie's gemm_nn sum).
+ * The weights go channel block by channel block (about 16 KB of the tile's
+ * input each, so it stays in L1 while a chunk of 16 filters uses it), the
+ * sums kept in a small scratch between blocks: still k order. */
 #include "sparse_kernels.h"
 
 #include <stdint.h>
@@ -56,6 +59,8 @@ struct ds_sparse {
     /* conv, per geometry */
     int *off;
     long key[6];
+    int nblocks;               /* channel blocks of the geometry: filter i's */
+    int *bstart;               /* entries in block b start at bstart[i*(nblocks+1) + b] */
     float *buf;
     size_t buf_size;
     /* connected EXACT: four rows per output (lane k%4 of k < inputs&~3),
@@ -132,6 +137,7 @@ void ds_sparse_free(ds_sparse *s)
     free(s->tap);
     free(s->val);
     free(s->off);
+    free(s->bstart);
     free(s->buf);
     free(s->lstart);
     free(s->tail);
@@ -229,20 +235,28 @@ ds_sparse *ds_sparse_build_connected(const float *weights, int outputs, int inpu
 
 /* ------------------------------------------------------------- kernels */
 
+/* Which entries of each filter a kernel call adds: filter o's are
+ * first[o*stride] .. last[o*stride]-1 (one channel block of them); zero:
+ * the sums start from 0, else from tmp (the earlier blocks'). */
+struct rows {
+    const int *first, *last;
+    int stride, zero;
+};
+
 /* A kernel computes, for filters [o0, o1) of the group, tmp[(o-o0)*TILE_MAX
- * + j] = sum_p val[p] * in[off[p] + j] for j < len (later lanes: junk). */
-typedef void (*tile_fn)(int exact, const int *start, const int *off, const float *val, int o0, int o1,
+ * + j] (+)= sum_p val[p] * in[off[p] + j] for j < len (later lanes: junk). */
+typedef void (*tile_fn)(int exact, const struct rows *R, const int *off, const float *val, int o0, int o1,
         const float *in, int len, float *tmp);
 
-static void tile_generic(int exact, const int *start, const int *off, const float *val, int o0, int o1,
+static void tile_generic(int exact, const struct rows *R, const int *off, const float *val, int o0, int o1,
         const float *in, int len, float *tmp)
 {
     int o, p, j;
     (void)exact;  /* multiply then add, in k order, either way */
     for(o = o0; o < o1; ++o){
         float *t = tmp + (size_t)(o - o0)*TILE_MAX;
-        for(j = 0; j < len; ++j) t[j] = 0;
-        for(p = start[o]; p < start[o+1]; ++p){
+        if(R->zero) for(j = 0; j < len; ++j) t[j] = 0;
+        for(p = R->first[o*R->stride]; p < R->last[o*R->stride]; ++p){
             const float *x = in + off[p];
             float w = val[p];
             for(j = 0; j < len; ++j) t[j] += w*x[j];
@@ -260,9 +274,16 @@ static void tile_generic(int exact, const int *start, const int *off, const floa
     MASK_DECL; \
     for(o = o0; o + 2 <= o1; o += 2){ \
         VT a0 = ZERO, a1 = ZERO, a2 = ZERO, a3 = ZERO, b0 = ZERO, b1 = ZERO, b2 = ZERO, b3 = ZERO; \
-        int p = start[o], pe = start[o+1], q = pe, qe = start[o+2]; \
+        int p = R->first[o*R->stride], pe = R->last[o*R->stride]; \
+        int q = R->first[(o+1)*R->stride], qe = R->last[(o+1)*R->stride]; \
         int both = pe - p < qe - q ? pe - p : qe - q; \
         float *t = tmp + (size_t)(o - o0)*TILE_MAX; \
+        if(!R->zero){ \
+            a0 = LOAD(t); a1 = NV > 1 ? LOAD(t + VL) : ZERO; \
+            a2 = NV > 2 ? LOAD(t + 2*VL) : ZERO; a3 = NV > 3 ? LOAD(t + 3*VL) : ZERO; \
+            b0 = LOAD(t + TILE_MAX); b1 = NV > 1 ? LOAD(t + TILE_MAX + VL) : ZERO; \
+            b2 = NV > 2 ? LOAD(t + TILE_MAX + 2*VL) : ZERO; b3 = NV > 3 ? LOAD(t + TILE_MAX + 3*VL) : ZERO; \
+        } \
         for(; both > 0; --both, ++p, ++q){ \
             STEP(a0, a1, a2, a3, p); \
             STEP(b0, b1, b2, b3, q); \
@@ -277,7 +298,11 @@ static void tile_generic(int exact, const int *start, const int *off, const floa
         VT a0 = ZERO, a1 = ZERO, a2 = ZERO, a3 = ZERO; \
         float *t = tmp + (size_t)(o - o0)*TILE_MAX; \
         int p; \
-        for(p = start[o]; p < start[o+1]; ++p) STEP(a0, a1, a2, a3, p); \
+        if(!R->zero){ \
+            a0 = LOAD(t); a1 = NV > 1 ? LOAD(t + VL) : ZERO; \
+            a2 = NV > 2 ? LOAD(t + 2*VL) : ZERO; a3 = NV > 3 ? LOAD(t + 3*VL) : ZERO; \
+        } \
+        for(p = R->first[o*R->stride]; p < R->last[o*R->stride]; ++p) STEP(a0, a1, a2, a3, p); \
         STORE(t, a0); if(NV > 1) STORE(t + VL, a1); if(NV > 2) STORE(t + 2*VL, a2); if(NV > 3) STORE(t + 3*VL, a3); \
     } \
     (void)j; (void)rest;
@@ -311,7 +336,7 @@ static void tile_generic(int exact, const int *start, const int *off, const floa
 #define STOREV(p, v) _mm512_storeu_ps(p, v)
 #define MASK_DECL __mmask16 mask = (__mmask16)(rest >= 16 ? 0xffff : (1u << rest) - 1)
 __attribute__((target("avx512f"), always_inline))
-static inline void tile512_body(const int NV, const int full, int exact, const int *start, const int *off,
+static inline void tile512_body(const int NV, const int full, int exact, const struct rows *R, const int *off,
         const float *val, int o0, int o1, const float *in, int len, float *tmp)
 {
     DS_TILE_BODY(__m512, 16, LOADV, MLOADV, SET1V, _mm512_setzero_ps(), FMAV, ADDV, MULV, STOREV)
@@ -339,7 +364,7 @@ static inline void tile512_body(const int NV, const int full, int exact, const i
 #define STOREV(p, v) _mm256_storeu_ps(p, v)
 #define MASK_DECL __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(rest), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
 __attribute__((target("avx2,fma"), always_inline))
-static inline void tile256_body(const int NV, const int full, int exact, const int *start, const int *off,
+static inline void tile256_body(const int NV, const int full, int exact, const struct rows *R, const int *off,
         const float *val, int o0, int o1, const float *in, int len, float *tmp)
 {
     DS_TILE_BODY(__m256, 8, LOADV, MLOADV, SET1V, _mm256_setzero_ps(), FMAV, ADDV, MULV, STOREV)
@@ -363,29 +388,29 @@ static inline void tile256_body(const int NV, const int full, int exact, const i
     int nv = (len + VL - 1)/VL, full = len == nv*VL; \
     if(exact){ \
         switch(nv){ \
-            case 1: if(full) BODY(1, 1, 1, start, off, val, o0, o1, in, len, tmp); else BODY(1, 0, 1, start, off, val, o0, o1, in, len, tmp); break; \
-            case 2: if(full) BODY(2, 1, 1, start, off, val, o0, o1, in, len, tmp); else BODY(2, 0, 1, start, off, val, o0, o1, in, len, tmp); break; \
-            case 3: if(full) BODY(3, 1, 1, start, off, val, o0, o1, in, len, tmp); else BODY(3, 0, 1, start, off, val, o0, o1, in, len, tmp); break; \
-            default: if(full) BODY(4, 1, 1, start, off, val, o0, o1, in, len, tmp); else BODY(4, 0, 1, start, off, val, o0, o1, in, len, tmp); break; \
+            case 1: if(full) BODY(1, 1, 1, R, off, val, o0, o1, in, len, tmp); else BODY(1, 0, 1, R, off, val, o0, o1, in, len, tmp); break; \
+            case 2: if(full) BODY(2, 1, 1, R, off, val, o0, o1, in, len, tmp); else BODY(2, 0, 1, R, off, val, o0, o1, in, len, tmp); break; \
+            case 3: if(full) BODY(3, 1, 1, R, off, val, o0, o1, in, len, tmp); else BODY(3, 0, 1, R, off, val, o0, o1, in, len, tmp); break; \
+            default: if(full) BODY(4, 1, 1, R, off, val, o0, o1, in, len, tmp); else BODY(4, 0, 1, R, off, val, o0, o1, in, len, tmp); break; \
         } \
     } else { \
         switch(nv){ \
-            case 1: if(full) BODY(1, 1, 0, start, off, val, o0, o1, in, len, tmp); else BODY(1, 0, 0, start, off, val, o0, o1, in, len, tmp); break; \
-            case 2: if(full) BODY(2, 1, 0, start, off, val, o0, o1, in, len, tmp); else BODY(2, 0, 0, start, off, val, o0, o1, in, len, tmp); break; \
-            case 3: if(full) BODY(3, 1, 0, start, off, val, o0, o1, in, len, tmp); else BODY(3, 0, 0, start, off, val, o0, o1, in, len, tmp); break; \
-            default: if(full) BODY(4, 1, 0, start, off, val, o0, o1, in, len, tmp); else BODY(4, 0, 0, start, off, val, o0, o1, in, len, tmp); break; \
+            case 1: if(full) BODY(1, 1, 0, R, off, val, o0, o1, in, len, tmp); else BODY(1, 0, 0, R, off, val, o0, o1, in, len, tmp); break; \
+            case 2: if(full) BODY(2, 1, 0, R, off, val, o0, o1, in, len, tmp); else BODY(2, 0, 0, R, off, val, o0, o1, in, len, tmp); break; \
+            case 3: if(full) BODY(3, 1, 0, R, off, val, o0, o1, in, len, tmp); else BODY(3, 0, 0, R, off, val, o0, o1, in, len, tmp); break; \
+            default: if(full) BODY(4, 1, 0, R, off, val, o0, o1, in, len, tmp); else BODY(4, 0, 0, R, off, val, o0, o1, in, len, tmp); break; \
         } \
     }
 
 __attribute__((target("avx512f")))
-static void tile_avx512(int exact, const int *start, const int *off, const float *val, int o0, int o1,
+static void tile_avx512(int exact, const struct rows *R, const int *off, const float *val, int o0, int o1,
         const float *in, int len, float *tmp)
 {
     DS_DISPATCH(tile512_body, 16)
 }
 
 __attribute__((target("avx2,fma")))
-static void tile_avx2(int exact, const int *start, const int *off, const float *val, int o0, int o1,
+static void tile_avx2(int exact, const struct rows *R, const int *off, const float *val, int o0, int o1,
         const float *in, int len, float *tmp)
 {
     DS_DISPATCH(tile256_body, 8)
@@ -506,14 +531,45 @@ static void pad_input(const ds_conv_geom *g, const struct layout *L, const float
     }
 }
 
-/* The taps' offsets into Q for this layout, cached on s. */
-static int offsets(ds_sparse *s, const struct layout *L)
+/* Channels per block: a tile's slices of a block's channels (its input
+ * rows under the filters' reach) take about BLOCK_BYTES, so they stay in L1
+ * while every filter of a task's chunk adds the block's weights. */
+#ifndef BLOCK_BYTES
+#define BLOCK_BYTES 16384
+#endif
+
+static int block_channels(const ds_sparse *s, const struct layout *L, int tile)
 {
-    long key[6] = {L->plane, L->row, L->Wq, L->sx, L->d, 1};
+    long reach = L->flat ? tile + (long)(s->kh - 1)*L->d*L->row + (long)(s->kw - 1)*L->d
+        : (long)s->kh*L->row;
+    long cb = BLOCK_BYTES/(4*reach);
+    int cg = s->c/s->groups;
+    return cb < 1 ? 1 : cb > cg ? cg : (int)cb;
+}
+
+/* The taps' offsets into Q for this layout, and each filter's channel
+ * blocks, cached on s. */
+static int offsets(ds_sparse *s, const struct layout *L, int tile)
+{
+    int cb = block_channels(s, L, tile);
+    long key[6] = {L->plane, L->row, L->Wq, L->sx, L->d, cb};
+    int cg = s->c/s->groups, per = s->kh*s->kw, i, b;
     size_t p;
     if(s->off && !memcmp(key, s->key, sizeof(key))) return 0;
     if(!s->off) s->off = malloc((s->nnz ? s->nnz : 1)*sizeof(int));
     if(!s->off) return -1;
+    s->nblocks = (cg + cb - 1)/cb;
+    free(s->bstart);
+    s->bstart = malloc((size_t)s->n*(s->nblocks + 1)*sizeof(int));
+    if(!s->bstart) return -1;
+    for(i = 0; i < s->n; ++i){
+        int *bs = s->bstart + (size_t)i*(s->nblocks + 1), q = s->start[i];
+        for(b = 0; b < s->nblocks; ++b){
+            while(q < s->start[i+1] && s->tap[q] < b*cb*per) ++q;
+            bs[b] = q;
+        }
+        bs[s->nblocks] = s->start[i+1];
+    }
     if((long)s->c/s->groups*L->plane > INT32_MAX) return -1;
     for(p = 0; p < s->nnz; ++p){
         int k = s->tap[p];
@@ -538,7 +594,7 @@ int ds_sparse_conv_forward(ds_sparse *s, const ds_conv_geom *g, const float *inp
             || g->pad < 0 || g->out_h < 1 || g->out_w < 1 || g->batch < 1) return -1;
     if(epi && s->mode == DS_SPARSE_EXACT) return -1;
     plan(g, &L);
-    if(offsets(s, &L)) return -1;
+    if(offsets(s, &L, tile)) return -1;
     if(!L.direct){
         size_t need = (size_t)g->c*L.plane;
         if(s->buf_size < need){
@@ -587,8 +643,17 @@ int ds_sparse_conv_forward(ds_sparse *s, const ds_conv_geom *g, const float *inp
                 + (L.flat ? (size_t)x0 : (size_t)row*L.sy*L.row + x0);
             int o0;
             for(o0 = f0; o0 < f1; o0 += SUB){
-                int o1 = o0 + SUB < f1 ? o0 + SUB : f1, o, j;
-                kernel(s->mode == DS_SPARSE_EXACT, s->start, s->off, s->val, o0, o1, in, len, tmp);
+                int o1 = o0 + SUB < f1 ? o0 + SUB : f1, o, j, kb;
+                /* channel block by channel block (in k order), all the
+                 * chunk's filters each */
+                for(kb = 0; kb < s->nblocks; ++kb){
+                    struct rows R;
+                    R.first = s->bstart + kb;
+                    R.last = s->bstart + kb + 1;
+                    R.stride = s->nblocks + 1;
+                    R.zero = kb == 0;
+                    kernel(s->mode == DS_SPARSE_EXACT, &R, s->off, s->val, o0, o1, in, len, tmp);
+                }
                 for(o = o0; o < o1; ++o){
                     const float *tv = tmp + (size_t)(o - o0)*TILE_MAX;
                     float *dst = out + (size_t)o*out_hw;
