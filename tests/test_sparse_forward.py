@@ -214,11 +214,30 @@ def test_yolov3_tiny(drivers, tmp_path: Path, monkeypatch, sparsity: float):
         assert_same_bytes(stock, outputs(drivers, build, with_mode(cfg, "exact"), weights))
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_yolov3_tiny_on_every_kernel_path(drivers, tmp_path: Path, monkeypatch, isa: str):
+    """DS_SPARSE_ISA forces the kernels' path inside Darknet: each gives
+    auto within RTOL and exact bit-identical, at 90% and unpruned (on the
+    plain C path auto leaves the dense layers to upstream's GEMM)."""
+    monkeypatch.setenv("DS_SPARSE_ISA", isa)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    cfg, weights = MODELS / "yolov3-tiny.cfg", MODELS / "yolov3-tiny.weights"
+    target = tmp_path / "yolov3-tiny-0.9.weights"
+    ds.threshold(ds.load(cfg, weights), target, ds.Magnitude(0.9))
+    for build, chosen in (("patched", target), ("patched-omp", weights)):
+        stock = outputs(drivers, "stock", cfg, chosen)
+        assert_close(drivers, cfg, stock, outputs(drivers, build, cfg, chosen))
+        assert_same_bytes(stock, outputs(drivers, build, with_mode(cfg, "exact"), chosen))
+    paths = drivers["patched"].run("paths", cfg, weights).stdout.split()
+    convs = [p for p, kind in zip(paths, layer_types(drivers, cfg)) if kind == "convolutional"]
+    assert convs == ["0" if isa == "generic" else "1"] * 13
+
+
 def layer_types(drivers: dict[str, Driver], cfg: Path) -> list[str]:
     return [line.split()[0] for line in drivers["stock"].run("sizes", cfg).stdout.split("\n") if line]
 
 
-def test_paths_follow_the_python_rule(drivers, tmp_path: Path):
+def test_paths_follow_the_python_rule(drivers, tmp_path: Path, monkeypatch):
     """C's choice per layer, in every mode, equals forward_path's, also at
     the exact density limits (50% conv, 30% connected) and one weight above."""
     text = (_NET.format(h=5, w=5, c=2) + _CONV.format(n=4, size=1, stride=1, extra="") * 3
@@ -242,6 +261,13 @@ def test_paths_follow_the_python_rule(drivers, tmp_path: Path):
         want = [forward_path(layer.type, *counts.get(layer.index, (0, 0)), mode)
                 for layer in wf.model.layers]
         assert got == ["1" if path == "sparse" else "0" for path in want], mode
+        # the plain C kernels: auto goes by density for convolutions too
+        monkeypatch.setenv("DS_SPARSE_ISA", "generic")
+        got = drivers["patched"].run("paths", with_mode(cfg, mode), target).stdout.split()
+        monkeypatch.delenv("DS_SPARSE_ISA")
+        want = [forward_path(layer.type, *counts.get(layer.index, (0, 0)), mode, vector=False)
+                for layer in wf.model.layers]
+        assert got == ["1" if path == "sparse" else "0" for path in want], f"{mode}, generic"
     assert [forward_path(layer.type, *counts[layer.index]) for layer in wf.model.layers
             if layer.index in counts] == ["sparse", "sparse", "sparse", "sparse", "dense", "dense"]
     assert [forward_path(layer.type, *counts[layer.index], vector=False) for layer in wf.model.layers
