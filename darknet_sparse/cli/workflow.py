@@ -199,7 +199,10 @@ def _summary(result: loop_.LoopResult) -> str:
 @click.option("--status", "status_only", is_flag=True, help="Only say where each part is; build nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print where each part is as JSON instead of text.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), help="Parallel compiles (default 2).")
-def build(status_only: bool, as_json: bool, jobs: int | None) -> None:
+@click.option("--fork", "build_fork", type=click.Choice(["pjreddie", "alexeyab"]), default="pjreddie",
+              show_default=True, help="Whose Darknet to build: pjreddie's, or AlexeyAB's (yolov4, yolov7; "
+                                      "source from DARKNET_AB_SRC, the cache or a download, content-checked).")
+def build(status_only: bool, as_json: bool, jobs: int | None, build_fork: str) -> None:
     """Build the patched Darknet and the Python binding into the per-user
     folder, then say where each part is.
 
@@ -209,11 +212,16 @@ def build(status_only: bool, as_json: bool, jobs: int | None) -> None:
     OPENMP=1 pass through to upstream's Makefile.  Run again, it redoes only
     what changed.  In a checkout, `make darknet binding` builds into build/,
     which commands use first.
+
+    --fork alexeyab builds AlexeyAB's fork (one pinned commit, patches/alexeyab/)
+    the same way: its source from DARKNET_AB_SRC (a checkout or tarball), the
+    cache or a download, checked against the pinned content digest; AVX=1 by
+    default.  The list at the end shows every build of both forks.
     """
     from ..darknet import home
     from ..darknet.network import build_info
     if not status_only:
-        home.build(lambda line: click.echo(line, err=True), jobs)
+        home.build(lambda line: click.echo(line, err=True), jobs, build_fork)
     info = build_info()
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -226,3 +234,7 @@ def build(status_only: bool, as_json: bool, jobs: int | None) -> None:
                    " also per [convolutional]/[deconvolutional]/[connected] section)")
     click.echo(f"python binding: {info['binding_path'] if info['binding'] else hint}")
     click.echo(f"per-user folder: {info['home']}")
+    click.echo("builds:")
+    for b in info["builds"]:
+        state = f"built ({b['flags']})" if b["built"] else "not built"
+        click.echo(f"  {b['fork']:<8} {b['variant']:<7} {b['where']:<8} {b['tree']}: {state}")

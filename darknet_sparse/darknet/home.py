@@ -48,6 +48,9 @@ MODULES = {"pjreddie": MODULE, "alexeyab": "_darknet_alexeyab"}
 BINDING_VARIABLES = {"pjreddie": "DARKNET_SPARSE_BINDING", "alexeyab": "DARKNET_SPARSE_BINDING_ALEXEYAB"}
 #: Each fork's patched tree (a folder of a build folder) and the file that says it is built.
 TREES = {"pjreddie": ("darknet", "libdarknet.a"), "alexeyab": ("darknet-alexeyab", "libdarknet.so")}
+#: Each fork's build script (in scripts/ of :func:`upstream`) and its stock tree (the tests' oracle).
+SCRIPTS = {"pjreddie": "build_darknet.sh", "alexeyab": "build_darknet_alexeyab.sh"}
+STOCK_TREES = {"pjreddie": "darknet-stock", "alexeyab": "darknet-alexeyab-stock"}
 
 
 def _checkout() -> Path | None:
@@ -155,7 +158,25 @@ def status() -> dict[str, Any]:
     except BuildError:
         script = None
     return {"home": str(home()), "binary": binary, "exists": binary_found, "binding_path": binding,
-            "upstream": script, "log": str(home() / "build.log")}
+            "upstream": script, "log": str(home() / "build.log"), "builds": builds()}
+
+
+def builds() -> list[dict[str, Any]]:
+    """Every Darknet build of either fork there is or could be: the patched
+    tree of each fork in the checkout's build/ and in the per-user folder, and
+    the checkout's stock trees; for each, whether it is built and its flags."""
+    found = []
+    for fork, (tree_name, marker) in TREES.items():
+        places = [(where, folder, tree_name, "patched") for where, folder in _trees()]
+        if CHECKOUT is not None:
+            places.append(("checkout", CHECKOUT / "build", STOCK_TREES[fork], "stock"))
+        for where, folder, name, variant in places:
+            tree = folder / name
+            built = (tree / "darknet").is_file() and (tree / marker).is_file()
+            flags = tree / ("build-flags" if fork == "alexeyab" else ".build-flags")
+            found.append({"fork": fork, "variant": variant, "where": where, "tree": str(tree), "built": built,
+                          "flags": flags.read_text().strip() if built and flags.is_file() else None})
+    return found
 
 
 def _run_logged(command: list[str], env: dict[str, str], log: Any, progress: Callable[[str], None]) -> int:
@@ -190,14 +211,15 @@ def _binding_key(tree: Path) -> str:
     return digest.hexdigest()
 
 
-def build(progress: Callable[[str], None], jobs: int | None = None) -> dict[str, Any]:
-    """Fetch, patch and compile Darknet into :func:`home`, then the binding;
-    each stage reports one line to ``progress``, and only what changed is
-    redone.  Returns :func:`status`.  Flags (GPU, OPENMP...) and DARKNET_SRC
-    come from the environment, as for ``make darknet``."""
+def build(progress: Callable[[str], None], jobs: int | None = None, fork: str = "pjreddie") -> dict[str, Any]:
+    """Fetch, patch and compile ``fork``'s Darknet into :func:`home`, then the
+    binding; each stage reports one line to ``progress``, and only what changed
+    is redone.  Returns :func:`status`.  Flags (GPU, OPENMP, AVX...) and
+    DARKNET_SRC / DARKNET_AB_SRC come from the environment, as for ``make
+    darknet`` / ``make darknet-alexeyab``."""
     root = home()
     root.mkdir(parents=True, exist_ok=True)
-    script = upstream() / "scripts" / "build_darknet.sh"
+    script = upstream() / "scripts" / SCRIPTS[fork]
     log_path = root / "build.log"
     env = dict(os.environ, DARKNET_SPARSE_BUILD_DIR=str(root))
     if jobs is not None:
@@ -205,8 +227,8 @@ def build(progress: Callable[[str], None], jobs: int | None = None) -> dict[str,
     with open(root / ".build.lock", "w") as lock, open(log_path, "w") as log:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two builds into one folder take turns
         if _run_logged(["bash", str(script), "patched"], env, log, progress) != 0:
-            raise _failure("building Darknet", log_path)
-        build_binding(root, "pjreddie", env, log, log_path, progress)
+            raise _failure("building Darknet" if fork == "pjreddie" else "building AlexeyAB's Darknet", log_path)
+        build_binding(root, fork, env, log, log_path, progress)
     return status()
 
 

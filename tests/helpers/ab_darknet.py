@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-BUILD = REPO / "build"
+# DARKNET_SPARSE_TEST_AB_BUILD: another build folder (test_alexeyab_build.py runs pytest on an empty one).
+BUILD = Path(os.environ.get("DARKNET_SPARSE_TEST_AB_BUILD") or REPO / "build")
 PATCHED = BUILD / "darknet-alexeyab"
 STOCK = BUILD / "darknet-alexeyab-stock"
 UNAVAILABLE = BUILD / "darknet-alexeyab.unavailable"
