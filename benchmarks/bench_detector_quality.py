@@ -47,8 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import flops, machine  # noqa: E402
-from _parts import PARTS, agreement, parts  # noqa: E402
+from _common import PARTS, SharedReference, agreement, flops, machine, parts  # noqa: E402
 
 LEVELS = (0.3, 0.5, 0.7, 0.8)
 #: agreement mAP@0.5 the issue asks for (level -> floor); 80% is reported as it comes.
@@ -184,13 +183,12 @@ def _init_worker(cfg: Path, dense: Path, evaluation: list[Path], seen: dict, log
 def score(row: Row) -> Row:
     """``row`` with its agreement mAP, measured sparsity and effective FLOPs."""
     from darknet_sparse.darknet.network import Network
-    from darknet_sparse.analysis.evaluate import Remembered
     import darknet_sparse as ds
 
     cfg = _WORKER["cfg"]
     clock = Clock()
     net = Network(cfg, row.weights)
-    reference = Remembered(None, _WORKER["seen"], net.detector_classes)
+    reference = SharedReference(None, _WORKER["seen"], net.detector_classes)
     report, row.parts = agreement(net, _WORKER["evaluation"], reference, reference_name=str(_WORKER["dense"]))
     row.map50, row.map = report.map50, report.map
     wf = ds.load(cfg, row.weights)
@@ -279,7 +277,8 @@ def _measure(args) -> tuple[list[str], list[tuple[str, bool]]]:
     from darknet_sparse.darknet import images
     from darknet_sparse.darknet.network import Network
     from darknet_sparse.darknet.detect import HIER, NMS, detect
-    from darknet_sparse.analysis.evaluate import REFERENCE_CONF, Remembered, evaluate_detector
+    from darknet_sparse.analysis.evaluate import REFERENCE_CONF, evaluate_detector
+    from darknet_sparse.analysis.metrics import Remembered
 
     budget = args.budget
     started = Clock()
@@ -293,7 +292,7 @@ def _measure(args) -> tuple[list[str], list[tuple[str, bool]]]:
 
     # The dense model's own detections on the evaluation images, once.
     clock = Clock()
-    reference = Remembered(Network(cfg, dense))
+    reference = SharedReference(Network(cfg, dense))
     found = [p for p in evaluation if detect(reference, p, REFERENCE_CONF, HIER, NMS).found()]
     reference_seconds = clock.read()
     print(f"quality: {len(evaluation)} evaluation images ({len(found)} with dense detections), {len(train)} "

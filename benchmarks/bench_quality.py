@@ -124,7 +124,7 @@ class Bench:
         self.train_data = work / "train-as-valid.data"
         self.train_data.write_text(f"classes=10\nvalid={root / 'train.list'}\nlabels={root / 'labels.list'}\n")
         self.model = load_model(CFG, "pjreddie", WEIGHTS)
-        self.train_x = images.load_batch(images.image_paths(root / "train.list"), (3, 16, 16))
+        self.train_images = images.image_paths(root / "train.list")
         self.seconds: dict[str, float] = {}
 
     def top1(self, weights: Path) -> float:
@@ -140,9 +140,7 @@ class Bench:
 
     def recalibrated(self, weights: Path) -> Path:
         out = self.work / f"{weights.stem}.recal.weights"
-        net = recalibrate.calibration_network(CFG, weights)
-        recalibrate.recalibrate(net, self.model, self.train_x)
-        net.save(out)
+        recalibrate.recalibrate_file(CFG, weights, self.train_images, out)
         return out
 
     def flops_removed(self, weights: Path) -> float:

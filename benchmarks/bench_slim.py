@@ -48,8 +48,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import darknet_sparse as ds  # noqa: E402
-from _common import ROOT, OpenCV, command_line, compile_driver, driver_timer, machine, median_run  # noqa: E402
-from _parts import PARTS, agreement, parts  # noqa: E402
+from _common import (PARTS, ROOT, OpenCV, agreement, command_line, compile_driver, driver_timer, machine,  # noqa: E402
+                     median_run, parts)
 from darknet_sparse.darknet import images as images_  # noqa: E402
 from darknet_sparse.analysis import recalibrate as recalibrate_  # noqa: E402
 from darknet_sparse.structured.slim import apply, choose  # noqa: E402
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     from darknet_sparse.darknet.network import Network
-    from darknet_sparse.analysis.evaluate import Remembered
+    from darknet_sparse.analysis.metrics import Remembered
     eval_paths = images_.image_paths(EVAL)
     train = work / "train.txt"
     train.write_text("".join(f"{p}\n" for p in images_.image_paths(TRAIN)))
@@ -156,15 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     def recalibrated(row: dict, name: str, reference_weights: Path, reference_cfg: Path,
                      channels: dict | None) -> dict:
         clock = Clock()
-        net = recalibrate_.calibration_network(row["cfg"], row["weights"], batch=8)
-        base = recalibrate_.calibration_network(reference_cfg, reference_weights, batch=8)
-        x = recalibrate_.ImageFiles(calibration, net.input_shape, "letterbox")
-        recalibrate_.recalibrate(net, ds.load_model(row["cfg"]), x, reference=base,
-                                 reference_model=ds.load_model(reference_cfg), channels=channels)
         target = work / f"{name}.weights"
-        net.save(target)
+        recalibrate_.recalibrate_file(row["cfg"], row["weights"], calibration, target, batch=8,
+                                      reference=reference_weights, reference_cfg=reference_cfg, resize="letterbox",
+                                      channels=channels)
         shutil.copy(row["cfg"], work / f"{name}.cfg")
-        stages.append((f"recalibrate {row['name']} ({len(x)} images)", *clock.read()))
+        stages.append((f"recalibrate {row['name']} ({len(calibration)} images)", *clock.read()))
         return dict(row, name=name, weights=target, cfg=work / f"{name}.cfg")
 
     dense_model = ds.load_model(CFG)

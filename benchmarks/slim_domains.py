@@ -26,19 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
+from darknet_sparse.analysis import evaluate
+from darknet_sparse.analysis.metrics import Remembered
+from darknet_sparse.darknet import images
+from darknet_sparse.darknet.images import default_resize
+from darknet_sparse.darknet.network import Network
+from darknet_sparse.format.files import load, load_model
+from darknet_sparse.structured import datarank, reconstruct
+from darknet_sparse.structured import slim as slim_
+from darknet_sparse.structured.channels import channel_graph
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT  # noqa: E402
-
-from darknet_sparse.structured import datarank  # noqa: E402
-from darknet_sparse.analysis import evaluate
-from darknet_sparse.darknet import images
-from darknet_sparse.format.files import load
-from darknet_sparse.format.files import load_model
-from darknet_sparse.structured import reconstruct
-from darknet_sparse.structured import slim as slim_  # noqa: E402
-from darknet_sparse.structured.channels import channel_graph  # noqa: E402
-from darknet_sparse.darknet.network import Network  # noqa: E402
-from darknet_sparse.analysis.sensitivity import default_resize  # noqa: E402
 
 CFG, WEIGHTS = ROOT / "models" / "yolov3-tiny.cfg", ROOT / "models" / "yolov3-tiny.weights"
 TRAIN = ROOT / "data" / "images" / "train.txt"
@@ -64,7 +63,7 @@ def main(work: Path = ROOT / "build" / "slim-domains") -> None:
     x = images.load_batch(calibration, dense.input_shape, default_resize(wf.model))
     graph = channel_graph(wf.model)
     scores = datarank.order(graph, wf.model, datarank.measure(dense, wf.model, graph, x))
-    reference = evaluate.Remembered(dense)
+    reference = Remembered(dense)
     print(json.dumps({"calibration": f"{len(calibration)} vtest training frames", "flops_removed": FLOPS,
                       "same video": len(same), "other video": len(other)}), flush=True)
     for k, (name, rank, ridges) in enumerate(CHOICES):
@@ -75,7 +74,7 @@ def main(work: Path = ROOT / "build" / "slim-domains") -> None:
             net = Network(slim_.cfg_beside(target), target)
             reconstruct.reconstruct(dense, net, wf.model, choice.graph, choice.kept, x, ridges=ridges)
             net.save(target)
-        net = evaluate.Remembered(Network(slim_.cfg_beside(target), target))
+        net = Remembered(Network(slim_.cfg_beside(target), target))
         row = {"choice": name, "filters": [layer.output[0] for layer in load_model(slim_.cfg_beside(target)).layers
                                            if layer.type == "convolutional"]}
         for part, paths in (("same video", same), ("other video", other)):

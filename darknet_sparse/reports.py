@@ -17,9 +17,9 @@ import numpy as np
 from .errors import WeightsFormatError
 from .format.forward_path import forward_path, sparse_forward_mode
 from .format.layout import PRUNABLE_ROLES
-from .pruning.prune import PruneResult
 from .format.stats import abs_bits, nonzero
 from .format.weightsfile import WeightsFile
+from .pruning.prune import PruneResult
 
 
 def _shape(dims: tuple[int, int, int], values: int) -> str:
@@ -241,8 +241,9 @@ def diff_table(report: Diff) -> str:
     return "\n".join([f"{report.a} -> {report.b} (fork {report.fork})", render_table(headers, rows)])
 
 
-def to_json(report) -> str:
-    """Any report dataclass as JSON, with its totals."""
+def to_json(report, **extra) -> str:
+    """Any report dataclass as JSON, with its totals (and the fields of
+    ``extra``, such as which fork ran the model)."""
     def plain(value):
         if is_dataclass(value):
             data = {f.name: plain(getattr(value, f.name)) for f in fields(value)}
@@ -263,4 +264,4 @@ def to_json(report) -> str:
                     nonfinite=report.nonfinite)
         data["arrays"] = [dict(plain(a), sparsity=a.sparsity) for a in report.arrays]
         return json.dumps(data, indent=2)
-    return json.dumps(plain(report), indent=2)
+    return json.dumps({**plain(report), **extra}, indent=2)

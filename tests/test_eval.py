@@ -27,6 +27,7 @@ from darknet_sparse.cli import cli
 from darknet_sparse.darknet.network import Network
 from darknet_sparse.darknet.detect import detect
 from darknet_sparse.errors import BindingError, InputError
+from darknet_sparse.analysis import evaluate
 from darknet_sparse.analysis.evaluate import evaluate_classifier, evaluate_detector, label_path, read_labels
 from darknet_sparse.analysis.metrics import Remembered
 from darknet_sparse.darknet.examples import classifier_top1, write_digits
@@ -282,6 +283,36 @@ def test_cli_agreement_in_words_and_per_class_ap_in_json():
     assert report["truth"] == "reference" and report["map"] == pytest.approx(1.0)
     assert {c["name"]: c["ap50"] for c in report["classes"]} == pytest.approx(
         {"bicycle": 1.0, "car": 1.0, "dog": 1.0, "truck": 1.0})
+
+
+def test_eval_finds_the_class_names_beside_the_model(tmp_path):
+    """No --names: coco.names beside yolov3-tiny.weights names the classes
+    (text and JSON); names of another class count beside it are passed over."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "yolov3-tiny.weights").symlink_to(YOLO_WEIGHTS)
+    (model / "aaa.names").write_text("a\nb\nc\n")  # sorted first, but 3 classes: not these
+    args = ("eval", model / "yolov3-tiny.weights", "--cfg", YOLO_CFG, "--images", DOG, "--reference", YOLO_WEIGHTS)
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert not re.search(r"^ +16  dog ", result.output, re.MULTILINE) and "class names:" not in result.output
+    shutil.copyfile(NAMES, model / "coco.names")
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^ +16  dog +1 +1\.0000 +1\.0000$", result.output, re.MULTILINE), result.output
+    assert f"class names: {model / 'coco.names'} (beside the model" in result.output
+    report = json.loads(run(*args, "--json").stdout)
+    assert {c["name"] for c in report["classes"]} == {"bicycle", "car", "dog", "truck"}
+
+
+def test_find_names_reads_the_data_file_beside_the_model(tmp_path):
+    (tmp_path / "m.weights").write_bytes(b"")
+    assert evaluate.find_names(tmp_path / "m.weights", YOLO_CFG, 80) is None
+    (tmp_path / "m.data").write_text(f"classes=80\nnames={NAMES}\n")
+    assert evaluate.find_names(tmp_path / "m.weights", YOLO_CFG, 80) == NAMES
+    assert evaluate.find_names(tmp_path / "m.weights", YOLO_CFG, 20) is None
+    (tmp_path / "m.names").write_text("".join(f"c{i}\n" for i in range(80)))
+    assert evaluate.find_names(tmp_path / "m.weights", YOLO_CFG, 80) == tmp_path / "m.names"
 
 
 def test_cli_classifier(digits_top5):

@@ -13,7 +13,7 @@ from darknet_sparse.format.files import load
 from darknet_sparse.analysis import plan
 from darknet_sparse.analysis import sensitivity
 from darknet_sparse.cli import cli
-from darknet_sparse.errors import PolicyError
+from darknet_sparse.errors import InputError, PolicyError
 from darknet_sparse.pruning.policies import read_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,7 +114,7 @@ def test_every_layer_needs_its_unpruned_row(tmp_path):
     path = sweep_csv(tmp_path / "s.csv")
     path.write_text("".join(line for line in path.read_text().splitlines(True) if not line.startswith("6,")
                             or ",0.5," in line))
-    with pytest.raises(PolicyError, match="layer 6 has no level-0 row"):
+    with pytest.raises(InputError, match="layer 6 has no level-0 row"):
         plan.make_plan(sensitivity.read_csv(path), "sparsity", 0.5)
 
 

@@ -25,7 +25,7 @@ from darknet_sparse.structured import slim
 from darknet_sparse.structured.channels import channel_graph
 from darknet_sparse.cli import cli
 from darknet_sparse.format.weightsfile import WeightsFile, new_file
-from helpers.forward_driver import SOURCE, Driver
+from darknet_sparse.darknet.driver import SOURCE, Driver
 from helpers.stock import STOCK_LIB, UPSTREAM_CFG_DIR, printed_bflops, printed_layers, printed_output
 
 HERE = Path(__file__).parent
@@ -39,7 +39,7 @@ UPSTREAM = {"yolov3-tiny": 96, "yolov3": 64, "yolov2": 64, "darknet53": 64, "res
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory) -> Driver:
-    """``forward_driver.c`` built against Debian's stock ``libdarknet.so``."""
+    """``_forward_driver.c`` built against Debian's stock ``libdarknet.so``."""
     binary = tmp_path_factory.mktemp("slim_driver") / "forward_driver"
     command = ["gcc", "-O2", "-Wall", "-o", str(binary), str(SOURCE), f"-I{STOCK_LIB}/include",
                f"-L{STOCK_LIB}", "-ldarknet", f"-Wl,-rpath,{STOCK_LIB}", "-lm"]

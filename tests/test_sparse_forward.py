@@ -14,7 +14,7 @@ the sparse copy after every update: it must train exactly as the dense path
 does (``exact``), keep zeros at zero, and still match stock afterwards; with
 ``auto`` the net in memory after an update predicts as a fresh load of its
 saved weights does.  Both builds run
-``helpers/forward_driver.c``, compiled here against each ``libdarknet.a``;
+``darknet_sparse/darknet/_forward_driver.c``, compiled here against each ``libdarknet.a``;
 it writes every layer's output, so a difference cannot round away.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pytest
 import darknet_sparse as ds
 from darknet_sparse.format.forward_path import forward_path, sparse_forward_mode
 from darknet_sparse.format.weightsfile import write_arrays
-from helpers.forward_driver import Driver, compile_driver
+from darknet_sparse.darknet.driver import Driver, compile_driver
 from tiny_models import write_model
 
 SPARSITIES = (0.0, 0.5, 0.9, 0.99)

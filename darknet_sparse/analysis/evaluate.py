@@ -35,7 +35,8 @@ import numpy as np
 
 from ..darknet.detect import HIER, NMS, Detections, detect
 from ..darknet.images import load_batch
-from ..errors import InputError
+from ..errors import CfgError, InputError
+from ..format import darknet_text
 from ..format.layout import DETECTION_TYPES
 from .metrics import hits, labelled_set
 
@@ -110,7 +111,7 @@ def label_path(image: str | Path) -> Path:
         text = text.replace(old, new, 1)
     if not any(old in str(image) for old, new in LABEL_REWRITES if new == ".txt"):
         raise InputError(f"{image}: Darknet's rule derives no label file from this name "
-                          "(it needs .jpg, .png, .JPG or .JPEG in it)")
+                         "(it needs .jpg, .png, .JPG or .JPEG in it)")
     return Path(text)
 
 
@@ -139,6 +140,32 @@ def read_labels(path: Path, classes: int) -> np.ndarray:
             raise InputError(f"{path}:{number}: box {row[1:]} is not finite with a width and height >= 0")
         rows.append(row)
     return np.array(rows, np.float64).reshape(-1, 5)
+
+
+def find_names(weights: str | Path, cfg: str | Path, classes: int) -> Path | None:
+    """The class names beside a model, when none are given: ``MODEL.names``
+    beside the weights or the cfg (either file's stem), the ``names=`` of
+    ``MODEL.data`` there, then any other ``*.names`` file, or ``.data``
+    file's ``names=``, beside the weights (``coco.names`` beside
+    ``yolov3-tiny.weights``); the first with exactly ``classes`` lines, so
+    the names of another model are passed over.  None when none fits."""
+    weights, cfg = Path(weights), Path(cfg)
+    stems = dict.fromkeys(path.name.split(".")[0] for path in (weights, cfg))
+    named = [folder / f"{stem}{suffix}" for suffix in (".names", ".data")
+             for folder in dict.fromkeys((weights.parent, cfg.parent)) for stem in stems]
+    others = sorted(p for p in weights.parent.glob("*") if p.suffix in (".names", ".data") and p not in named)
+    for candidate in (p for p in named + others if p.is_file()):
+        try:
+            path = candidate
+            if candidate.suffix == ".data":
+                path = Path(darknet_text.read_options(candidate).get("names", ""))
+                if not path.name or not path.is_file():
+                    continue
+            if len(darknet_text.read_lines(path)) == classes:
+                return path
+        except CfgError:  # an unreadable or malformed neighbour is not the user's input
+            continue
+    return None
 
 
 def _label_corners(labels: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -174,7 +201,7 @@ def evaluate_detector(net: Network, paths: Sequence[str | Path], *, reference: N
         check_detector(reference, "the reference model")
         if reference.detector_classes != net.detector_classes:
             raise InputError(f"the reference model has {reference.detector_classes} classes, "
-                              f"the model {net.detector_classes}")
+                             f"the model {net.detector_classes}")
     if names is not None and len(names) < net.detector_classes:
         raise InputError(f"{len(names)} class names for a model with {net.detector_classes} classes")
     # Every label file is read before the first image is run: a bad one fails at once.

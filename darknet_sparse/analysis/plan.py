@@ -38,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import PolicyError
+from ..errors import InputError, PolicyError
 from ..format.weightsfile import atomic_path
 from ..reports import render_table
 from .sensitivity import HIGHER_IS_BETTER, Row, Sensitivity
@@ -125,12 +125,12 @@ def curves(result: Sensitivity, metric: str) -> list[Curve]:
     by_layer: dict[int, dict[float, Row]] = {}
     for row in result.rows:
         if row.level in by_layer.setdefault(row.layer, {}):
-            raise PolicyError(f"layer {row.layer} has two rows for level {row.level:g}")
+            raise InputError(f"layer {row.layer} has two rows for level {row.level:g}")
         by_layer[row.layer][row.level] = row
     found = []
     for layer, rows in sorted(by_layer.items()):
         if 0.0 not in rows:
-            raise PolicyError(f"layer {layer} has no level-0 row, so its loss has no reference")
+            raise InputError(f"layer {layer} has no level-0 row, so its loss has no reference")
         base = rows[0.0].metrics[metric]
         points = tuple(Point(level, row.nonzero, row.effective_flops, _loss(metric, base, row.metrics[metric]))
                        for level, row in sorted(rows.items()))

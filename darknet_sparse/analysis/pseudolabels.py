@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..darknet.detect import Detections, detect
-from ..errors import OutputError, PolicyError
+from ..errors import InputError, OutputError
 from .evaluate import label_path
 
 #: Confidence a labeller's detection needs to become a label: the reference
@@ -78,16 +78,16 @@ def prepare(labeller: Callable[[], object] | None, paths: Sequence[Path], folder
     ``conf`` whether earlier labels can be kept.  ``on_progress(n)`` is told
     how many images are labelled."""
     if not paths:
-        raise PolicyError("no training images")
+        raise InputError("no training images")
     if not 0 < conf < 1:
-        raise PolicyError(f"label confidence {conf} must be in (0, 1)")
+        raise InputError(f"label confidence {conf} must be in (0, 1)")
     folder = folder.resolve()
     check_folder(folder)
     sources = []
     for path in paths:
         source = Path(os.path.abspath(path))
         if not source.is_file():
-            raise PolicyError(f"{path}: no such training image")
+            raise InputError(f"{path}: no such training image")
         sources.append(source)
     stamp = {"images": [str(s) for s in sources], "conf": conf if labeller else None, "labeller": identity}
     links = _link(sources, folder / "images")

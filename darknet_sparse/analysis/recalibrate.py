@@ -75,7 +75,9 @@ from ..format.layout import Layer, Model
 from ..reports import render_table
 from .sensitivity import check_host
 
-#: The weight of a batch in Darknet's rolling average (batchnorm_layer.c).
+#: The weight of a batch in pjreddie's rolling average (batchnorm_layer.c);
+#: :func:`measure` asks the network for its fork's (``Network.rolling_rate``:
+#: AlexeyAB's is 0.1).
 EMA_RATE = np.float32(0.01)
 CALIBRATED_TYPES = ("convolutional", "deconvolutional", "connected", "batchnorm")
 #: What Darknet adds to the standard deviation it divides by (normalize_cpu).
@@ -186,7 +188,7 @@ def pass_size(images: int, batch: int) -> int:
         raise InputError(f"recalibration needs at least 2 images, got {images}")
     if batch < 2:
         raise InputError(f"the network takes {batch} image per pass, too few for batch statistics: "
-                          "load it with a larger batch (calibration_network, recalibrate --batch)")
+                         "load it with a larger batch (calibration_network, recalibrate --batch)")
     return images // -(-images // batch)
 
 
@@ -224,6 +226,7 @@ def measure(net: Network, model: Model, x: np.ndarray | ImageFiles,
     views = {index: net.params(index) for index in layers}
     old = {index: (v["rolling_mean"].copy(), v["rolling_variance"].copy()) for index, v in views.items()}
     sums = {index: np.zeros((3, v["rolling_mean"].size)) for index, v in views.items()}
+    rate = np.float64(np.float32(net.rolling_rate))
     net.set_batch(size)
     try:
         for step in range(passes):
@@ -232,8 +235,8 @@ def measure(net: Network, model: Model, x: np.ndarray | ImageFiles,
                 v["rolling_variance"][:] = 0
             net.forward_train(x[step * size:(step + 1) * size])
             for index, v in views.items():
-                mean = v["rolling_mean"] / np.float64(EMA_RATE)
-                sums[index] += (mean, mean * mean, v["rolling_variance"] / np.float64(EMA_RATE))
+                mean = v["rolling_mean"] / rate
+                sums[index] += (mean, mean * mean, v["rolling_variance"] / rate)
             if on_progress:
                 on_progress(step + 1)
     finally:

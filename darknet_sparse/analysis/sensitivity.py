@@ -148,7 +148,7 @@ def agreement(paths: Sequence[str | Path], reference: Network, reference_conf: f
         report = evaluate.evaluate_detector(network, paths, reference=fixed, reference_conf=reference_conf)
         if report.map50 is None:
             raise InputError(f"the reference model finds nothing above confidence {reference_conf:g} in the "
-                              f"{len(paths)} images: there is nothing to agree with")
+                             f"{len(paths)} images: there is nothing to agree with")
         return {"map50": report.map50, "map": report.map}
     return measure
 
@@ -289,7 +289,7 @@ def read_csv(path: str | Path) -> Sensitivity:
     header = next(reader, None)
     if header is None or tuple(header[:len(FIELDS)]) != FIELDS or len(header) == len(FIELDS):
         raise InputError(f"{path}: not a sensitivity CSV: the header must be {','.join(FIELDS)} "
-                          "and one or more metric columns")
+                         "and one or more metric columns")
     metrics = tuple(header[len(FIELDS):])
     rows = []
     for number, values in enumerate(reader, 2):

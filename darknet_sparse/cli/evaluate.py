@@ -11,7 +11,7 @@ import click
 from .. import reports
 from ..analysis import evaluate as evaluate_
 from ..darknet import images
-from ..errors import PolicyError
+from ..errors import InputError
 from ..format import darknet_text
 from ..format.files import find_cfg, load_model
 from .base import cfg_option, cli, fork_option, json_option, weights_argument
@@ -56,7 +56,10 @@ def _progress(length: int) -> Iterator[Callable[[int], None]]:
               help="Detector: the evaluated model's detection threshold (low, as for mAP).")
 @click.option("--nms", type=click.FloatRange(0, 1, max_open=True), default=evaluate_.NMS, show_default=True,
               help="Detector: NMS overlap (0: none), as `detector test`.")
-@click.option("--names", type=path_type, help="Detector: class names, one a line (default: the --data file's names=).")
+@click.option("--names", type=path_type,
+              help="Detector: class names, one a line (default: the --data file's names=, else a names file "
+                   "beside the model with one line per class: MODEL.names, MODEL.data's names=, or the one "
+                   "*.names there, such as coco.names beside yolov3-tiny.weights).")
 @click.option("--top", "k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Classifier: also report top-K.")
 @click.option("--max-images", type=click.IntRange(min=1), help="Use at most this many images (a seeded random choice).")
@@ -81,10 +84,10 @@ def evaluate(weights: Path, cfg: Path | None, image_source: Path | None, data: P
         for given, option in ((reference, "--reference"), (reference_cfg, "--reference-cfg"),
                               (image_source, "--images"), (names, "--names")):
             if given is not None:
-                raise PolicyError(f"{cfg} is a classifier (its last layer is no [yolo], [region] or "
-                                  f"[detection]): {option} is for detectors; give --data")
+                raise InputError(f"{cfg} is a classifier (its last layer is no [yolo], [region] or "
+                                 f"[detection]): {option} is for detectors; give --data")
         if data is None:
-            raise PolicyError(f"{cfg} is a classifier: give --data (its valid=, labels= and classes=)")
+            raise InputError(f"{cfg} is a classifier: give --data (its valid=, labels= and classes=)")
         net = Network(cfg, weights, fork=fork)
         count = len(images.labelled_list(data)[0])
         with _progress(count) as on_progress:
@@ -94,17 +97,19 @@ def evaluate(weights: Path, cfg: Path | None, image_source: Path | None, data: P
         return
 
     if reference_cfg is not None and reference is None:
-        raise PolicyError("--reference-cfg goes with --reference")
+        raise InputError("--reference-cfg goes with --reference")
     options = darknet_text.read_options(data) if data is not None else {}
     if image_source is None:
         if "valid" not in options:
-            raise PolicyError("give --images (a folder or list file), or --data with a valid= list")
+            raise InputError("give --images (a folder or list file), or --data with a valid= list")
         image_source = Path(options["valid"])
     single = image_source.suffix.lower() in images.SUFFIXES and image_source.is_file()
     paths = images.sample([image_source] if single else images.image_paths(image_source), max_images)
-    names_file = names or (Path(options["names"]) if "names" in options else None)
-    class_names = darknet_text.read_lines(names_file) if names_file is not None else None
     net = Network(cfg, weights, fork=fork)
+    names_file = names or (Path(options["names"]) if "names" in options else None)
+    found_names = None if names_file is not None else evaluate_.find_names(weights, cfg, net.detector_classes)
+    names_file = names_file or found_names
+    class_names = darknet_text.read_lines(names_file) if names_file is not None else None
     reference_net = None if reference is None else Network(
         reference_cfg or cfg, reference, fork=net.fork if reference_fork == "same" else reference_fork)
     with _progress(len(paths)) as on_progress:
@@ -118,6 +123,8 @@ def evaluate(weights: Path, cfg: Path | None, image_source: Path | None, data: P
         click.echo(reports.to_json(report, fork=net.fork, fork_reason=net.fork_reason, **extra))
         return
     lines = [_fork_line(net), f"images: {net.preprocessing}"]
+    if found_names is not None:
+        lines.append(f"class names: {found_names} (beside the model; --names to choose others)")
     if reference_net is not None:
         lines.append(f"reference: {_fork_line(reference_net)}; {reference_net.preprocessing}")
     click.echo(_detector_text(weights, cfg, image_source, report) + "\n" + "\n".join(lines))
@@ -143,10 +150,8 @@ def _detector_text(weights: Path, cfg: Path, source: Path, report: evaluate_.Det
     if report.truth == "reference":
         lines.insert(2, "  (agreement with the reference model, not accuracy against human labels)")
     if report.classes:
-        width = max(5, *(len(c.name) for c in report.classes))
-        lines += ["", f"{'class':>5}  {'name':<{width}}  {'objects':>7}  {'AP@0.5':>7}  {'AP@.5:.95':>9}"]
-        lines += [f"{c.index:>5}  {c.name:<{width}}  {c.truths:>7}  {c.ap50:>7.4f}  {c.ap:>9.4f}"
-                  for c in report.classes]
+        rows = [[c.index, c.name, c.truths, f"{c.ap50:.4f}", f"{c.ap:.4f}"] for c in report.classes]
+        lines += ["", reports.render_table(["class", "name", "objects", "AP@0.5", "AP@.5:.95"], rows, "><")]
     return "\n".join(lines)
 
 

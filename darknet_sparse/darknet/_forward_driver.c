@@ -1,6 +1,6 @@
 /* A small driver for one Darknet build, so tests and benchmarks can run the
  * stock and the patched build side by side on the same cfg and weights.
- * forward_driver.py compiles it against a build's libdarknet.a (with
+ * darknet_sparse/darknet/driver.py compiles it against a build's libdarknet.a (with
  * -DSPARSE_FORWARD for the patched build, which has the `paths` command):
  *
  *   forward_driver init CFG OUT.weights          save Darknet's initial weights

@@ -1,7 +1,17 @@
-"""``forward_driver.c`` compiled against the stock or the patched build
-(``make darknet-stock``, ``make darknet``), for the sparse forward tests and
-``benchmarks/bench_speed.py``.  Linked with ``-Ofast``, like Darknet's own
-binary, so denormals flush to zero the same way."""
+"""A forward driver: ``_forward_driver.c`` compiled against one Darknet
+build's ``libdarknet.a``, to run, time and compare forward passes of
+several builds side by side, outside the binding (its commands are in the
+C file's comment).  Linked with ``-Ofast``, like Darknet's own binary, so
+denormals flush to zero the same way.
+
+It lives in the package, not under ``tests/``, because the tests (the
+sparse forward pass against stock) and the benchmarks (speed) both run it:
+the package is what both import without reaching into each other's folders,
+and it works on any build folder that ``scripts/build_darknet.sh`` made
+(``libdarknet.a``, ``include/``, ``binding-cflags``, ``link-flags``).
+:data:`BUILDS` names a checkout's (``make darknet-stock``, ``make
+darknet``, ``make darknet-omp``); elsewhere it is empty.
+"""
 from __future__ import annotations
 
 import subprocess
@@ -10,16 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-BUILDS = {"stock": ROOT / "build" / "darknet-stock", "patched": ROOT / "build" / "darknet",
-          # The patched build with OPENMP=1 (benchmarks/bench_detector_speed.py builds it).
-          "patched-omp": ROOT / "build" / "darknet-omp"}
-SOURCE = Path(__file__).with_name("forward_driver.c")
+from .home import CHECKOUT
+
+BUILDS = {} if CHECKOUT is None else {
+    "stock": CHECKOUT / "build" / "darknet-stock", "patched": CHECKOUT / "build" / "darknet",
+    # The patched build with OPENMP=1 (benchmarks/bench_detector_speed.py builds it).
+    "patched-omp": CHECKOUT / "build" / "darknet-omp"}
+SOURCE = Path(__file__).with_name("_forward_driver.c")
 
 
 @dataclass(frozen=True)
 class Driver:
-    """One compiled driver; see ``forward_driver.c`` for its commands."""
+    """One compiled driver; see ``_forward_driver.c`` for its commands."""
 
     name: str
     binary: Path
@@ -46,9 +58,11 @@ class Driver:
         return float(wall), float(cpu)
 
 
-def compile_driver(name: str, folder: Path) -> Driver:
-    """The driver for build ``name`` (``stock`` or ``patched``), in ``folder``."""
-    build = BUILDS[name]
+def compile_driver(name: str, folder: Path, build: Path | None = None) -> Driver:
+    """The driver for build ``name`` (a key of :data:`BUILDS`, or any name
+    with its ``build`` folder; every build but ``stock`` is a patched one),
+    compiled into ``folder``."""
+    build = BUILDS[name] if build is None else build
     binary = folder / f"forward_driver-{name}"
     flags = (build / "binding-cflags").read_text().split() + (["-DSPARSE_FORWARD"] if name != "stock" else [])
     command = ["gcc", "-Ofast", "-Wall", *flags, f"-I{build / 'include'}", "-o", str(binary), str(SOURCE),

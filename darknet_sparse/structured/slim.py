@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import OutputError, PolicyError
+from ..errors import OutputError, PolicyError, WeightsFormatError
 from ..format import darknet_text
 from ..format.cfg import parse_cfg
 from ..format.layout import Model, build_model
@@ -422,8 +422,8 @@ def choose(wf: WeightsFile, *, gamma_threshold: float | None = None, percent: fl
         raise PolicyError(f"--min-channels {min_channels!r} must be an integer >= 1")
     model = wf.model
     if wf.partial:
-        raise PolicyError(f"{wf.path}: holds only layers 0..{wf.layers_present - 1} of {len(model.layers)}; "
-                          "slim needs every layer")
+        raise WeightsFormatError(f"{wf.path}: holds only layers 0..{wf.layers_present - 1} of {len(model.layers)}; "
+                                 "slim needs every layer")
     graph = channel_graph(model)
     keep = np.zeros(len(graph.node_layer), bool)
     selectors = parse_exclude(exclude, model)

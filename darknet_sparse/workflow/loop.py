@@ -256,7 +256,7 @@ def _scorer(settings: LoopSettings) -> Callable[..., tuple[float, dict]]:
                                    reference_name=str(settings.weights))
         if report.map50 is None:
             raise InputError(f"the starting model {settings.weights} finds nothing above the reference "
-                              f"confidence in {settings.eval_images}: there is no agreement to score")
+                             f"confidence in {settings.eval_images}: there is no agreement to score")
         return report.map50, {"map": report.map}
     return agreement
 
@@ -268,7 +268,10 @@ def _step(settings: LoopSettings, model: Model, step: int, source: Path,
     out = settings.out.resolve()
     target = settings.targets[step - 1]
     pruned = out / f"step-{step:02d}.pruned.weights"
-    _, level = prune_to(WeightsFile(source, model), pruned, target, settings.policy, settings.spec)
+    if settings.oneshot:
+        level = _oneshot_prune(settings, model, source, pruned, target)
+    else:
+        _, level = prune_to(WeightsFile(source, model), pruned, target, settings.policy, settings.spec)
     trained = retrain(settings, pruned, step)
     if settings.recalibrate:
         _recalibrate(settings, trained)
@@ -279,6 +282,26 @@ def _step(settings: LoopSettings, model: Model, step: int, source: Path,
     return StepRecord(step, target, sparsity, settings.metric, value, revived, str(trained),
                       settings.policy.name, level, settings.iterations, round(time.monotonic() - started, 3),
                       details)
+
+
+def _oneshot_prune(settings: LoopSettings, model: Model, source: Path, pruned: Path, target: float) -> float:
+    """The step's pruning by the second-order solver (``oneshot="obs"``):
+    the policy's level that reaches ``target`` (searched on the magnitudes,
+    as :func:`prune_to` does) sets each layer's count, and the solver
+    re-solves ``source`` (the current weights) to it on the calibration
+    images of :func:`_recalibrate`; the step's recalibration comes after
+    retraining, as without it."""
+    from . import oneshot as oneshot_
+
+    if settings.oneshot != oneshot_.ALLOCATE_OBS:
+        raise PolicyError(f"unknown oneshot solver {settings.oneshot!r}: expected {oneshot_.ALLOCATE_OBS!r}")
+    wf = WeightsFile(source, model)
+    _, level = prune_to(wf, None, target, settings.policy, settings.spec)
+    source_images = settings.images if settings.task == "detector" else \
+        darknet_text.read_options(settings.data)["train"]
+    paths = images_.sample(images_.image_paths(source_images), oneshot_.MAX_IMAGES)
+    oneshot_.oneshot(wf, pruned, paths, settings.policy.at(level), spec=settings.spec, recalibrate=False)
+    return level
 
 
 def _recalibrate(settings: LoopSettings, weights: Path, cfg: Path | None = None,

@@ -103,6 +103,8 @@ class LoopSettings:
     #: weights, and retrains the smaller model.
     structured: bool = False
     slim_images: int = 64
+    #: "obs": each step prunes with the second-order solver (workflow/oneshot) from the current weights.
+    oneshot: str | None = None
     #: ``[net] seed=N`` in the retraining cfg: the patched Darknet seeds its
     #: random numbers with it, so a step retrains the same way every run;
     #: None: the clock, as upstream Darknet.
@@ -205,7 +207,7 @@ def _check_task(settings: LoopSettings) -> None:
             raise InputError("task detector needs training images (--images) or a data file (--data)")
         if not settings.eval_cmd and settings.eval_images is None:
             raise InputError("task detector needs evaluation images (--eval-images: agreement with the "
-                              "starting model) or an evaluation command (--eval-cmd)")
+                             "starting model) or an evaluation command (--eval-cmd)")
         if settings.train_size is not None and (settings.train_size < 32 or settings.train_size % 32):
             raise InputError(f"training input {settings.train_size} must be a multiple of 32")
         if settings.recalibrate and settings.images is None:
