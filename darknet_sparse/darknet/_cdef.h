@@ -5,6 +5,7 @@ ds_net *ds_load(const char *cfg, const char *weights, int clear);
 void ds_free(ds_net *net);
 void ds_seed(unsigned int seed);
 const char *ds_fork(void);  /* "pjreddie" or "alexeyab": the fork this binding was built against */
+float ds_rolling_rate(void);  /* the weight of one batch in batch norm's rolling statistics */
 void ds_get_info(ds_net *net, ds_info *info);
 const char *ds_layer_type(ds_net *net, int index);
 int ds_set_batch(ds_net *net, int batch);

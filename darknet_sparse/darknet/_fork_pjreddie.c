@@ -3,7 +3,7 @@
  * _shim.c includes this file, or _fork_alexeyab.c when the build passes
  * -DDS_FORK_ALEXEYAB; both define the same static functions:
  *
- *   fork_name, fork_load, fork_free, fork_predict, fork_forward_train,
+ *   fork_name, fork_rolling_rate, fork_load, fork_free, fork_predict, fork_forward_train,
  *   fork_train, fork_save, fork_weights_changed, fork_is_detection,
  *   fork_detect (image preparation, forward, decode and NMS as the fork's
  *   `detector test`), fork_letterbox; and where the fork is patched
@@ -16,6 +16,13 @@
 static const char *fork_name(void)
 {
     return "pjreddie";
+}
+
+/* A training-mode pass moves the rolling statistics by this share of the
+ * batch's (forward_batchnorm_layer: .99 old + .01 new). */
+static float fork_rolling_rate(void)
+{
+    return .01f;
 }
 
 static network *fork_load(const char *cfg, const char *weights, int clear)

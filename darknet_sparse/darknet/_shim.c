@@ -35,6 +35,11 @@ const char *ds_fork(void)
     return fork_name();
 }
 
+float ds_rolling_rate(void)
+{
+    return fork_rolling_rate();
+}
+
 ds_net *ds_load(const char *cfg, const char *weights, int clear)
 {
     ds_net *h = calloc(1, sizeof(*h));

@@ -67,6 +67,13 @@ class Backend:
         """Whose Darknet it was built against: ``pjreddie`` or ``alexeyab``."""
         return self.ffi.string(self.lib.ds_fork()).decode()
 
+    @property
+    def rolling_rate(self) -> float:
+        """The share of one training-mode pass's batch statistics in batch
+        norm's rolling mean and variance: 0.01 in pjreddie's Darknet, 0.1 in
+        AlexeyAB's."""
+        return float(self.lib.ds_rolling_rate())
+
 
 def backend(path: str | Path | None = None, fork: str = "pjreddie") -> Backend:
     """The binding of ``fork`` :func:`darknet_sparse.darknet.home.find_binding`
@@ -406,6 +413,12 @@ class Network:
         ffi = self._backend.ffi
         reason = self._backend.lib.ds_detector_error(self._net)
         return None if reason == ffi.NULL else ffi.string(reason).decode()
+
+    @property
+    def rolling_rate(self) -> float:
+        """The share of a training-mode pass in batch norm's rolling
+        statistics, in this network's fork (:attr:`Backend.rolling_rate`)."""
+        return self._backend.rolling_rate
 
     @property
     def letterbox(self) -> bool:
