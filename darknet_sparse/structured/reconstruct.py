@@ -225,7 +225,7 @@ def slim_refit(wf: WeightsFile, output: str | Path, paths: Sequence[str | Path],
     target = Path(output)
     slim_.check_targets(wf, target)
     say = on_stage or (lambda text: None)
-    dense = Network(wf.model.path, wf.path)
+    dense = Network(wf.model.path, wf.path, fork=wf.model.fork)  # the fork the file was read with
     x = images.load_batch(paths, dense.input_shape, resize or images.default_resize(wf.model))
     scores = None
     if rank == "data":
@@ -239,7 +239,7 @@ def slim_refit(wf: WeightsFile, output: str | Path, paths: Sequence[str | Path],
         fits = []
         if refit:
             say(f"refitting the layers after the removed channels on {len(x)} images")
-            slimmed = Network(slim_.cfg_beside(staged), staged)
+            slimmed = Network(slim_.cfg_beside(staged), staged, fork=wf.model.fork)
             fits = reconstruct(dense, slimmed, wf.model, choice.graph, choice.kept, x, positions=positions)
             slimmed.save(staged)
         for made, final in ((staged, target), (slim_.cfg_beside(staged), slim_.cfg_beside(target))):

@@ -251,8 +251,9 @@ def _scorer(settings: LoopSettings) -> Callable[..., tuple[float, dict]]:
 
     def agreement(weights: Path, step: int, cfg: Path | None = None) -> tuple[float, dict]:
         if not reference:  # the starting model's detections, once for every step
-            reference.append(Remembered(Network(settings.cfg, settings.weights)))
-        report = evaluate_detector(Network(cfg or settings.cfg, weights), paths, reference=reference[0],
+            reference.append(Remembered(Network(settings.cfg, settings.weights, fork=settings.fork)))
+        report = evaluate_detector(Network(cfg or settings.cfg, weights, fork=settings.fork), paths,
+                                   reference=reference[0],
                                    reference_name=str(settings.weights))
         if report.map50 is None:
             raise InputError(f"the starting model {settings.weights} finds nothing above the reference "
