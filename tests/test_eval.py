@@ -23,14 +23,14 @@ import pytest
 from click.testing import CliRunner
 
 import darknet_sparse as ds
-from darknet_sparse.cli import cli
-from darknet_sparse.darknet.network import Network
-from darknet_sparse.darknet.detect import detect
-from darknet_sparse.errors import BindingError, InputError
 from darknet_sparse.analysis import evaluate
 from darknet_sparse.analysis.evaluate import evaluate_classifier, evaluate_detector, label_path, read_labels
 from darknet_sparse.analysis.metrics import Remembered
+from darknet_sparse.cli import cli
+from darknet_sparse.darknet.detect import detect
 from darknet_sparse.darknet.examples import classifier_top1, write_digits
+from darknet_sparse.darknet.network import Network
+from darknet_sparse.errors import BindingError, InputError
 from darknet_sparse.pruning.policies import Global, Magnitude
 
 REPO = Path(__file__).resolve().parent.parent

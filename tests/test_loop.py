@@ -19,16 +19,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
+from darknet_sparse.darknet import runner
+from darknet_sparse.darknet.runner import private_data, retrain_cfg, set_options
+from darknet_sparse.errors import CfgError, DarknetRunError, InputError, OutputError, PolicyError, WeightsFormatError
 from darknet_sparse.format.cfg import read_cfg
 from darknet_sparse.format.files import load
-from darknet_sparse.darknet import runner
-from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
-from darknet_sparse.errors import CfgError, DarknetRunError, InputError, OutputError, PolicyError, WeightsFormatError
-from darknet_sparse.workflow.loop import LoopSettings, run
 from darknet_sparse.pruning.policies import Absolute, Magnitude, Sensitivity, Triangle
-from darknet_sparse.darknet.runner import private_data, retrain_cfg, set_options
 from darknet_sparse.pruning.search import TOLERANCE, prune_to, weight_sparsity
 from darknet_sparse.reports import diff
+from darknet_sparse.workflow.loop import LoopSettings, run
 
 REPO = Path(__file__).resolve().parent.parent
 PATCHED = REPO / "build" / "darknet" / "darknet"

@@ -14,17 +14,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from click.testing import CliRunner
 
-from darknet_sparse.workflow import loop as loop_
-from darknet_sparse.workflow import settings as settings_
-from darknet_sparse.pruning import schedule
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
 from darknet_sparse.darknet.examples import write_digits
+from darknet_sparse.format.files import load
+from darknet_sparse.pruning import schedule
 from darknet_sparse.pruning.policies import Global
 from darknet_sparse.pruning.search import weight_sparsity
-from darknet_sparse.format.files import load
+from darknet_sparse.workflow import loop as loop_
+from darknet_sparse.workflow import settings as settings_
 
 REPO = Path(__file__).resolve().parent.parent
 PATCHED = REPO / "build" / "darknet" / "darknet"
@@ -133,8 +132,8 @@ def test_each_classifier_step_is_recalibrated_on_its_training_list(tmp_path, dig
     model, as a detector's, they lost points on digits and Fashion-MNIST);
     without recalibration
     they would be the pruned weights themselves."""
-    from darknet_sparse.darknet import images
     from darknet_sparse.analysis import recalibrate
+    from darknet_sparse.darknet import images
     from darknet_sparse.pruning.search import prune_to
 
     cfg, weights = model_files

@@ -20,13 +20,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from darknet_sparse.darknet import network as darknet
-from darknet_sparse.format.files import load
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
-from darknet_sparse.errors import InputError, OutputError, PolicyError
-from darknet_sparse.workflow.loop import LoopSettings, run
-from darknet_sparse.reports import diff
+from darknet_sparse.darknet import network as darknet
+from darknet_sparse.errors import InputError, OutputError
+from darknet_sparse.format.files import load
 from darknet_sparse.pruning.search import weight_sparsity
+from darknet_sparse.reports import diff
+from darknet_sparse.workflow.loop import LoopSettings, run
 
 REPO = Path(__file__).resolve().parent.parent
 PATCHED = REPO / "build" / "darknet" / "darknet"
@@ -226,10 +226,10 @@ def test_each_step_is_recalibrated_relative_to_the_starting_model(tmp_path, dete
     """With retraining replaced by a copy, a step's weights are exactly the
     pruned weights recalibrated relative to the starting model on the
     training images; weights and biases are the pruned ones."""
+    from darknet_sparse.analysis import recalibrate
     from darknet_sparse.darknet import images
     from darknet_sparse.format.files import load_model
     from darknet_sparse.workflow import loop
-    from darknet_sparse.analysis import recalibrate
 
     monkeypatch.setattr(loop, "retrain", lambda settings, weights, step: Path(shutil.copy(
         weights, settings.out.resolve() / loop.step_name(step))))

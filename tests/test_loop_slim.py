@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_loop import fake  # noqa: F401  (the stand-in Darknet fixture)
 
-from darknet_sparse.workflow import loop as loop_
-from darknet_sparse.workflow import settings as settings_
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
 from darknet_sparse.errors import InputError
-from test_loop import fake  # noqa: F401  (the stand-in Darknet fixture)
+from darknet_sparse.workflow import loop as loop_
+from darknet_sparse.workflow import settings as settings_
 
 REPO = Path(__file__).resolve().parent.parent
 

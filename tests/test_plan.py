@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from darknet_sparse.format.files import load
-from darknet_sparse.analysis import plan
-from darknet_sparse.analysis import sensitivity
+from darknet_sparse.analysis import plan, sensitivity
 from darknet_sparse.cli import cli
 from darknet_sparse.errors import InputError, PolicyError
+from darknet_sparse.format.files import load
 from darknet_sparse.pruning.policies import read_spec
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,15 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 from darknet_sparse import Magnitude
-from darknet_sparse.darknet import images
-from darknet_sparse.format.files import load
-from darknet_sparse.format.files import load_model
-from darknet_sparse.analysis import recalibrate
-from darknet_sparse.analysis import sensitivity
-from darknet_sparse.pruning.prune import threshold
+from darknet_sparse.analysis import recalibrate, sensitivity
 from darknet_sparse.cli import cli
+from darknet_sparse.darknet import images
 from darknet_sparse.darknet.network import Network
 from darknet_sparse.errors import BindingError, CfgError, InputError
+from darknet_sparse.format.files import load, load_model
+from darknet_sparse.pruning.prune import threshold
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = REPO / "cfg" / "digits.cfg"

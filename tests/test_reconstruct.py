@@ -1,7 +1,7 @@
 """Least-squares refit after slim (``reconstruct``) and the data rank
 (``datarank``), on a small network whose answer is known.
 
-In ``NET`` channel 3 of layer 0 is a copy of channel 1 (same filter, same
+In ``NET`` (``cfgs/refit.cfg``) channel 3 of layer 0 is a copy of channel 1 (same filter, same
 batch norm), so it carries nothing the others do not: removed, the layer
 reading it can take its part over by adding its weights to channel 1's, and
 the refit must find that, reproducing the dense network to float rounding.
@@ -17,54 +17,20 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from darknet_sparse.structured import datarank
-from darknet_sparse.format.files import load
-from darknet_sparse.structured import reconstruct
-from darknet_sparse.structured import slim
 from darknet_sparse.cli import cli
 from darknet_sparse.darknet.network import Network
 from darknet_sparse.errors import PolicyError
+from darknet_sparse.format.files import load
+from darknet_sparse.structured import datarank, reconstruct, slim
 
-NET = """[net]
-batch=4
-width=12
-height=12
-channels=3
-
-[convolutional]
-batch_normalize=1
-filters=4
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=5
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-filters=3
-size=1
-stride=1
-pad=1
-activation=linear
-"""
+NET = Path(__file__).parent / "cfgs" / "refit.cfg"
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("refit")
     cfg = folder / "net.cfg"
-    cfg.write_text(NET)
+    cfg.write_text(NET.read_text())
     net = Network(cfg)
     rng = np.random.default_rng(5)
     for i in (0, 2, 3):

@@ -10,18 +10,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from tiny_models import write_model
 
 from darknet_sparse import Magnitude
-from darknet_sparse.darknet import images
-from darknet_sparse.format.files import load
-from darknet_sparse.format.files import load_model
 from darknet_sparse.analysis import sensitivity
-from darknet_sparse.pruning.prune import threshold
 from darknet_sparse.cli import cli
+from darknet_sparse.darknet import images
+from darknet_sparse.darknet.examples import classifier_top1
 from darknet_sparse.darknet.network import Network
 from darknet_sparse.errors import BindingError, CfgError, InputError
-from darknet_sparse.darknet.examples import classifier_top1
-from tiny_models import write_model
+from darknet_sparse.format.files import load, load_model
+from darknet_sparse.pruning.prune import threshold
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = REPO / "cfg" / "digits.cfg"

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers.stock import STOCK_LIB, UPSTREAM_CFG_DIR, printed_bflops, printed_layers, printed_output
 
 import darknet_sparse as ds
+from darknet_sparse.cli import cli
+from darknet_sparse.darknet.driver import SOURCE, Driver
+from darknet_sparse.format.weightsfile import WeightsFile, new_file
 from darknet_sparse.structured import slim
 from darknet_sparse.structured.channels import channel_graph
-from darknet_sparse.cli import cli
-from darknet_sparse.format.weightsfile import WeightsFile, new_file
-from darknet_sparse.darknet.driver import SOURCE, Driver
-from helpers.stock import STOCK_LIB, UPSTREAM_CFG_DIR, printed_bflops, printed_layers, printed_output
 
 HERE = Path(__file__).parent
 CFGS = HERE / "cfgs"
