@@ -13,7 +13,7 @@ Data flows one way: cfg -> layout -> weights file -> policy -> writer -> reports
 ``workflow/`` -> ``cli/``; ``darknet/``, the binding, is a side branch).
 This module only re-exports.
 """
-from .errors import (BindingError, CfgError, DarknetRunError, DarknetSparseError, OutputError,
+from .errors import (BindingError, CfgError, DarknetRunError, DarknetSparseError, InputError, OutputError,
                      PolicyError, WeightsFormatError)
 from .format.cfg import Section, parse_cfg, read_cfg
 from .format.files import find_cfg, load, load_model, resolve_fork
@@ -24,8 +24,8 @@ from .pruning.prune import threshold
 
 __all__ = [
     "Absolute", "BindingError", "CfgError", "DarknetRunError", "DarknetSparseError", "FORKS", "Global",
-    "Layer", "Magnitude", "Model", "OutputError", "Param", "Policy", "PolicyError", "Section", "Sensitivity",
-    "Triangle", "WeightsFile", "WeightsFormatError", "alexeyab_markers", "build_model", "expected_size",
+    "InputError", "Layer", "Magnitude", "Model", "OutputError", "Param", "Policy", "PolicyError", "Section",
+    "Sensitivity", "Triangle", "WeightsFile", "WeightsFormatError", "alexeyab_markers", "build_model", "expected_size",
     "find_cfg", "header_revision", "load", "load_model", "parse_cfg", "read_cfg", "resolve_fork", "seen_size",
     "threshold",
 ]

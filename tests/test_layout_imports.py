@@ -160,3 +160,19 @@ def test_the_checks_see_a_hidden_upward_import_and_cycle(tmp_path: Path) -> None
     source = tmp_path / "cfg.py"
     source.write_text("def later():\n    from ..analysis import evaluate\n", encoding="utf-8")
     assert imports(f"{NAME}.format.cfg", source, modules) == {f"{NAME}.analysis"}
+
+
+def test_the_readme_layout_names_every_folder_and_module() -> None:
+    """README's Layout section is the tree: each subpackage and module is in it."""
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Layout"):]
+    section = section[:section.index("```", section.index("```") + 3)]
+    missing = []
+    for path in sorted(PACKAGE.rglob("*")):
+        if "__pycache__" in path.parts or path.name == "__init__.py":
+            continue
+        if path.is_dir() and f"{path.name}/" not in section:
+            missing.append(f"{path.relative_to(PACKAGE)}/")
+        elif path.suffix == ".py" and path.stem not in section:
+            missing.append(str(path.relative_to(PACKAGE)))
+    assert missing == []
