@@ -15,7 +15,7 @@ then runs, one 416x416 image per forward, on:
 - OpenCV's DNN module (dense: it does not skip zeros) at one and at two
   threads (``cv2.setNumThreads``).
 
-Darknet runs through ``tests/helpers/forward_driver.c``; OpenCV in-process on
+Darknet runs through ``darknet_sparse/darknet/_forward_driver.c``; OpenCV in-process on
 the same files.  A run is the median of ``--repeat`` forwards after an
 untimed one; every engine runs once per round, the order reversed every
 other round, and each cell is the median of ``--rounds`` runs.  The spread
