@@ -14,6 +14,7 @@ does not.
 from __future__ import annotations
 
 import os
+import resource
 import shlex
 import statistics
 import sys
@@ -27,7 +28,6 @@ import numpy as np
 import darknet_sparse as ds
 from darknet_sparse.analysis.evaluate import DetectorReport, evaluate_detector
 from darknet_sparse.analysis.metrics import Remembered
-
 from darknet_sparse.darknet.driver import BUILDS, Driver, compile_driver  # noqa: F401  (re-exported)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,6 +137,21 @@ class OpenCV:
             net.forward(names)
             samples.append(net.getPerfProfile()[1].ravel() / self.cv2.getTickFrequency() * 1000)
         return dict(zip(net.getLayerNames(), np.median(samples[1:], axis=0).tolist()))
+
+
+class Clock:
+    """Wall-clock and CPU seconds (this process's and its finished children's) since it was made."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), cpu_now()
+
+    def read(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, cpu_now() - self.cpu
+
+
+def cpu_now() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def machine() -> str:

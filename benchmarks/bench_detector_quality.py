@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shlex
 import shutil
 import signal
@@ -47,7 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import PARTS, SharedReference, agreement, flops, machine, parts  # noqa: E402
+from _common import PARTS, Clock, SharedReference, agreement, flops, machine, parts  # noqa: E402
 
 LEVELS = (0.3, 0.5, 0.7, 0.8)
 #: agreement mAP@0.5 the issue asks for (level -> floor); 80% is reported as it comes.
@@ -88,21 +87,6 @@ class Row:
     parts: dict[str, float] = field(default_factory=dict)  # mAP@0.5 on each part of the evaluation split
     sparsity: float = 0.0
     effective: float = 0.0  # effective FLOPs over dense
-
-
-class Clock:
-    """Wall-clock and CPU seconds (this process's and its finished children's) since it was made."""
-
-    def __init__(self):
-        self.wall, self.cpu = time.perf_counter(), cpu_now()
-
-    def read(self) -> tuple[float, float]:
-        return time.perf_counter() - self.wall, cpu_now() - self.cpu
-
-
-def cpu_now() -> float:
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def run(command: list[str], log: Path) -> None:
@@ -182,8 +166,8 @@ def _init_worker(cfg: Path, dense: Path, evaluation: list[Path], seen: dict, log
 
 def score(row: Row) -> Row:
     """``row`` with its agreement mAP, measured sparsity and effective FLOPs."""
-    from darknet_sparse.darknet.network import Network
     import darknet_sparse as ds
+    from darknet_sparse.darknet.network import Network
 
     cfg = _WORKER["cfg"]
     clock = Clock()
@@ -274,11 +258,11 @@ def _measure(args) -> tuple[list[str], list[tuple[str, bool]]]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from darknet_sparse.darknet import images
-    from darknet_sparse.darknet.network import Network
-    from darknet_sparse.darknet.detect import HIER, NMS, detect
     from darknet_sparse.analysis.evaluate import REFERENCE_CONF, evaluate_detector
     from darknet_sparse.analysis.metrics import Remembered
+    from darknet_sparse.darknet import images
+    from darknet_sparse.darknet.detect import HIER, NMS, detect
+    from darknet_sparse.darknet.network import Network
 
     budget = args.budget
     started = Clock()

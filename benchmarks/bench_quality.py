@@ -47,21 +47,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from darknet_sparse import reports
+from darknet_sparse.analysis import plan, recalibrate, sensitivity
 from darknet_sparse.darknet import images
-from darknet_sparse.format.files import load
-from darknet_sparse.format.files import load_model
-from darknet_sparse.workflow import loop
-from darknet_sparse.workflow import settings as loop_settings
-from darknet_sparse.analysis import plan
-from darknet_sparse.pruning import prune
-from darknet_sparse.analysis import recalibrate
-from darknet_sparse.pruning import schedule
-from darknet_sparse.pruning import search
-from darknet_sparse.analysis import sensitivity
-from darknet_sparse.pruning.policies import POLICIES, Global, Magnitude, Policy, Triangle
-from darknet_sparse.errors import PolicyError
 from darknet_sparse.darknet.examples import classifier_top1, write_digits
 from darknet_sparse.darknet.home import find_darknet
+from darknet_sparse.errors import PolicyError
+from darknet_sparse.format.files import load, load_model
+from darknet_sparse.pruning import prune, schedule, search
+from darknet_sparse.pruning.policies import POLICIES, Global, Magnitude, Policy, Triangle
+from darknet_sparse.workflow import loop
+from darknet_sparse.workflow import settings as loop_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = ROOT / "cfg" / "digits.cfg"

@@ -39,20 +39,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import darknet_sparse as ds
+from darknet_sparse.analysis import recalibrate as recalibrate_
+from darknet_sparse.darknet import images as images_
+from darknet_sparse.structured.slim import apply, choose
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import darknet_sparse as ds  # noqa: E402
-from _common import (PARTS, ROOT, OpenCV, agreement, command_line, compile_driver, driver_timer, machine,  # noqa: E402
-                     median_run, parts)
-from darknet_sparse.darknet import images as images_  # noqa: E402
-from darknet_sparse.analysis import recalibrate as recalibrate_  # noqa: E402
-from darknet_sparse.structured.slim import apply, choose  # noqa: E402
+from _common import (PARTS, ROOT, Clock, OpenCV, agreement, command_line, compile_driver,  # noqa: E402
+                     driver_timer, machine, median_run, parts)
 
 CFG = ROOT / "models" / "yolov3-tiny.cfg"
 WEIGHTS = ROOT / "models" / "yolov3-tiny.weights"
@@ -69,21 +69,6 @@ SPARSE = 0.5
 ACTIVATIONS = ("leaky", "relu", "mish", "swish", "logistic", "tanh", "elu", "selu", "gelu", "relu6", "hardswish",
                "hard_sigmoid", "identity_act")
 CALIBRATION = 64
-
-
-class Clock:
-    """Wall seconds and CPU seconds (this process and its finished children)."""
-
-    def __init__(self):
-        self.wall, self.cpu = time.perf_counter(), self._cpu()
-
-    @staticmethod
-    def _cpu() -> float:
-        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-    def read(self) -> tuple[float, float]:
-        return time.perf_counter() - self.wall, self._cpu() - self.cpu
 
 
 def main(argv: list[str] | None = None) -> None:

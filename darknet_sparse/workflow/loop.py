@@ -19,14 +19,9 @@ Each step of :func:`run`
 Detectors without labels (``images``).  The starting model labels the
 training images before step 1: its detections above ``label_conf`` become
 Darknet label files in ``OUT/pseudo`` (:mod:`darknet_sparse.analysis.pseudolabels`;
-never beside the user's images), and ``detector train`` retrains on them.
-The retraining cfg of a detector also sets ``random=0`` in its ``[yolo]`` and
-``[region]`` sections (``random=1`` resizes the input to up to 608 every 10
-batches), the cfg's own input size unless ``train_size`` says otherwise (the
-weights do not depend on it, but on yolov3-tiny at 50% sparsity retraining
-at 256 lost agreement at 416 where retraining at 416 for the same CPU time
-gained it; README "The workflow") and a CPU-sized batch
-(:data:`DETECTOR_BATCH`).  Evaluation runs at the user's cfg.
+never beside the user's images), and ``detector train`` retrains on them
+(at a CPU-sized batch, :mod:`darknet_sparse.workflow.retrain`).  Evaluation
+runs at the user's cfg.
 
 Structured (``structured``).  Each step removes whole channels instead of
 zeroing weights: the previous step's model is slimmed until the step's
@@ -53,27 +48,9 @@ measured on its own ``train=`` list as they are, which pays in short steps:
 Darknet's rolling averages keep 0.99 of themselves per batch, so after 100
 batches 37% of the previous step's statistics are still in them.
 
-Distillation (``teacher``).  The retraining cfg gets ``[net]
-distill_cfg=OUT/teacher.cfg`` (the teacher's cfg, or the user's, at the
-retraining input and batch), ``distill_weights``, ``distill_temperature`` and
-``distill_alpha`` (patches/0020-distill.patch): the teacher's soft targets
-weigh ``alpha``, the labels ``1 - alpha``.  With ``alpha`` 1 a detector needs
-no labels at all, so no pseudo-labels are made.  By default
-(:data:`STARTING`) a classifier is taught by its own starting weights at
-:data:`DISTILL_DEFAULTS`' temperature and alpha; ``teacher=None`` retrains
-on the labels alone.
-
-The user's cfg, data file and weights are only read.  Darknet trains from a
-private copy of the cfg (``OUT/train.cfg``: ``max_batches`` and ``prune=1``
-set in ``[net]``, and ``learning_rate``: the given one, else for a
-classifier the cfg's times :data:`RETRAIN_RATE_SCALE`) and of the data file
-(``OUT/train.data``: ``backup=`` pointing at ``OUT/backup``; for
-pseudo-labels, ``train=`` naming ``OUT/pseudo/train.list``).  It runs with
-``-clear``: otherwise ``train`` would carry on from the ``seen`` stored in the
-weights and stop at once, since that is past the new ``max_batches``.  The
-learning-rate schedule of the cfg (burn-in, steps, poly) starts afresh at
-every step.  Darknet runs in the caller's working folder, so relative paths
-in the data file mean what they mean to the user.
+Distillation (``teacher``) and the private cfg and data file Darknet
+retrains from: :mod:`darknet_sparse.workflow.retrain`.  The user's cfg, data
+file and weights are only read.
 
 Files in ``OUT``: ``step-NN.weights`` (every step's retrained weights),
 ``step-NN.log`` (Darknet's training output), ``log.jsonl``, ``final.weights``

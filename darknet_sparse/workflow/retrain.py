@@ -1,8 +1,38 @@
-"""The files the loop retrains from, in its output folder: the private cfg
-(``train.cfg``: the user's, or a structured step's, with the retraining
-options), the teacher's cfg, the private data file and the pseudo-labels
-(:mod:`darknet_sparse.workflow.loop`'s docstring says what each holds);
-and one retraining run of Darknet on them."""
+"""The files the loop retrains from, in its output folder, and one
+retraining run of Darknet on them (:mod:`darknet_sparse.workflow.loop`).
+
+Distillation (``teacher``).  The retraining cfg gets ``[net]
+distill_cfg=OUT/teacher.cfg`` (the teacher's cfg, or the user's, at the
+retraining input and batch), ``distill_weights``, ``distill_temperature`` and
+``distill_alpha`` (patches/0020-distill.patch): the teacher's soft targets
+weigh ``alpha``, the labels ``1 - alpha``.  With ``alpha`` 1 a detector needs
+no labels at all, so no pseudo-labels are made.  By default
+(:data:`~.settings.STARTING`) a classifier is taught by its own starting
+weights at :data:`~.settings.DISTILL_DEFAULTS`' temperature and alpha;
+``teacher=None`` retrains on the labels alone.
+
+The user's cfg, data file and weights are only read.  Darknet trains from a
+private copy of the cfg (``OUT/train.cfg``: ``max_batches`` and ``prune=1``
+set in ``[net]``, and ``learning_rate``: the given one, else for a
+classifier the cfg's times :data:`~.settings.RETRAIN_RATE_SCALE`) and of
+the data file (``OUT/train.data``: ``backup=`` pointing at ``OUT/backup``; for
+pseudo-labels, ``train=`` naming ``OUT/pseudo/train.list``).  It runs with
+``-clear``: otherwise ``train`` would carry on from the ``seen`` stored in the
+weights and stop at once, since that is past the new ``max_batches``.  The
+learning-rate schedule of the cfg (burn-in, steps, poly) starts afresh at
+every step.  Darknet runs in the caller's working folder, so relative paths
+in the data file mean what they mean to the user.
+
+A detector's retraining cfg also sets ``random=0`` in its ``[yolo]`` and
+``[region]`` sections (``random=1`` resizes the input to up to 608 every 10
+batches), the cfg's own input size unless ``train_size`` says otherwise (the
+weights do not depend on it, but on yolov3-tiny at 50% sparsity retraining
+at 256 lost agreement at 416 where retraining at 416 for the same CPU time
+gained it; README "The workflow") and a CPU-sized batch
+(:data:`~.settings.DETECTOR_BATCH`).  With ``seed``,
+``[net] seed=N`` makes the patched Darknet retrain the same way every run
+(without it, Darknet seeds from the clock, as upstream).
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
