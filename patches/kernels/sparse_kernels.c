@@ -534,6 +534,9 @@ static void pad_input(const ds_conv_geom *g, const struct layout *L, const float
 /* Channels per block: a tile's slices of a block's channels (its input
  * rows under the filters' reach) take about BLOCK_BYTES, so they stay in L1
  * while every filter of a task's chunk adds the block's weights. */
+#ifndef MIN_BLOCK_NNZ
+#define MIN_BLOCK_NNZ 32
+#endif
 #ifndef BLOCK_BYTES
 #define BLOCK_BYTES 16384
 #endif
@@ -544,6 +547,10 @@ static int block_channels(const ds_sparse *s, const struct layout *L, int tile)
         : (long)s->kh*L->row;
     long cb = BLOCK_BYTES/(4*reach);
     int cg = s->c/s->groups;
+    /* but blocks of at least MIN_BLOCK_NNZ weights per filter on average:
+     * each block costs a reload and a store of the filters' sums */
+    double per_channel = (double)s->nnz/((double)s->n*cg);
+    if(per_channel > 0 && cb*per_channel < MIN_BLOCK_NNZ) cb = (long)(MIN_BLOCK_NNZ/per_channel) + 1;
     return cb < 1 ? 1 : cb > cg ? cg : (int)cb;
 }
 
