@@ -281,3 +281,50 @@ def test_cli_bad_input_is_one_error_line(detector, tmp_path, args, message):
     assert len(errors) == 1 and message in errors[0], done.stderr
     assert "Traceback" not in done.output
     assert not (tmp_path / "x.weights").exists()
+
+
+# --------------------------------------------------------------------------
+# The loop.
+
+# Stands in for `darknet classifier train DATA CFG WEIGHTS -clear`: "trains" by
+# copying WEIGHTS to where Darknet would save, so a step's weights are its pruning's.
+COPYING_DARKNET = """#!/bin/sh
+backup=$(sed -n 's/^backup=//p' "$3")
+base=$(basename "$4"); base=${base%%.*}
+cp "$5" "$backup/$base.weights"
+"""
+
+
+def test_the_loop_solves_every_step_from_the_current_weights(tmp_path, digits, model_files):
+    from darknet_sparse.workflow.loop import LoopSettings, run
+
+    darknet = tmp_path / "bin" / "darknet"
+    darknet.parent.mkdir()
+    darknet.write_text(COPYING_DARKNET)
+    darknet.chmod(0o755)
+    cfg, weights = model_files
+    settings = LoopSettings(cfg=cfg, weights=weights, data=digits, out=tmp_path / "out", targets=(0.5, 0.7),
+                            iterations=3, darknet=darknet, eval_cmd="echo 0.5", policy=policies.Magnitude,
+                            recalibrate=0, teacher=None, oneshot="obs")
+    result = run(settings)
+    dense = load(cfg, weights)
+    first, second = (load(cfg, Path(step.weights)) for step in result.steps)
+    for slot in dense.slots:
+        if slot.param.role != "weights":
+            assert first.array(slot).tobytes() == dense.array(slot).tobytes(), slot.key
+            continue
+        w, a, b = dense.array(slot), first.array(slot), second.array(slot)
+        assert np.count_nonzero(a == 0) == round(0.5 * w.size) and np.count_nonzero(b == 0) == round(0.7 * w.size)
+        assert (b[a == 0] == 0).all()  # the second step starts from the first's zeros
+        kept = a != 0
+        assert not np.array_equal(a[kept], w[kept])  # the survivors moved: not magnitude's copy
+    assert [step.mode for step in result.steps] == ["magnitude", "magnitude"]
+    done = CliRunner().invoke(cli, ["loop", "-w", str(weights), "--cfg", str(cfg), "--data", str(digits),
+                                    "--sparsities", "0.5", "--iterations-per-step", "2", "--eval-cmd", "echo 0.5",
+                                    "--darknet", str(darknet), "--oneshot", "obs", "--mode", "magnitude",
+                                    "-o", str(tmp_path / "cli")])
+    assert done.exit_code == 0, done.output
+    final = load(cfg, tmp_path / "cli" / "final.weights")
+    for slot in dense.slots:
+        if slot.param.role == "weights":  # the same solve as the first step's above
+            assert final.array(slot).tobytes() == first.array(slot).tobytes(), slot.key

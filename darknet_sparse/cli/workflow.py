@@ -42,6 +42,9 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--fine-tune-steps", type=click.IntRange(min=0), default=settings_.DEFAULT_FINE_TUNE_STEPS,
               show_default=True, help="Extra retraining steps at --final-sparsity after the schedule's "
                                          "(not with --sparsities, which lists every step).")
+@click.option("--oneshot", type=click.Choice(("obs",)),
+              help="obs: each step prunes with the second-order solver (as `oneshot`, on the training images) "
+                   "from the current weights, instead of zeroing the smallest.")
 @click.option("--structured", is_flag=True,
               help="Remove whole channels at each step (slim with the data rank and a least-squares refit "
                    "on --images) instead of zeroing weights; the steps reach --target-flops.")
@@ -119,8 +122,8 @@ def _sparsity_list(ctx: click.Context, param: click.Parameter, value: str | None
 @cfg_option
 @fork_option
 def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: int, fine_tune_steps: int,
-         structured: bool, target_flops: float | None, sparsities: list[float] | None, schedule_name: str,
-         mode: str, spec: Path | None, iterations: int,
+         oneshot: str | None, structured: bool, target_flops: float | None, sparsities: list[float] | None,
+         schedule_name: str, mode: str, spec: Path | None, iterations: int,
          learning_rate: float | None, out: Path, task: str, images: Path | None, label_conf: float,
          eval_images: Path | None, train_size: int | None, batch: int | None, subdivisions: int | None,
          teacher: Path | None, no_teacher: bool, teacher_cfg: Path | None, temperature: float | None,
@@ -170,7 +173,7 @@ def loop(weights: Path, data: Path | None, final_sparsity: float | None, steps: 
         subdivisions=subdivisions,
         teacher=None if no_teacher else teacher or settings_.STARTING, teacher_cfg=teacher_cfg, temperature=temperature,
         alpha=alpha, slim=slim_lambda,
-        recalibrate=recalibrate_images, structured=structured, seed=seed)
+        recalibrate=recalibrate_images, structured=structured, seed=seed, oneshot=oneshot)
     with click.progressbar(length=len(targets), label="prune/retrain steps",
                            file=sys.stderr) as bar:
         result = loop_.run(settings, resume, on_progress=lambda done: bar.update(done - bar.pos),

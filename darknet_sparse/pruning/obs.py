@@ -144,7 +144,9 @@ def prune_rows(W: np.ndarray, H: np.ndarray, count: int, *, damp: float = DAMP, 
     """Remove exactly ``count`` weights of ``W`` (rows = outputs, columns =
     inputs) and update the survivors, for inputs whose Gram matrix is ``H``
     (module docstring).  ``order`` is the order the columns are visited in
-    (default: as they are).  Weights already 0 have saliency 0 and go first."""
+    (default: as they are).  Weights already 0 are always among those
+    removed (``count`` is raised to their number if it is below), so a
+    pruned matrix is pruned further, never revived."""
     W0 = np.array(W, np.float64)
     if W0.ndim != 2:
         raise PolicyError(f"the weights must be a matrix, not of shape {W0.shape}")
@@ -161,19 +163,23 @@ def prune_rows(W: np.ndarray, H: np.ndarray, count: int, *, damp: float = DAMP, 
     order = np.asarray(order)
     if sorted(order.tolist()) != list(range(columns)):
         raise PolicyError("the column order must be a permutation of the columns")
+    zero = W0 == 0
+    count = max(count, int(zero.sum()))
     if count == 0:
         return Solution(W0, np.zeros(W0.shape, bool), 0.0)
     Hd = dampened(H, damp)[np.ix_(order, order)]
     U = inverse_factor(Hd)
     work = W0[:, order].copy()
+    zero = zero[:, order]
     mask = np.zeros(work.shape, bool)
     starts = list(range(0, columns, block))
     widths = [min(block, columns - s) for s in starts]
     # How many go from each block (and row): as many as the weights' saliencies
     # alone, every other weight free, place among the `count` lowest.
-    alone = work * work / np.sum(U * U, axis=0)
+    alone = np.where(zero, -1.0, work * work / np.sum(U * U, axis=0))
     if per_row:
-        first = np.stack([lowest(row, k) for row, k in zip(alone, shares(count, [columns] * rows))])
+        per = np.maximum(shares(count, [columns] * rows), zero.sum(1))
+        first = np.stack([lowest(row, k) for row, k in zip(alone, per)])
         quotas = np.add.reduceat(first, starts, axis=1)  # (rows, blocks)
     else:
         quotas = np.add.reduceat(lowest(alone, count), starts, axis=1).sum(0)  # (blocks,)
@@ -183,7 +189,7 @@ def prune_rows(W: np.ndarray, H: np.ndarray, count: int, *, damp: float = DAMP, 
         Ub = U[start:stop, start:stop]
         # [H_rest^-1]_jj for the block's columns: the squared norms of U's columns there.
         rest_diagonal = np.sum(Ub * Ub, axis=0)
-        saliency = part * part / rest_diagonal
+        saliency = np.where(zero[:, start:stop], -1.0, part * part / rest_diagonal)
         if per_row:
             chosen = np.stack([lowest(saliency[r], int(quotas[r, b])) for r in range(rows)])
         else:

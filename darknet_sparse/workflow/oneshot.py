@@ -26,6 +26,9 @@ connected layers), first to last:
   layer's dense output energy (the error its removal alone adds, per unit
   of that layer's output), measured on the dense inputs.
 
+Weights already 0 (a pruned model, a loop's later step) stay 0 and
+count toward the layer's removals.
+
 Layers the solver does not model (local, deconvolutional, recurrent, a
 connected layer too wide for its Gram matrix) are pruned by magnitude at
 their level; skipped layers (``exclude``, a spec's ``skip``) keep their
@@ -455,10 +458,12 @@ def _solve_all(nets: _Networks, model: Model, wf: WeightsFile, plans: dict[int, 
         magnitude = obs.magnitude_mask(plan.w0, k)
         for g, group_k in enumerate(obs.shares(k, [plan.w0.size // plan.groups] * plan.groups)):
             w0 = plan.scaled[plan.group_rows(g)]
+            zero = w0 == 0  # weights already 0 stay 0: they go first
+            group_k = max(group_k, int(zero.sum()))
             start = w0
             if changed:  # the least-squares fit to the dense output, pulled toward w0 by the dampening
                 ridge = damp * float(np.mean(np.diag(H[g]))) or 1.0
-                start = w0 + np.linalg.solve(H[g] + ridge * np.eye(plan.columns), R[g]).T
+                start = np.where(zero, 0, w0 + np.linalg.solve(H[g] + ridge * np.eye(plan.columns), R[g]).T)
             solution = obs.prune_rows(start, H[g], group_k, damp=damp, block=block)
             parts.append(solution.weights / plan.scale[plan.group_rows(g), None])
             mw = np.where(magnitude[plan.group_rows(g)], 0, w0)

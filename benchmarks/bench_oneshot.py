@@ -1,0 +1,123 @@
+"""One-shot pruning with the second-order solver (``darknet-sparse
+oneshot``), no retraining: rows for benchmarks/detector.md and quality.md.
+
+yolov3-tiny (models/yolov3-tiny.{cfg,weights}): calibrated on
+``--max-images`` images of the *training* split (data/images/train, a
+seeded sample), scored by agreement mAP@0.5 with the dense model on the
+*evaluation* split (data/images/eval; the dense model's detections above
+0.5 are the ground truth, COCO's evaluator), the whole split and its two
+parts (video frames, photos) apart, as bench_detector_quality.py scores
+its rows.  Fashion-MNIST (cfg/fashion.{cfg,weights}, after ``make
+fashion``): calibrated on training images, top-1 of ``darknet classifier
+valid`` on the 10,000 test images.  Minutes are the wall time of the
+``oneshot`` call (calibration, solving, recalibration, writing), not of
+the scoring.
+
+    .venv/bin/python benchmarks/bench_oneshot.py --levels 0.7,0.8 --fashion-levels 0.9
+
+prints one Markdown table per model and writes them to ``--out``/oneshot.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import PARTS, agreement, machine  # noqa: E402
+
+from darknet_sparse.darknet import images  # noqa: E402
+from darknet_sparse.darknet.examples import classifier_top1  # noqa: E402
+from darknet_sparse.darknet.home import find_darknet  # noqa: E402
+from darknet_sparse.darknet.network import Network  # noqa: E402
+from darknet_sparse.format.files import load  # noqa: E402
+from darknet_sparse.pruning import policies  # noqa: E402
+from darknet_sparse.workflow import oneshot  # noqa: E402
+
+YOLO_CFG, YOLO_WEIGHTS = ROOT / "models" / "yolov3-tiny.cfg", ROOT / "models" / "yolov3-tiny.weights"
+FASHION_CFG, FASHION_WEIGHTS = ROOT / "cfg" / "fashion.cfg", ROOT / "cfg" / "fashion.weights"
+FASHION_DATA = ROOT / "data" / "fashion" / "fashion.data"
+FASHION_DENSE = 0.9103  # cfg/fashion.top1
+
+
+def _levels(text: str) -> list[float]:
+    return [float(item) for item in text.split(",") if item.strip()]
+
+
+def _prune(cfg: Path, weights: Path, calibration: list[Path], mode: str, level: float, out: Path,
+           exclude: str | None) -> tuple[oneshot.OneshotResult, float]:
+    wf = load(cfg, weights)
+    start = time.perf_counter()
+    kwargs = dict(allocate="obs", sparsity=level) if mode == "obs" else dict(policy=policies.POLICIES[mode](level))
+    result = oneshot.oneshot(wf, out, calibration, exclude=exclude,
+                             on_stage=lambda text: print(f"  {time.perf_counter() - start:7.1f}s {text}",
+                                                         file=sys.stderr, flush=True), **kwargs)
+    print(oneshot.table(result), file=sys.stderr, flush=True)
+    return result, (time.perf_counter() - start) / 60
+
+
+def yolo(args) -> list[str]:
+    calibration = images.sample(images.image_paths(args.train), args.max_images)
+    evaluation = images.image_paths(args.eval)
+    reference = Network(YOLO_CFG, YOLO_WEIGHTS)
+    rows = []
+    for level in args.levels:
+        out = args.out / f"yolov3-tiny-oneshot-{args.mode}-{level:g}.weights"
+        result, minutes = _prune(YOLO_CFG, YOLO_WEIGHTS, calibration, args.mode, level, out, args.exclude)
+        report, by_part = agreement(Network(YOLO_CFG, out), evaluation, reference,
+                                    reference_name=str(YOLO_WEIGHTS))
+        row = (f"| oneshot {args.mode} ({len(calibration)} calibration images) | {level:.0%} | "
+               f"{result.sparsity:.4f} | {report.map50:.3f} | "
+               + " | ".join(f"{by_part[part]:.3f}" for part in PARTS) + f" | {minutes:.1f} |")
+        print(row, flush=True)
+        rows.append(row)
+    header = ["| method | target | sparsity | agreement mAP@0.5 (whole) | "
+              + " | ".join(PARTS) + " | minutes |", "|---" * (5 + len(PARTS)) + "|"]
+    return [f"yolov3-tiny, {len(evaluation)} evaluation images; {machine()}", ""] + header + rows
+
+
+def fashion(args) -> list[str]:
+    train = [line for line in (ROOT / "data" / "fashion" / "train.list").read_text().splitlines() if line]
+    calibration = images.sample([Path(p) for p in train], args.max_images)
+    darknet = find_darknet()
+    rows = []
+    for level in args.fashion_levels:
+        out = args.out / f"fashion-oneshot-{args.mode}-{level:g}.weights"
+        result, minutes = _prune(FASHION_CFG, FASHION_WEIGHTS, calibration, args.mode, level, out, None)
+        top1 = classifier_top1(darknet, FASHION_DATA, FASHION_CFG, out)
+        row = (f"| oneshot {args.mode} ({len(calibration)} calibration images) | {level:.0%} | "
+               f"{result.sparsity:.4f} | {top1:.4f} | {top1 - FASHION_DENSE:+.4f} | {minutes:.1f} |")
+        print(row, flush=True)
+        rows.append(row)
+    return ([f"Fashion-MNIST, top-1 on 10,000 test images (dense {FASHION_DENSE}); {machine()}", "",
+             "| method | target | sparsity | top-1 | vs dense | minutes |", "|---|---|---|---|---|---|"] + rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--levels", type=_levels, default=[0.5, 0.7, 0.8, 0.9], help="yolov3-tiny sparsities")
+    parser.add_argument("--fashion-levels", type=_levels, default=[0.9, 0.95], help="Fashion-MNIST sparsities")
+    parser.add_argument("--mode", default="obs", choices=tuple(policies.POLICIES) + ("obs",),
+                        help="How the layers' levels are chosen (obs: the OBS allocation).")
+    parser.add_argument("--exclude", help="yolov3-tiny layers to leave alone (oneshot --exclude).")
+    parser.add_argument("--max-images", type=int, default=oneshot.MAX_IMAGES)
+    parser.add_argument("--train", type=Path, default=ROOT / "data" / "images" / "train")
+    parser.add_argument("--eval", type=Path, default=ROOT / "data" / "images" / "eval")
+    parser.add_argument("--only", choices=("yolo", "fashion"))
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench-oneshot")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    if args.only in (None, "yolo") and args.levels:
+        lines += yolo(args) + [""]
+    if args.only in (None, "fashion") and args.fashion_levels:
+        lines += fashion(args)
+    text = "\n".join(lines) + "\n"
+    (args.out / "oneshot.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
