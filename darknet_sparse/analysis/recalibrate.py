@@ -356,9 +356,9 @@ def table(result: Recalibration) -> str:
     passes = f"{result.passes} pass{'es' if result.passes != 1 else ''}"
     rows = [[c.layer, c.type, c.channels, f"{c.mean_shift:.4f}", f"{c.std_ratio:.4f}"] for c in result.layers]
     how = ", relative to the reference" if result.relative else ""
-    lines = [f"recalibrated {len(result.layers)} layers on {result.images} images ({passes} of {result.batch}{how}"
-             f", in {result.fork}'s Darknet)",
+    lines = [f"recalibrated {len(result.layers)} layers on {result.images} images ({passes} of {result.batch}{how})",
              render_table(["layer", "type", "channels", "mean shift", "std ratio"], rows, align="><")]
     if result.skipped:
         lines.append(f"left as they were (batch norm inside recurrent layers): {result.skipped}")
+    lines.append(f"fork: {result.fork}: the model ran in {result.fork}'s Darknet")
     return "\n".join(lines)
