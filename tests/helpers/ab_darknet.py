@@ -107,19 +107,28 @@ class DetectionSet:
 
 
 def write_detection_set(folder: Path, images: int = 4, classes: int = 80) -> DetectionSet:
-    """``images`` of data/images/train (linked) with one made-up box each in
-    a label file beside it, and the .data file of the set."""
+    """``images`` of data/images/train, written as 128x128 PNGs in a tint
+    (each pixel's luminance v as r, g, b = v, v + 10, v + 20), with one
+    made-up box each in a label file beside it, and the .data file of the set.
+
+    The tint: without OpenCV the fork's detection loader runs every image
+    through rgb_to_hsv, whose hue is 0/0 for a grey pixel (r = g = b); the
+    NaN then turned the ciou loss and the weights NaN in about one run in
+    four.  With r < g < b everywhere, also after any resize (a convex
+    combination keeps the order), no pixel is grey."""
+    from PIL import Image
     found = sorted(TRAIN_IMAGES.glob("*.jpg"))[:images]
     assert len(found) == images, f"{TRAIN_IMAGES} has {len(found)} images, {images} wanted: run `make images`"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "img").mkdir(exist_ok=True)
     paths = []
     for i, image in enumerate(found):
-        link = folder / "img" / image.name
-        if not link.exists():
-            link.symlink_to(image)
-        (link.with_suffix(".txt")).write_text(f"{i % classes} 0.5 0.5 {0.2 + 0.1 * (i % 4):.2f} 0.3\n")
-        paths.append(str(link))
+        grey = np.asarray(Image.open(image).convert("L").resize((128, 128)), dtype=np.float32)
+        v = np.round(grey * 235 / 255).astype(np.uint8)
+        png = folder / "img" / f"{image.stem}.png"
+        Image.fromarray(np.stack([v, v + 10, v + 20], axis=-1)).save(png)
+        png.with_suffix(".txt").write_text(f"{i % classes} 0.5 0.5 {0.2 + 0.1 * (i % 4):.2f} 0.3\n")
+        paths.append(str(png))
     (folder / "train.txt").write_text("\n".join(paths) + "\n")
     (folder / "names.txt").write_text("".join(f"c{i}\n" for i in range(classes)))
     backup = folder / "backup"
