@@ -22,6 +22,11 @@ from helpers.distill_run import (DARKNET, backend, distill_options, distill_step
                                  top_fraction_zeroed, with_net_options)
 
 DIGITS_CFG = ROOT / "cfg" / "digits.cfg"
+#: [net] seed= of every `classifier train` and `detector train` run here
+#: (patches/0005-seed.patch): each result is the same in every run.  The
+#: bounds below hold with a margin for seeds 1 to 10, not only this one
+#: (tests/helpers/distill_seeds.py prints each seed's numbers).
+SEED = 1
 DIGITS_WEIGHTS = ROOT / "cfg" / "digits.weights"
 
 SOFTMAX_NET = "[net]\nbatch=3\ninputs=6\n"
@@ -236,12 +241,15 @@ def digits(tmp_path_factory) -> dict[str, Path]:
     return {"true": data, "rotated": rotated}
 
 
-def digits_student(folder: Path, data: Path, options: str, batches: int, cfg_text: str | None = None) -> Path:
-    """The student cfg and a data file with its own backup folder in ``folder``."""
+def digits_student(folder: Path, data: Path, options: str, batches: int, cfg_text: str | None = None,
+                   seed: int | None = None) -> Path:
+    """The student cfg (training seeded with ``seed``, default :data:`SEED`)
+    and a data file with its own backup folder in ``folder``."""
     folder.mkdir()
     (folder / "backup").mkdir()
     text = cfg_text if cfg_text is not None else DIGITS_CFG.read_text()
     lines = [f"max_batches={batches}" if line.startswith("max_batches=") else line for line in text.splitlines()]
+    options = f"{options}\nseed={SEED if seed is None else seed}"
     (folder / "student.cfg").write_text(with_net_options("\n".join(lines) + "\n", options))
     root = data.parent
     backup = data.read_text().replace(f"backup={root / 'backup'}", f"backup={folder / 'backup'}")
@@ -291,11 +299,14 @@ def retrained(digits, tmp_path_factory) -> dict[str, dict]:
 
 
 def test_teacher_signal_replaces_wrong_labels(retrained):
+    """Seeds 1-10 gave: start 0.788 true (no training); with the teacher
+    0.950-0.989 true, 0.000-0.011 rotated; on the labels alone 0.028-0.081
+    true, 0.543-0.780 rotated (tests/helpers/distill_seeds.py)."""
     assert retrained["start"]["true"] >= 0.5  # pruned, but the teacher's knowledge is still in there
-    assert retrained["teacher"]["true"] >= 0.95
+    assert retrained["teacher"]["true"] >= 0.9
     assert retrained["teacher"]["rotated"] <= 0.03
     assert retrained["labels"]["true"] <= 0.2
-    assert retrained["labels"]["rotated"] >= 0.5
+    assert retrained["labels"]["rotated"] >= 0.4
 
 
 def test_zeros_stay_zero_with_a_teacher_and_prune(retrained):
@@ -308,7 +319,7 @@ def test_zeros_stay_zero_with_a_teacher_and_prune(retrained):
 def test_a_channel_pruned_student_learns_from_the_dense_teacher(digits, tmp_path):
     """Half the filters and hidden units, the same 10-way head, trained from
     scratch for 200 batches on the rotated labels: it learns the teacher's
-    (true) classes."""
+    (true) classes.  Seeds 1-10 gave 0.891-0.978 true, 0.000-0.008 rotated."""
     text = DIGITS_CFG.read_text()
     for wide, narrow in (("filters=16", "filters=8"), ("filters=32", "filters=16"), ("filters=64", "filters=32"),
                          ("output=96", "output=48")):
@@ -318,7 +329,7 @@ def test_a_channel_pruned_student_learns_from_the_dense_teacher(digits, tmp_path
                          cfg_text=text)
     weights = train_classifier(tmp_path / "half", None, teacher=True)
     assert weights.stat().st_size < 0.5 * DIGITS_WEIGHTS.stat().st_size
-    assert classifier_top1(DARKNET, digits["true"], cfg, weights) >= 0.9
+    assert classifier_top1(DARKNET, digits["true"], cfg, weights) >= 0.8
     assert classifier_top1(DARKNET, digits["rotated"], cfg, weights) <= 0.05
 
 
@@ -437,14 +448,15 @@ def detector_train(folder: Path, data: Path, cfg: Path, start: Path) -> subproce
 def test_detector_distils_from_images_without_label_files(tmp_path):
     """With A = 1, `detector train` reads no label file (there is none) and
     the student's objectness and class outputs move toward the teacher's.
-    Without a teacher the same run dies on the first missing label file."""
+    Without a teacher the same run dies on the first missing label file.
+    Seeds 1-10 left 0.31-0.35 of the gap."""
     data, images = unlabelled_detector_set(tmp_path)
     plain = tmp_path / "plain.cfg"
     plain.write_text(DETECTOR.format(batches=60, net=""))
     teacher = sparse_start(plain, tmp_path / "teacher.weights", seed=1, fraction=0)
     start = sparse_start(plain, tmp_path / "start.weights", seed=2, fraction=0)
     cfg = tmp_path / "student.cfg"
-    cfg.write_text(DETECTOR.format(batches=60, net=distill_options(plain, teacher, 1, 1)))
+    cfg.write_text(DETECTOR.format(batches=60, net=distill_options(plain, teacher, 1, 1, f"seed={SEED}")))
 
     unlabelled = detector_train(tmp_path, data, plain, start)
     assert f"Couldn't open file: {tmp_path / 'labels'}/" in unlabelled.stderr
@@ -469,7 +481,7 @@ def test_a_resized_student_gets_its_teacher_resized(tmp_path):
     plain.write_text(DETECTOR.format(batches=2, net=""))
     teacher = sparse_start(plain, tmp_path / "teacher.weights", seed=1, fraction=0)
     cfg = tmp_path / "student.cfg"
-    text = DETECTOR.format(batches=2, net=distill_options(plain, teacher, 1, 1))
+    text = DETECTOR.format(batches=2, net=distill_options(plain, teacher, 1, 1, f"seed={SEED}"))
     cfg.write_text(text.replace("random=0", "random=1"))
     done = detector_train(tmp_path, data, cfg, teacher)
     assert done.returncode == 0, done.stderr[-3000:]
