@@ -627,11 +627,15 @@ def build_model(sections: list[Section], fork: str) -> Model:
             raise section.error(f"unknown section type [{section.type}] for the {fork} fork{known}")
         kind, rule, _ = entry
         ctx = _Context(fork, index, c, h, w, inputs, layers, net)
-        if kind in ("convolutional", "deconvolutional", "local", "crnn", "conv_lstm") and not (c and h and w):
+        if kind in ("convolutional", "deconvolutional", "local", "crnn", "conv_lstm") and min(c, h, w) <= 0:
             raise section.error(f"layer {index} ({kind}) needs an image input, got c={c} h={h} w={w}")
         if kind in ("connected", "rnn", "gru", "lstm") and inputs <= 0:
             raise section.error(f"layer {index} ({kind}) has no inputs")
         output, outputs, params = rule(section, ctx)
+        for param in params:  # whatever a shape rule missed: never an array of negative size
+            if param.count < 0:
+                raise section.error(f"layer {index} ({kind}) would have {param.count} {param.name} "
+                                    f"(input c={c} h={h} w={w}, inputs={inputs})")
         shares, borrowed, passes = None, (), None
         if kind == "convolutional" and fork == "alexeyab" and section.get_int("share_index", _NO_SHARE) != _NO_SHARE:
             shares, borrowed, params = _shared_source(section, index, layers, params), params, ()
