@@ -46,8 +46,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["darknet_sparse", "darknet_sparse.*"]),
-    # The shim the binding is compiled from (other shim parts: _shim_*.c); never the compiled module.
-    package_data={"darknet_sparse.darknet": ["_shim.c", "_shim_*.c", "*.h", "_forward_driver.c"]},
+    # The shim the binding is compiled from (other shim parts: _shim_*.c, each fork's glue: _fork_*.c);
+    # never the compiled module.
+    package_data={"darknet_sparse.darknet": ["_shim.c", "_shim_*.c", "_fork_*.c", "*.h", "_forward_driver.c"]},
     cmdclass={"build_py": BuildWithUpstream},
     # setuptools' work folder: build/ itself holds the Darknet trees of a checkout.
     options={"build": {"build_base": "build/python"}},
