@@ -291,8 +291,9 @@ def test_eval_finds_the_class_names_beside_the_model(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     (model / "yolov3-tiny.weights").symlink_to(YOLO_WEIGHTS)
+    shutil.copyfile(YOLO_CFG, model / "yolov3-tiny.cfg")  # not upstream's cfg folder, which has coco.data
     (model / "aaa.names").write_text("a\nb\nc\n")  # sorted first, but 3 classes: not these
-    args = ("eval", model / "yolov3-tiny.weights", "--cfg", YOLO_CFG, "--images", DOG, "--reference", YOLO_WEIGHTS)
+    args = ("eval", model / "yolov3-tiny.weights", "--images", DOG, "--reference", YOLO_WEIGHTS)
     result = run(*args)
     assert result.exit_code == 0, result.output
     assert not re.search(r"^ +16  dog ", result.output, re.MULTILINE) and "class names:" not in result.output
@@ -306,13 +307,20 @@ def test_eval_finds_the_class_names_beside_the_model(tmp_path):
 
 
 def test_find_names_reads_the_data_file_beside_the_model(tmp_path):
-    (tmp_path / "m.weights").write_bytes(b"")
-    assert evaluate.find_names(tmp_path / "m.weights", YOLO_CFG, 80) is None
+    weights, cfg = tmp_path / "m.weights", tmp_path / "cfgs" / "yolo.cfg"
+    cfg.parent.mkdir()
+    cfg.write_bytes(b"")
+    weights.write_bytes(b"")
+    assert evaluate.find_names(weights, cfg, 80) is None
     (tmp_path / "m.data").write_text(f"classes=80\nnames={NAMES}\n")
-    assert evaluate.find_names(tmp_path / "m.weights", YOLO_CFG, 80) == NAMES
-    assert evaluate.find_names(tmp_path / "m.weights", YOLO_CFG, 20) is None
+    assert evaluate.find_names(weights, cfg, 80) == NAMES
+    assert evaluate.find_names(weights, cfg, 20) is None
+    (cfg.parent / "voc.names").write_text("".join(f"v{i}\n" for i in range(20)))  # beside the cfg
+    assert evaluate.find_names(weights, cfg, 20) == cfg.parent / "voc.names"
     (tmp_path / "m.names").write_text("".join(f"c{i}\n" for i in range(80)))
-    assert evaluate.find_names(tmp_path / "m.weights", YOLO_CFG, 80) == tmp_path / "m.names"
+    assert evaluate.find_names(weights, cfg, 80) == tmp_path / "m.names"
+    # the upstream cfg folder's coco.data names yolov3-tiny's 80 classes
+    assert evaluate.find_names(tmp_path / "y70.weights", YOLO_CFG, 80).name == "coco.names"
 
 
 def test_cli_classifier(digits_top5):

@@ -146,14 +146,16 @@ def find_names(weights: str | Path, cfg: str | Path, classes: int) -> Path | Non
     """The class names beside a model, when none are given: ``MODEL.names``
     beside the weights or the cfg (either file's stem), the ``names=`` of
     ``MODEL.data`` there, then any other ``*.names`` file, or ``.data``
-    file's ``names=``, beside the weights (``coco.names`` beside
-    ``yolov3-tiny.weights``); the first with exactly ``classes`` lines, so
-    the names of another model are passed over.  None when none fits."""
+    file's ``names=``, beside the weights, then beside the cfg
+    (``coco.names`` beside ``yolov3-tiny.weights``); the first with exactly
+    ``classes`` lines, so the names of another model are passed over.
+    None when none fits."""
     weights, cfg = Path(weights), Path(cfg)
     stems = dict.fromkeys(path.name.split(".")[0] for path in (weights, cfg))
-    named = [folder / f"{stem}{suffix}" for suffix in (".names", ".data")
-             for folder in dict.fromkeys((weights.parent, cfg.parent)) for stem in stems]
-    others = sorted(p for p in weights.parent.glob("*") if p.suffix in (".names", ".data") and p not in named)
+    folders = dict.fromkeys((weights.parent, cfg.parent))
+    named = [folder / f"{stem}{suffix}" for suffix in (".names", ".data") for folder in folders for stem in stems]
+    others = [p for folder in folders for p in sorted(folder.glob("*"))
+              if p.suffix in (".names", ".data") and p not in named]
     for candidate in (p for p in named + others if p.is_file()):
         try:
             path = candidate
