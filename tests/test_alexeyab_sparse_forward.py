@@ -115,3 +115,17 @@ def test_sparse_forward_matches_stock(ab, model, sparsity):  # noqa: F811
                     differs += not np.array_equal(mine, values)
             if mode == "sparse":
                 assert differs > 0  # FMA: the kernels ran, and are not stock's arithmetic
+
+
+def test_new_weights_in_the_same_net_are_seen(ab, model):  # noqa: F811
+    """The compressed copy follows the weights: 90% loaded and run, then 50%
+    loaded over them in the same net (no call made in between); the second
+    forward is stock's on the 50% file, for every mode."""
+    folder, cfg, files = model
+    stock, _ = forward(ab.stock_tool, folder, cfg, files[0.5], "stock0.5u", fuse=False)
+    for mode in ("exact", "sparse", "auto"):
+        out = folder / f"second-{mode}.out"
+        run([ab.patched_tool, "forward2", mode_cfg(folder, cfg, mode), files[0.9], files[0.5], "3", out], folder)
+        got = read_forward(out)
+        for index, (kind, values) in stock.items():
+            assert max_relative(got[index][1], values) <= BOUND, (mode, index)

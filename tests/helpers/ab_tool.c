@@ -8,12 +8,20 @@
 //       one batch-1 inference forward pass of a seeded uniform [0, 1) input
 //       (fuse: after fuse_conv_batchnorm, as `detector test` runs); OUT gets,
 //       for every layer with an output, int32 index, type, count, then count floats.
+//   ab_tool forward2 CFG FIRST SECOND SEED OUT
+//       as forward (not fused), but on one net FIRST is loaded and run, then
+//       SECOND loaded over it and run: OUT holds the second pass
 //   ab_tool ema CFG IN OUT
 //       the EMA path of training, in-process: IN loaded into a training net,
 //       ema_update(net, 0) (EMA initialisation), then every EMA copy of a zero
 //       weight made stale (set to 1, as when a weight is zeroed after the EMA
 //       began), ema_update(net, 0.5), ema_apply, save_weights OUT
 //   ab_tool save-twice CFG IN OUT1 OUT2   (patched build only; layers and [rnn] sub-layers)
+//   ab_tool time CFG WEIGHTS N           (benchmarks/bench_alexeyab.py)
+//       batch-1 inference, batch norm fused as `detector test` does: one
+//       warm-up forward, then N timed forwards of one input, one line of ms each
+//   ab_tool freeze-time CFG WEIGHTS N    (patched build only)
+//       N timings (ms) of the prune phase's hook over every layer of a training net
 //       IN loaded, saved to OUT1, every layer's prune_threshold set to 0, saved to OUT2
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +30,9 @@
 #include "darknet.h"
 #include "parser.h"
 #include "network.h"
+#ifdef DS_PRUNE_THRESHOLD
+void ds_prune_freeze(layer *l);  // the patched build's prune hook (src/ds_prune.h)
+#endif
 
 // The fork seeds rand() with time(0) inside make_yolo_layer, so the weights
 // it initialises after a [yolo] layer depend on the second.  The tool is
@@ -56,7 +67,7 @@ static float next_uniform(unsigned long long *state)
     return (float)((*state >> 40) & 0xffffff) / 16777216.0f;
 }
 
-static int forward(char *cfg, char *weights, unsigned long long seed, const char *out, int fuse)
+static int forward(char *cfg, char *weights, char *second, unsigned long long seed, const char *out, int fuse)
 {
     network net = parse_network_cfg_custom(cfg, 1, 1);
     load_weights(&net, weights);
@@ -65,6 +76,10 @@ static int forward(char *cfg, char *weights, unsigned long long seed, const char
     float *x = calloc(n, sizeof(float));
     for (i = 0; i < n; ++i) x[i] = next_uniform(&seed);
     network_predict(net, x);
+    if (second) {
+        load_weights(&net, second);
+        network_predict(net, x);
+    }
     FILE *fp = fopen(out, "wb");
     if (!fp) {
         perror(out);
@@ -78,6 +93,33 @@ static int forward(char *cfg, char *weights, unsigned long long seed, const char
         fwrite(l.output, sizeof(float), l.outputs, fp);
     }
     fclose(fp);
+    free(x);
+    return 0;
+}
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+static int timing(char *cfg, char *weights, int n)
+{
+    network net = parse_network_cfg_custom(cfg, 1, 1);
+    unsigned long long seed = 3;
+    int i, size;
+    load_weights(&net, weights);
+    fuse_conv_batchnorm(net);
+    size = net.w * net.h * net.c;
+    float *x = calloc(size, sizeof(float));
+    for (i = 0; i < size; ++i) x[i] = next_uniform(&seed);
+    network_predict(net, x);
+    for (i = 0; i < n; ++i) {
+        double start = now_ms();
+        network_predict(net, x);
+        printf("%.3f\n", now_ms() - start);
+    }
     free(x);
     return 0;
 }
@@ -115,10 +157,27 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(argv[1], "forward") && (argc == 6 || argc == 7)) {
-        return forward(argv[2], argv[3], strtoull(argv[4], 0, 10), argv[5], argc == 7 && !strcmp(argv[6], "fuse"));
+        return forward(argv[2], argv[3], 0, strtoull(argv[4], 0, 10), argv[5], argc == 7 && !strcmp(argv[6], "fuse"));
     }
+    if (!strcmp(argv[1], "forward2") && argc == 7) return forward(argv[2], argv[3], argv[4], strtoull(argv[5], 0, 10),
+                                                                  argv[6], 0);
     if (!strcmp(argv[1], "ema") && argc == 5) return ema(argv[2], argv[3], argv[4]);
+    if (!strcmp(argv[1], "time") && argc == 5) return timing(argv[2], argv[3], atoi(argv[4]));
 #ifdef DS_PRUNE_THRESHOLD
+    if (!strcmp(argv[1], "freeze-time") && argc == 5) {
+        network net = parse_network_cfg(argv[2]);  // training allocations: weight_updates
+        int i, k;
+        load_weights(&net, argv[3]);
+        for (k = 0; k < atoi(argv[4]); ++k) {
+            double start = now_ms();
+            for (i = 0; i < net.n; ++i) {
+                layer l = net.layers[i];
+                if (l.train && l.update) ds_prune_freeze(&l);  // as update_network calls it
+            }
+            printf("%.3f\n", now_ms() - start);
+        }
+        return 0;
+    }
     if (!strcmp(argv[1], "save-twice") && argc == 6) {
         network net = parse_network_cfg(argv[2]);
         int i;
