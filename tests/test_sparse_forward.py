@@ -134,6 +134,12 @@ CFGS = {
     + _CONV.format(n=6, size=3, stride=1, extra="groups=2\npad=1\n")
     + _CONV.format(n=3, size=5, stride=1, extra="padding=2\nbatch_normalize=1\n")
     + _CONV.format(n=4, size=3, stride=1, extra=""),
+    # Activations the FAST store cannot fuse (upstream then applies batch
+    # norm, bias and the activation itself), and relu, which it can.
+    "conv_unfused": _NET.format(h=9, w=8, c=3)
+    + _CONV.format(n=6, size=3, stride=1, extra="batch_normalize=1\npad=1\n").replace("leaky", "logistic")
+    + _CONV.format(n=5, size=3, stride=1, extra="pad=1\n").replace("leaky", "tanh")
+    + _CONV.format(n=4, size=1, stride=1, extra="batch_normalize=1\n").replace("leaky", "relu"),
     # A conv feeding a connected layer, as in a classifier.
     "conv_connected": _NET.format(h=8, w=7, c=3)
     + _CONV.format(n=6, size=3, stride=1, extra="pad=1\n")
