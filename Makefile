@@ -1,5 +1,6 @@
 # darknet-sparse: every target installs what it needs first.
 #   make test    set-up, patched + stock Darknet, the binding, then every test
+#   make fuzz    10,000+ damaged cfg and weights files through load, info and threshold
 #   make demo    set-up, then info / threshold / a short loop on the example model,
 #                then the real yolov3-tiny pruned 70% and recalibrated (agreement mAP)
 #   make bench   threshold against cp (time, memory); prune=1 training overhead
@@ -24,7 +25,7 @@ export AVX DARKNET_AB_SRC
 
 BINDING_STAMP := build/.binding-stamp
 
-.PHONY: all setup system-deps venv darknet darknet-stock darknet-omp darknet-alexeyab darknet-alexeyab-stock alexeyab-if-available binding binding-alexeyab models images fashion test demo bench bench-speed bench-quality bench-detector bench-slim clean
+.PHONY: all setup system-deps venv darknet darknet-stock darknet-omp darknet-alexeyab darknet-alexeyab-stock alexeyab-if-available binding binding-alexeyab models images fashion test fuzz demo bench bench-speed bench-quality bench-detector bench-slim clean
 
 all: setup darknet binding
 
@@ -98,6 +99,10 @@ binding-alexeyab: venv
 
 test: setup models images fashion darknet darknet-stock darknet-omp binding alexeyab-if-available binding-alexeyab
 	$(VPY) -m pytest -q tests
+
+# The fuzz test's long profile: 10,000+ damaged cfg/weights cases (make test runs a few hundred).
+fuzz: setup
+	DARKNET_SPARSE_FUZZ=fuzz $(VPY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py --hypothesis-show-statistics
 
 demo: setup models images darknet binding
 	scripts/demo.sh

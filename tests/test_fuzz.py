@@ -37,7 +37,7 @@ BASES = [("small", SMALL_CFG, "pjreddie")] + [
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("fuzz-quick", max_examples=100, derandomize=True, **_COMMON)
-settings.register_profile("fuzz", max_examples=3500, **_COMMON)
+settings.register_profile("fuzz", max_examples=4500, **_COMMON)  # 4500 + 4500 + 2250 cases
 PROFILE = settings.get_profile("fuzz" if os.environ.get("DARKNET_SPARSE_FUZZ") == "fuzz" else "fuzz-quick")
 
 

@@ -81,7 +81,7 @@ def detector(tmp_path_factory) -> dict:
 
 
 def _cli(detector: dict, out: Path, *args: object):
-    return CliRunner().invoke(cli, ["loop", "--task", "detector", "--cfg", detector["cfg"], "-w",
+    return CliRunner().invoke(cli, ["loop", "--task", "detector", "--seed", "1", "--cfg", detector["cfg"], "-w",
                                     detector["weights"], "--images", detector["train"], "--eval-images",
                                     detector["eval"], "--out", out, *map(str, args)])
 

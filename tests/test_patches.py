@@ -52,7 +52,7 @@ def train_classifier(binary: Path, folder: Path, start: Path, net: str) -> Path:
     """``darknet classifier train`` on a fresh image set from ``start``; the saved weights."""
     folder.mkdir()
     data = write_images(folder, per_label=4)
-    cfg = write_cfg(folder / "net.cfg", CLASSIFIER, net=net)
+    cfg = write_cfg(folder / "net.cfg", CLASSIFIER, net=f"{net}\nseed=1")  # stock ignores it
     run(binary, "classifier", "train", data, cfg, start, cwd=folder)
     return folder / "backup" / "net.weights"
 
