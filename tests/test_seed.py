@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.darknet_run import CLASSIFIER, PATCHED, ROOT, sparse_start, write_cfg, write_images
+from darknet_sparse.darknet import network as darknet
+from helpers.darknet_run import CLASSIFIER, PATCHED, ROOT, sparse_start, stock_backend, write_cfg, write_images
 
 #: Augmentation on, so the loading threads draw many random numbers.
 AUGMENTED = "angle=15\naspect=1.2\nexposure=1.5\nsaturation=1.5\nhue=.1\nmax_batches=8"
@@ -82,3 +83,20 @@ def test_a_bad_seed_is_one_error_line(tmp_path: Path) -> None:
         assert done.returncode == 2, done.stderr[-2000:]
         errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
         assert errors == [f"Error: [net] seed={value}: expected a whole number from 0 to 4294967295"]
+
+
+def _initial_bytes(cfg: Path, out: Path, seed: int, using: darknet.Backend | None = None) -> bytes:
+    darknet.seed(seed, using)
+    darknet.Network(cfg, using=using).save(out)
+    return out.read_bytes()
+
+
+def test_the_binding_seed_is_the_cfg_seed(tmp_path: Path) -> None:
+    """darknet.seed(N) then a cfg draws the initial weights [net] seed=N
+    draws, in the patched binding and in a stock one (srand either way)."""
+    plain = write_cfg(tmp_path / "plain.cfg", CLASSIFIER)
+    seeded = write_cfg(tmp_path / "seeded.cfg", CLASSIFIER, net="seed=5")
+    first = _initial_bytes(plain, tmp_path / "a.weights", 5)
+    assert _initial_bytes(seeded, tmp_path / "b.weights", 99) == first  # the cfg's seed wins over the 99
+    assert _initial_bytes(plain, tmp_path / "c.weights", 5, stock_backend()) == first
+    assert _initial_bytes(plain, tmp_path / "d.weights", 6) != first
