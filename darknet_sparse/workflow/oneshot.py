@@ -12,7 +12,9 @@ connected layers), first to last:
   up to the layer before it (a copy of the cfg cut there, holding the
   weights already solved), run through the binding a few images at a time,
   so each layer sees its pruned predecessors' outputs and makes up for
-  their error, not only for its own;
+  their error, not only for its own (the solved weights are written through
+  the binding's views; the shim rebuilds the sparse forward pass's copy of
+  them before each pass once views exist);
 - the least-squares weights for those inputs, ``W* = argmin |X_p W^T -
   Y|^2 + lambda |W - W0|^2`` (``lambda`` the solver's dampening; ``W* = W0``
   when nothing before the layer changed), are pruned by OBS with ``H =
@@ -80,6 +82,9 @@ CHUNK = calibration.CHUNK
 MAX_COLUMNS = 8192
 #: The allocation by OBS saliency (``--mode obs``).
 ALLOCATE_OBS = "obs"
+#: The allocation's Gram matrices use every this-many-th calibration row
+#: (they only rank weights; the solver's own use every row).
+ALLOCATION_STRIDE = 8
 
 
 @dataclass
@@ -386,7 +391,8 @@ def _dense_pass(dense: Network, plans: dict[int, _Plan], x: np.ndarray, pixels: 
                 targets[index][g].append(rows @ plan.scaled[plan.group_rows(g)].T.astype(np.float32))  # as _gather
                 if grams:
                     sums = found.setdefault(index, [np.zeros((plan.columns,) * 2) for _ in range(plan.groups)])
-                    sums[g] += rows.T @ rows
+                    some = rows[::ALLOCATION_STRIDE]
+                    sums[g] += some.T @ some
     return {i: [np.concatenate(p) for p in t] for i, t in targets.items()}, found
 
 
