@@ -17,7 +17,7 @@ from pathlib import Path
 from helpers.ab_darknet import PATCHED, require
 
 ARCH = "-gencode arch=compute_90,code=sm_90"
-FILES = ["ds_prune", "ds_threshold", "ds_sparse_forward", "network", "parser", "convolutional_layer",
+FILES = ["ds_prune", "ds_threshold", "ds_sparse_forward", "ds_slim", "network", "parser", "convolutional_layer",
          "connected_layer", "network_kernels"]
 
 
@@ -45,3 +45,5 @@ def test_gpu_code_compiles(tmp_path: Path):
     assert " T ds_prune_freeze_gpu" in prune and " U mask_gpu_new_api" in prune
     assert " U ds_prune_freeze_gpu" in kernels
     assert " U pull_convolutional_layer" in threshold and " U push_convolutional_layer" in threshold
+    slim = symbols(obj / "ds_slim.o")
+    assert " T ds_slim_step_gpu" in slim and " U cuda_push_array" in slim and " U ds_slim_step_gpu" in kernels

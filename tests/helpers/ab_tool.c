@@ -17,6 +17,9 @@
 //       weight made stale (set to 1, as when a weight is zeroed after the EMA
 //       began), ema_update(net, 0.5), ema_apply, save_weights OUT
 //   ab_tool save-twice CFG IN OUT1 OUT2   (patched build only; layers and [rnn] sub-layers)
+//   ab_tool update CFG IN OUT
+//       one update_network of a fresh training net (every gradient 0) with IN
+//       loaded, saved to OUT: what the update itself adds ([net] slim=, decay)
 //   ab_tool time CFG WEIGHTS N           (benchmarks/bench_alexeyab.py)
 //       batch-1 inference, batch norm fused as `detector test` does: one
 //       warm-up forward, then N timed forwards of one input, one line of ms each
@@ -162,6 +165,13 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "forward2") && argc == 7) return forward(argv[2], argv[3], argv[4], strtoull(argv[5], 0, 10),
                                                                   argv[6], 0);
     if (!strcmp(argv[1], "ema") && argc == 5) return ema(argv[2], argv[3], argv[4]);
+    if (!strcmp(argv[1], "update") && argc == 5) {
+        network net = parse_network_cfg(argv[2]);
+        load_weights(&net, argv[3]);
+        update_network(net);
+        save_weights(net, argv[4]);
+        return 0;
+    }
     if (!strcmp(argv[1], "time") && argc == 5) return timing(argv[2], argv[3], atoi(argv[4]));
 #ifdef DS_PRUNE_THRESHOLD
     if (!strcmp(argv[1], "freeze-time") && argc == 5) {
