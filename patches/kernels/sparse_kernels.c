@@ -13,11 +13,11 @@
  * Q[ch][oy*stride_y + ky*dil][(kx*dil) % sx][ox + (kx*dil) / sx]: for
  * consecutive ox, consecutive floats.  With stride 1 both ways, output
  * positions are numbered f = oy*Wq + ox over the padded width ("flat"): a
- * tile of 64 consecutive f reads 64 consecutive floats per weight, at the
+ * tile of consecutive f reads as many consecutive floats per weight, at the
  * cost of computing (and dropping) the Wq - out_w columns past each row.
  *
- * Kernel: a tile of up to 4 vectors of output positions; two filters at a
- * time keep their sums in registers while their non-zero weights, each
+ * Kernel: a tile of up to 8 zmm (AVX-512: 128 positions) or 4 ymm (AVX2:
+ * 32) of output positions; two filters at a time keep their sums in registers while their non-zero weights, each
  * broadcast, multiply the tap's slice (FAST: FMA; EXACT: multiply, then
  * add, in k order from 0: each output is exactly pjreddie's gemm_nn sum).
  * The weights go channel block by channel block (about 16 KB of the tile's
@@ -46,7 +46,7 @@ static int omp_get_max_threads(void) { return 1; }
 #endif
 
 enum { KIND_CONV = 1, KIND_CONNECTED = 2 };
-#define TILE_MAX 64  /* floats per tile, the most of any ISA (4 zmm) */
+#define TILE_MAX 128  /* floats per tile, the most of any ISA (8 zmm) */
 #define SUB 16       /* filters per pass into a task's scratch */
 
 struct ds_sparse {
@@ -268,59 +268,48 @@ static void tile_generic(int exact, const struct rows *R, const int *off, const 
 /* The vector kernels, one body per ISA: VT the vector type, VL its lanes,
  * NV (1-4) vectors per filter, the last one masked to len.  STEP adds one
  * weight's products to a filter's sums. */
-#define DS_TILE_BODY(VT, VL, LOAD, MLOAD, SET1, ZERO, FMA, ADD, MUL, STORE) \
-    int o, j; \
+#define DS_TILE_BODY(VT, VL, NVMAX, LOAD, ZERO, STORE) \
+    int o, v; \
     int rest = len - (NV - 1)*VL; /* lanes of the last vector */ \
     MASK_DECL; \
     for(o = o0; o + 2 <= o1; o += 2){ \
-        VT a0 = ZERO, a1 = ZERO, a2 = ZERO, a3 = ZERO, b0 = ZERO, b1 = ZERO, b2 = ZERO, b3 = ZERO; \
+        VT a[NVMAX], c[NVMAX]; \
         int p = R->first[o*R->stride], pe = R->last[o*R->stride]; \
         int q = R->first[(o+1)*R->stride], qe = R->last[(o+1)*R->stride]; \
         int both = pe - p < qe - q ? pe - p : qe - q; \
         float *t = tmp + (size_t)(o - o0)*TILE_MAX; \
-        if(!R->zero){ \
-            a0 = LOAD(t); a1 = NV > 1 ? LOAD(t + VL) : ZERO; \
-            a2 = NV > 2 ? LOAD(t + 2*VL) : ZERO; a3 = NV > 3 ? LOAD(t + 3*VL) : ZERO; \
-            b0 = LOAD(t + TILE_MAX); b1 = NV > 1 ? LOAD(t + TILE_MAX + VL) : ZERO; \
-            b2 = NV > 2 ? LOAD(t + TILE_MAX + 2*VL) : ZERO; b3 = NV > 3 ? LOAD(t + TILE_MAX + 3*VL) : ZERO; \
+        for(v = 0; v < NV; ++v){ \
+            a[v] = R->zero ? ZERO : LOAD(t + v*VL); \
+            c[v] = R->zero ? ZERO : LOAD(t + TILE_MAX + v*VL); \
         } \
         for(; both > 0; --both, ++p, ++q){ \
-            STEP(a0, a1, a2, a3, p); \
-            STEP(b0, b1, b2, b3, q); \
+            STEP(a, p); \
+            STEP(c, q); \
         } \
-        for(; p < pe; ++p) STEP(a0, a1, a2, a3, p); \
-        for(; q < qe; ++q) STEP(b0, b1, b2, b3, q); \
-        STORE(t, a0); if(NV > 1) STORE(t + VL, a1); if(NV > 2) STORE(t + 2*VL, a2); if(NV > 3) STORE(t + 3*VL, a3); \
-        t += TILE_MAX; \
-        STORE(t, b0); if(NV > 1) STORE(t + VL, b1); if(NV > 2) STORE(t + 2*VL, b2); if(NV > 3) STORE(t + 3*VL, b3); \
+        for(; p < pe; ++p) STEP(a, p); \
+        for(; q < qe; ++q) STEP(c, q); \
+        for(v = 0; v < NV; ++v){ \
+            STORE(t + v*VL, a[v]); \
+            STORE(t + TILE_MAX + v*VL, c[v]); \
+        } \
     } \
     for(; o < o1; ++o){ \
-        VT a0 = ZERO, a1 = ZERO, a2 = ZERO, a3 = ZERO; \
+        VT a[NVMAX]; \
         float *t = tmp + (size_t)(o - o0)*TILE_MAX; \
         int p; \
-        if(!R->zero){ \
-            a0 = LOAD(t); a1 = NV > 1 ? LOAD(t + VL) : ZERO; \
-            a2 = NV > 2 ? LOAD(t + 2*VL) : ZERO; a3 = NV > 3 ? LOAD(t + 3*VL) : ZERO; \
-        } \
-        for(p = R->first[o*R->stride]; p < R->last[o*R->stride]; ++p) STEP(a0, a1, a2, a3, p); \
-        STORE(t, a0); if(NV > 1) STORE(t + VL, a1); if(NV > 2) STORE(t + 2*VL, a2); if(NV > 3) STORE(t + 3*VL, a3); \
+        for(v = 0; v < NV; ++v) a[v] = R->zero ? ZERO : LOAD(t + v*VL); \
+        for(p = R->first[o*R->stride]; p < R->last[o*R->stride]; ++p) STEP(a, p); \
+        for(v = 0; v < NV; ++v) STORE(t + v*VL, a[v]); \
     } \
-    (void)j; (void)rest;
+    (void)rest;
 
 #define DS_LD(q, x) (q < NV - 1 || full ? LOADV(x + q*VLEN) : MLOADV(x + q*VLEN))
-#define STEP(c0, c1, c2, c3, p) do { \
+#define STEP(acc, p) do { \
         const float *x_ = in + off[p]; \
         VTYPE w_ = SET1V(val[p]); \
-        if(exact){ \
-            c0 = ADDV(c0, MULV(w_, DS_LD(0, x_))); \
-            if(NV > 1) c1 = ADDV(c1, MULV(w_, DS_LD(1, x_))); \
-            if(NV > 2) c2 = ADDV(c2, MULV(w_, DS_LD(2, x_))); \
-            if(NV > 3) c3 = ADDV(c3, MULV(w_, DS_LD(3, x_))); \
-        } else { \
-            c0 = FMAV(w_, DS_LD(0, x_), c0); \
-            if(NV > 1) c1 = FMAV(w_, DS_LD(1, x_), c1); \
-            if(NV > 2) c2 = FMAV(w_, DS_LD(2, x_), c2); \
-            if(NV > 3) c3 = FMAV(w_, DS_LD(3, x_), c3); \
+        int u_; \
+        for(u_ = 0; u_ < NV; ++u_){ \
+            acc[u_] = exact ? ADDV(acc[u_], MULV(w_, DS_LD(u_, x_))) : FMAV(w_, DS_LD(u_, x_), acc[u_]); \
         } \
     } while(0)
 
@@ -339,7 +328,7 @@ __attribute__((target("avx512f"), always_inline))
 static inline void tile512_body(const int NV, const int full, int exact, const struct rows *R, const int *off,
         const float *val, int o0, int o1, const float *in, int len, float *tmp)
 {
-    DS_TILE_BODY(__m512, 16, LOADV, MLOADV, SET1V, _mm512_setzero_ps(), FMAV, ADDV, MULV, STOREV)
+    DS_TILE_BODY(__m512, 16, 8, LOADV, _mm512_setzero_ps(), STOREV)
 }
 #undef MASK_DECL
 #undef VTYPE
@@ -367,7 +356,7 @@ __attribute__((target("avx2,fma"), always_inline))
 static inline void tile256_body(const int NV, const int full, int exact, const struct rows *R, const int *off,
         const float *val, int o0, int o1, const float *in, int len, float *tmp)
 {
-    DS_TILE_BODY(__m256, 8, LOADV, MLOADV, SET1V, _mm256_setzero_ps(), FMAV, ADDV, MULV, STOREV)
+    DS_TILE_BODY(__m256, 8, 4, LOADV, _mm256_setzero_ps(), STOREV)
 }
 #undef MASK_DECL
 #undef VTYPE
@@ -384,45 +373,46 @@ static inline void tile256_body(const int NV, const int full, int exact, const s
 
 /* Each (vectors, full, exact) its own compiled body, so the sums stay in
  * registers and unused vectors vanish. */
-#define DS_DISPATCH(BODY, VL) \
-    int nv = (len + VL - 1)/VL, full = len == nv*VL; \
-    if(exact){ \
-        switch(nv){ \
-            case 1: if(full) BODY(1, 1, 1, R, off, val, o0, o1, in, len, tmp); else BODY(1, 0, 1, R, off, val, o0, o1, in, len, tmp); break; \
-            case 2: if(full) BODY(2, 1, 1, R, off, val, o0, o1, in, len, tmp); else BODY(2, 0, 1, R, off, val, o0, o1, in, len, tmp); break; \
-            case 3: if(full) BODY(3, 1, 1, R, off, val, o0, o1, in, len, tmp); else BODY(3, 0, 1, R, off, val, o0, o1, in, len, tmp); break; \
-            default: if(full) BODY(4, 1, 1, R, off, val, o0, o1, in, len, tmp); else BODY(4, 0, 1, R, off, val, o0, o1, in, len, tmp); break; \
-        } \
-    } else { \
-        switch(nv){ \
-            case 1: if(full) BODY(1, 1, 0, R, off, val, o0, o1, in, len, tmp); else BODY(1, 0, 0, R, off, val, o0, o1, in, len, tmp); break; \
-            case 2: if(full) BODY(2, 1, 0, R, off, val, o0, o1, in, len, tmp); else BODY(2, 0, 0, R, off, val, o0, o1, in, len, tmp); break; \
-            case 3: if(full) BODY(3, 1, 0, R, off, val, o0, o1, in, len, tmp); else BODY(3, 0, 0, R, off, val, o0, o1, in, len, tmp); break; \
-            default: if(full) BODY(4, 1, 0, R, off, val, o0, o1, in, len, tmp); else BODY(4, 0, 0, R, off, val, o0, o1, in, len, tmp); break; \
-        } \
-    }
+#define DS_CASE(BODY, N, EX) \
+    case N: { if(full) BODY(N, 1, EX, R, off, val, o0, o1, in, len, tmp); \
+              else BODY(N, 0, EX, R, off, val, o0, o1, in, len, tmp); } break
+#define DS_DISPATCH4(BODY, EX) DS_CASE(BODY, 1, EX); DS_CASE(BODY, 2, EX); DS_CASE(BODY, 3, EX); DS_CASE(BODY, 4, EX)
+#define DS_DISPATCH8(BODY, EX) DS_DISPATCH4(BODY, EX); DS_CASE(BODY, 5, EX); DS_CASE(BODY, 6, EX); \
+    DS_CASE(BODY, 7, EX); DS_CASE(BODY, 8, EX)
 
 __attribute__((target("avx512f")))
 static void tile_avx512(int exact, const struct rows *R, const int *off, const float *val, int o0, int o1,
         const float *in, int len, float *tmp)
 {
-    DS_DISPATCH(tile512_body, 16)
+    int nv = (len + 15)/16, full = len == nv*16;
+    if(exact){
+        switch(nv){ DS_DISPATCH8(tile512_body, 1); }
+    } else {
+        switch(nv){ DS_DISPATCH8(tile512_body, 0); }
+    }
 }
 
 __attribute__((target("avx2,fma")))
 static void tile_avx2(int exact, const struct rows *R, const int *off, const float *val, int o0, int o1,
         const float *in, int len, float *tmp)
 {
-    DS_DISPATCH(tile256_body, 8)
+    int nv = (len + 7)/8, full = len == nv*8;
+    if(exact){
+        switch(nv){ DS_DISPATCH4(tile256_body, 1); }
+    } else {
+        switch(nv){ DS_DISPATCH4(tile256_body, 0); }
+    }
 }
-#undef DS_DISPATCH
+#undef DS_CASE
+#undef DS_DISPATCH4
+#undef DS_DISPATCH8
 #endif
 
 /* The ISA's kernel and its tile width (floats). */
 static tile_fn kernel_for(int isa, int *tile)
 {
 #ifdef DS_X86
-    if(isa == DS_ISA_AVX512){ *tile = 64; return tile_avx512; }
+    if(isa == DS_ISA_AVX512){ *tile = 128; return tile_avx512; }
     if(isa == DS_ISA_AVX2){ *tile = 32; return tile_avx2; }
 #endif
     (void)isa;
