@@ -71,12 +71,16 @@ class Cell:
         self.wall = statistics.median(walls)
         self.cpu = statistics.median(r.cpu for r in runs)
         self.spread = (max(walls) - min(walls)) / self.wall if self.wall else 0.0
+        self.runs = len(runs)
 
 
 def ratio_verdict(fast: Cell, slow: Cell, target: float) -> tuple[str, float]:
     """slow.wall / fast.wall against ``target``: PASS, FAIL or INSIDE SPREAD,
-    each time moved by half its spread (see the module's docstring)."""
+    each time moved by half its spread (see the module's docstring); with
+    one round there is no spread to judge by: NO SPREAD (ONE ROUND)."""
     ratio = slow.wall / fast.wall
+    if min(fast.runs, slow.runs) < 2:
+        return "NO SPREAD (ONE ROUND)", ratio
     worst = slow.wall * (1 - slow.spread / 2) / (fast.wall * (1 + fast.spread / 2))
     best = slow.wall * (1 + slow.spread / 2) / (fast.wall * max(1 - fast.spread / 2, 1e-9))
     return ("PASS" if worst >= target else "FAIL" if best < target else "INSIDE SPREAD"), ratio
@@ -188,11 +192,12 @@ def measure(cfg: Path = CFG, weights: Path = WEIGHTS, levels=LEVELS, rounds: int
         verdict, ratio = ratio_verdict(cells[level][f"patched {threads}t"], cells[level][f"OpenCV {threads}t"], least)
         found.append((f"{level:.0%}, {threads} thread{'s' * (threads > 1)}: patched >= {least}x OpenCV "
                       f"(measured {ratio:.2f}x)", verdict))
-    even = [level for level in levels if level <= BREAK_EVEN_BY]
-    if even:
-        level = max(even)
-        verdict, ratio = ratio_verdict(cells[level]["patched 1t"], cells[level]["OpenCV 1t"], 1.0)
-        found.append((f"break-even with OpenCV at 1 thread by {level:.0%} (measured {ratio:.2f}x)", verdict))
+    if BREAK_EVEN_BY in cells:
+        even = [lv for lv in levels if cells[lv]["OpenCV 1t"].wall >= cells[lv]["patched 1t"].wall]
+        first = f"; faster from {min(even):.0%} of the levels run" if even else "; slower at every level run"
+        verdict, ratio = ratio_verdict(cells[BREAK_EVEN_BY]["patched 1t"], cells[BREAK_EVEN_BY]["OpenCV 1t"], 1.0)
+        found.append((f"break-even with OpenCV at 1 thread by {BREAK_EVEN_BY:.0%} (measured {ratio:.2f}x there"
+                      f"{first})", verdict))
     if 0.0 in cells:
         verdict, ratio = ratio_verdict(cells[0.0]["patched 1t"], cells[0.0]["stock 1t"], 1.0)
         found.append((f"0%: patched no slower than stock (stock/patched {ratio:.2f}x)", verdict))
