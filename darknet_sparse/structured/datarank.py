@@ -119,8 +119,8 @@ def _output_scale(net: Network, index: int, outputs: int) -> np.ndarray:
 
 
 def measure(dense: Network, model: Model, graph: ChannelGraph, x: np.ndarray, *,
-            positions: int = calibration.POSITIONS,
-            seed: int = 0, on_progress: Callable[[int, int], None] | None = None) -> list[Consumer]:
+            positions: int = calibration.POSITIONS, seed: int = 0,
+            on_progress: Callable[[int, int], None] | None = None) -> list[Consumer]:
     """Every consumer's state for :func:`order`, from one pass of the dense
     network over the images ``x`` (N, C, H, W)."""
     if dense.on_gpu:

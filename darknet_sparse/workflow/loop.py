@@ -99,7 +99,7 @@ from ..analysis.evaluate import evaluate_detector
 from ..analysis.metrics import Remembered
 from ..darknet import images as images_
 from ..darknet import runner
-from ..darknet.network import Network
+from ..darknet.network import Network, choose_fork
 from ..errors import InputError, OutputError, PolicyError
 from ..format import darknet_text
 from ..format.files import load_model
@@ -162,12 +162,17 @@ def run(settings: LoopSettings, resume: bool = False,
     told the number of finished steps at the start and after each step,
     ``on_message`` what the loop prepares (pseudo-labels) in words.
 
-    Raises :class:`PolicyError` for bad settings, :class:`OutputError` for an
-    unusable output folder or log, :class:`DarknetRunError` when Darknet or
-    the evaluation command fails.
+    Raises :class:`InputError` for bad settings or inputs
+    (:func:`~darknet_sparse.workflow.settings.check`), :class:`PolicyError`
+    for a schedule or mode the model cannot follow, :class:`OutputError` for
+    an unusable output folder or log, :class:`DarknetRunError` when Darknet
+    or the evaluation command fails.
     """
+    if settings.fork == "auto" and settings.cfg.is_file():  # one fork runs and trains it, resolved once
+        settings = dataclasses.replace(settings, fork=choose_fork(settings.cfg, settings.weights)[0])
     if settings.darknet is None:
-        settings = dataclasses.replace(settings, darknet=runner.darknet_binary())
+        settings = dataclasses.replace(settings, darknet=runner.darknet_binary(
+            "alexeyab" if settings.fork == "alexeyab" else "pjreddie"))
     settings = with_defaults(settings)
     model = check(settings)
     out = settings.out.resolve()
@@ -294,7 +299,8 @@ def _recalibrate(settings: LoopSettings, weights: Path, cfg: Path | None = None,
     else:
         source, reference = darknet_text.read_options(settings.data)["train"], None  # checked by check()
     paths = images_.sample(images_.image_paths(source), settings.recalibrate)
-    recalibrate_.recalibrate_file(cfg, weights, paths, weights, batch=RECALIBRATION_BATCH, reference=reference)
+    recalibrate_.recalibrate_file(cfg, weights, paths, weights, batch=RECALIBRATION_BATCH, reference=reference,
+                                  fork=settings.fork)
 
 
 def _structured_step(settings: LoopSettings, model: Model, step: int, source: Path, source_cfg: Path,
