@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
 
-    from darknet_sparse.darknet.network import Network
     from darknet_sparse.analysis.metrics import Remembered
+    from darknet_sparse.darknet.network import Network
     eval_paths = images_.image_paths(EVAL)
     train = work / "train.txt"
     train.write_text("".join(f"{p}\n" for p in images_.image_paths(TRAIN)))
