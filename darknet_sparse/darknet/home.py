@@ -88,13 +88,15 @@ def _trees() -> list[tuple[str, Path]]:
     return trees + [("home", home())]
 
 
-def _darknet_candidates() -> list[tuple[str, Path]]:
-    return [(source, folder / "darknet" / "darknet") for source, folder in _trees()]
+def _darknet_candidates(fork: str = "pjreddie") -> list[tuple[str, Path]]:
+    return [(source, folder / TREES[fork][0] / "darknet") for source, folder in _trees()]
 
 
-def find_darknet(path: str | Path | None = None) -> Path:
-    """The patched ``darknet`` binary: ``path`` if given, else the first found."""
-    if path is None and os.environ.get("DARKNET_SPARSE_DARKNET"):
+def find_darknet(path: str | Path | None = None, fork: str = "pjreddie") -> Path:
+    """The patched ``darknet`` binary of ``fork``: ``path`` if given, else the
+    first found (AlexeyAB's: ``build/darknet-alexeyab/darknet``, then the
+    per-user folder's ``darknet-alexeyab/darknet``)."""
+    if path is None and fork == "pjreddie" and os.environ.get("DARKNET_SPARSE_DARKNET"):
         path, given = os.environ["DARKNET_SPARSE_DARKNET"], "DARKNET_SPARSE_DARKNET"
     else:
         given = "--darknet"
@@ -103,9 +105,12 @@ def find_darknet(path: str | Path | None = None) -> Path:
         if not (path.is_file() and os.access(path, os.X_OK)):
             raise DarknetRunError(f"{path}: no Darknet binary there ({given})")
         return path
-    for _, candidate in _darknet_candidates():
+    for _, candidate in _darknet_candidates(fork):
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
+    if fork == "alexeyab":
+        raise DarknetRunError(f"the patched AlexeyAB Darknet is not built: run `{BUILD_COMMAND} --fork alexeyab` "
+                              "(or make darknet-alexeyab, or pass --darknet)")
     raise DarknetRunError(f"the patched Darknet is not built: run `{BUILD_COMMAND}` (or pass --darknet)")
 
 

@@ -29,16 +29,20 @@ from ..format.layout import alexeyab_markers
 #: 100 batches and ``base_N.weights`` at N = 100, 200, ... 900 and every
 #: 10000; :func:`train` keeps only the final file.
 TASKS = {"classifier": "{base}.weights", "detector": "{base}_final.weights"}
+#: AlexeyAB's ``train`` names its last weights ``base_final`` for both tasks.
+ALEXEYAB_TASKS = {"classifier": "{base}_final.weights", "detector": "{base}_final.weights"}
+#: AlexeyAB's train: no window (-dont_show), no mAP on a valid= list every few epochs (-nomap).
+ALEXEYAB_TRAIN_OPTIONS = {"classifier": ("-dont_show",), "detector": ("-dont_show", "-nomap")}
 # Darknet builds backup file names in char[256]: leave room for the name.
 _MAX_FOLDER_CHARS = 200
 _TAIL_LINES = 15
 
 
-def darknet_binary() -> Path:
-    """The patched Darknet binary to run when the caller names none
-    (:func:`darknet_sparse.darknet.home.find_darknet`)."""
+def darknet_binary(fork: str = "pjreddie") -> Path:
+    """The patched Darknet binary of ``fork`` to run when the caller names
+    none (:func:`darknet_sparse.darknet.home.find_darknet`)."""
     from . import home
-    return home.find_darknet()
+    return home.find_darknet(fork=fork)
 
 
 def check_binary(path: Path) -> None:
@@ -111,9 +115,9 @@ def _key(line: str) -> str:
 
 
 def train(darknet: Path, task: str, data: Path, cfg: Path, weights: Path, backup: Path, log: Path,
-          into: Path) -> None:
-    """Run ``darknet <task> train DATA CFG WEIGHTS -clear`` (output to
-    ``log``) and move the weights it saves last into ``into``.
+          into: Path, options: tuple[str, ...] = ()) -> None:
+    """Run ``darknet <task> train DATA CFG WEIGHTS -clear [options]`` (output
+    to ``log``) and move the weights it saves last into ``into``.
 
     ``backup`` is the data file's ``backup=`` folder; it is emptied before
     and after.  ``-clear`` starts ``seen`` at 0: otherwise ``train`` would
@@ -121,13 +125,14 @@ def train(darknet: Path, task: str, data: Path, cfg: Path, weights: Path, backup
     """
     for stale in backup.iterdir():
         stale.unlink()
-    command = [str(darknet), task, "train", str(data), str(cfg), str(weights), "-clear"]
+    command = [str(darknet), task, "train", str(data), str(cfg), str(weights), "-clear", *options]
     with open(log, "wb") as fp:
         try:
             status = subprocess.run(command, stdout=fp, stderr=subprocess.STDOUT, check=False).returncode
         except OSError as exc:
             raise DarknetRunError(f"cannot run {darknet}: {exc.strerror}") from None
-    produced = backup / TASKS[task].format(base=cfg.name.split(".")[0])
+    name = ALEXEYAB_TASKS[task] if "-dont_show" in options else TASKS[task]  # AlexeyAB's: both _final
+    produced = backup / name.format(base=cfg.name.split(".")[0])
     if status != 0 or not produced.is_file():
         reason = _status(status) if status != 0 else f"it wrote no {produced.name}"
         raise DarknetRunError(f"{' '.join(command)}: {reason}; last output ({log}):\n{_tail(log)}")

@@ -73,7 +73,7 @@ def write_training_files(settings: LoopSettings, model: Model, out: Path,
         labeller = None
         if settings.needs_labels:
             def labeller() -> Network:
-                return Network(settings.cfg, settings.weights)
+                return Network(settings.cfg, settings.weights, fork=settings.fork)
         if on_message:
             on_message(f"pseudo-labels: the starting model's detections above {settings.label_conf:g} "
                        f"in {out / PSEUDO}" if labeller else f"training images: linked into {out / PSEUDO} "
@@ -127,7 +127,25 @@ def retrain_options(settings: LoopSettings, model: Model) -> tuple[dict, dict | 
         net["slim"] = f"{settings.slim:g}"  # network slimming's L1 on batch-norm scales
     if settings.seed is not None:
         net["seed"] = settings.seed  # the patched Darknet's srand: the same step every run
+    if model.fork == "alexeyab":
+        net.update(alexeyab_options(model))
     return net, sections
+
+
+#: AlexeyAB's training options a short CPU retraining turns off where the cfg
+#: sets them: mosaic, cutmix and mixup (4-image and blended samples, which
+#: need OpenCV), the EMA copy (ema_alpha: its average would lag the few
+#: updates of a step, and replace the weights at the end), and the
+#: adversarial and contrastive passes (extra forward passes per batch).
+ALEXEYAB_OFF = ("mosaic", "cutmix", "mixup", "ema_alpha", "adversarial_lr", "contrastive")
+
+
+def alexeyab_options(model: Model) -> dict:
+    """The ``[net]`` options of AlexeyAB's fork the retraining cfg turns off
+    (those of :data:`ALEXEYAB_OFF` the cfg sets); ``random=0`` in ``[yolo]``,
+    ``burn_in=0``, ``max_batches`` and ``-dont_show -nomap`` apply as for
+    every detector (:func:`retrain_options`, :func:`retrain`)."""
+    return {key: 0 for key in ALEXEYAB_OFF if key in model.net.options}
 
 
 def _write(path: Path, text: str) -> None:
@@ -144,6 +162,7 @@ def retrain(settings: LoopSettings, weights: Path, step: int) -> Path:
     ``OUT/step-NN.weights`` (Darknet's output in ``OUT/step-NN.log``)."""
     out = settings.out.resolve()
     trained = out / step_name(step)
+    options = runner.ALEXEYAB_TRAIN_OPTIONS[settings.task] if settings.fork == "alexeyab" else ()
     runner.train(settings.darknet, settings.task, out / TRAIN_DATA, out / TRAIN_CFG, weights, out / BACKUP,
-                 out / f"step-{step:02d}.log", trained)
+                 out / f"step-{step:02d}.log", trained, options)
     return trained

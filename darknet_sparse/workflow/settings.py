@@ -238,6 +238,20 @@ def _check_task(settings: LoopSettings) -> None:
         raise InputError(f"alpha {settings.alpha!r} must be in [0, 1]")
 
 
+def _check_alexeyab(settings: LoopSettings) -> None:
+    """What the loop can do in AlexeyAB's Darknet (patches/alexeyab: prune=1
+    and prune_threshold, no distillation, slim or seed patch there): a
+    detector retrained on pseudo-labels."""
+    refused = [(settings.task != "detector", f"--task {settings.task}"),
+               (settings.teacher is not None, "--teacher (distillation)"),
+               (settings.structured, "--structured"), (settings.slim is not None, "--slim"),
+               (settings.seed is not None, "--seed")]
+    found = [what for bad, what in refused if bad]
+    if found:
+        raise InputError(f"{settings.cfg}: the loop retrains in AlexeyAB's Darknet (fork alexeyab) only a detector "
+                         f"on pseudo-labels; its patches have no {', '.join(found)}")
+
+
 def _check_paths(settings: LoopSettings) -> None:
     """Inputs exist and are not among the files the loop writes; Darknet
     can use the output folder, which is created."""
@@ -245,8 +259,10 @@ def _check_paths(settings: LoopSettings) -> None:
         if path is not None and not path.is_file():
             raise CfgError(f"{path}: no such {what}")
     for path in (settings.cfg, settings.teacher_cfg):
-        if path is not None:
+        if path is not None and settings.fork != "alexeyab":  # pjreddie's Darknet trains it
             runner.check_cfg(path)
+    if settings.fork == "alexeyab":
+        _check_alexeyab(settings)
     if settings.recalibrate and settings.task != "detector" \
             and not darknet_text.read_options(settings.data).get("train"):
         raise CfgError(f"{settings.data}: no train= list of images to recalibrate on (--recalibrate 0: not)")
