@@ -8,6 +8,7 @@
 #   make images  real photos and video frames in data/images/{train,eval} (README: the fixed split)
 #   make bench-detector  the real detector pruned: speed and quality -> benchmarks/detector.md
 #   make bench-slim  the real detector slimmed (structured): quality and speed -> benchmarks/slim.md
+#   make bench-alexeyab  AlexeyAB's fork patched vs stock and OpenCV: speed, prune-phase cost -> benchmarks/alexeyab.md
 #   make fashion Fashion-MNIST (Debian's dataset-fashion-mnist) as a Darknet set in data/fashion
 
 PYTHON ?= python3
@@ -25,7 +26,7 @@ export AVX DARKNET_AB_SRC
 
 BINDING_STAMP := build/.binding-stamp
 
-.PHONY: all setup system-deps venv darknet darknet-stock darknet-omp darknet-alexeyab darknet-alexeyab-stock alexeyab-if-available binding binding-alexeyab models images fashion test fuzz demo bench bench-speed bench-quality bench-detector bench-slim clean
+.PHONY: all setup system-deps venv darknet darknet-stock darknet-omp darknet-alexeyab darknet-alexeyab-stock alexeyab-if-available bench-alexeyab binding binding-alexeyab models images fashion test fuzz demo bench bench-speed bench-quality bench-detector bench-slim clean
 
 all: setup darknet binding
 
@@ -122,6 +123,13 @@ bench-detector: setup models images darknet darknet-stock darknet-omp binding
 
 bench-slim: setup models images darknet darknet-stock darknet-omp binding
 	$(VPY) benchmarks/bench_slim.py
+
+# AlexeyAB's fork patched against stock and OpenCV -> benchmarks/alexeyab.md
+# (the OPENMP=1 builds beside the others, for the two-thread rows).
+bench-alexeyab: setup images darknet-alexeyab darknet-alexeyab-stock
+	DARKNET_DEST_NAME=darknet-alexeyab-omp OPENMP=1 scripts/build_darknet_alexeyab.sh patched
+	DARKNET_DEST_NAME=darknet-alexeyab-stock-omp OPENMP=1 scripts/build_darknet_alexeyab.sh stock
+	$(VPY) benchmarks/bench_alexeyab.py
 
 clean:
 	rm -rf build $(VENV) darknet_sparse/darknet/_darknet*.so darknet_sparse/darknet/_darknet.c darknet_sparse/_darknet*.so

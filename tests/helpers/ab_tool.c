@@ -22,9 +22,9 @@
 //       loaded, saved to OUT: what the update itself adds ([net] slim=, decay)
 //   ab_tool time CFG WEIGHTS N           (benchmarks/bench_alexeyab.py)
 //       batch-1 inference, batch norm fused as `detector test` does: one
-//       warm-up forward, then N timed forwards of one input, one line of ms each
+//       warm-up forward, then N timed forwards of one input, a line `ms T` each
 //   ab_tool freeze-time CFG WEIGHTS N    (patched build only)
-//       N timings (ms) of the prune phase's hook over every layer of a training net
+//       N timings (`ms T` lines) of the prune phase's hook over every layer of a training net
 //       IN loaded, saved to OUT1, every layer's prune_threshold set to 0, saved to OUT2
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,7 +121,7 @@ static int timing(char *cfg, char *weights, int n)
     for (i = 0; i < n; ++i) {
         double start = now_ms();
         network_predict(net, x);
-        printf("%.3f\n", now_ms() - start);
+        printf("ms %.3f\n", now_ms() - start);
     }
     free(x);
     return 0;
@@ -184,7 +184,7 @@ int main(int argc, char **argv)
                 layer l = net.layers[i];
                 if (l.train && l.update) ds_prune_freeze(&l);  // as update_network calls it
             }
-            printf("%.3f\n", now_ms() - start);
+            printf("ms %.3f\n", now_ms() - start);
         }
         return 0;
     }
