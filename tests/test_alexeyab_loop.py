@@ -56,8 +56,9 @@ def two_steps(tmp_path_factory: pytest.TempPathFactory, photos: dict) -> dict:
     require(PATCHED)
     before = {name: _tree(folder) for name, folder in photos.items()}
     out = tmp_path_factory.mktemp("loop") / "run"
-    result = run(_settings(photos, out))
-    return {"result": result, "out": out, "before": before}
+    messages: list[str] = []
+    result = run(_settings(photos, out), on_message=messages.append)
+    return {"result": result, "out": out, "before": before, "messages": messages}
 
 
 def test_the_loop_retrains_in_alexeyabs_detector_train_and_never_revives_a_zero(two_steps) -> None:
@@ -75,7 +76,8 @@ def test_the_loop_retrains_in_alexeyabs_detector_train_and_never_revives_a_zero(
 
 def test_the_retraining_cfg_says_what_it_changed_for_the_fork(two_steps) -> None:
     """prune=1, max_batches, burn_in=0, the 128x128 input and random=0 in
-    both [yolo] heads, each under the loop's comment line."""
+    both [yolo] heads, each under the loop's comment line; the loop says so,
+    and that the fork's train runs with -dont_show -nomap."""
     text = (two_steps["out"] / "train.cfg").read_text()
     net = text.split("[convolutional]")[0].splitlines()
     assert "# set by darknet-sparse loop" in net
@@ -84,6 +86,9 @@ def test_the_retraining_cfg_says_what_it_changed_for_the_fork(two_steps) -> None
     assert any(line.replace(" ", "") == "max_batches=2" for line in net)
     heads = text.split("\n[yolo]\n")[1:]
     assert len(heads) == 2 and all("random=0" in head.split("[")[0].splitlines() for head in heads)
+    said = [m for m in two_steps["messages"] if m.startswith("retraining in AlexeyAB's Darknet")]
+    assert len(said) == 1 and "detector train -dont_show -nomap" in said[0], two_steps["messages"]
+    assert "prune=1, max_batches=2, burn_in=0, width=128, height=128" in said[0] and "random=0" in said[0]
 
 
 def test_pseudo_labels_only_in_the_loop_folder(two_steps, photos) -> None:

@@ -68,6 +68,11 @@ def write_training_files(settings: LoopSettings, model: Model, out: Path,
         _write(out / TEACHER_CFG, runner.set_options(darknet_text.read_text(teacher_cfg, "the teacher cfg"), shape,
                                                      sections))
     write_train_cfg(settings, model, settings.cfg)
+    if on_message and model.fork == "alexeyab":
+        changed = ", ".join(f"{key}={value}" for key, value in net.items())
+        on_message(f"retraining in AlexeyAB's Darknet ({settings.darknet}): {settings.task} train -dont_show -nomap;"
+                   f" {out / TRAIN_CFG} sets prune=1, max_batches={settings.iterations}, {changed}"
+                   + (" and random=0 in [yolo]" if sections else ""))
     labelled, train = None, None
     if settings.images is not None and settings.task == "detector":
         labeller = None
