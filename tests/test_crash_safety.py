@@ -2,7 +2,7 @@
 nothing at the output's name and its input as it was, and running it again
 succeeds: outputs go to a temporary file that is renamed over the target
 only when complete.  For ``threshold``, ``slim`` and ``recalibrate``, on a
-model large enough (134 MB) that the write takes a while to watch."""
+model large enough (67 MB) that the write takes a while to watch."""
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +20,7 @@ from PIL import Image
 from darknet_sparse.format.files import load_model
 from darknet_sparse.format.weightsfile import new_file
 
-#: conv (BN) -> connected 4096 -> 8192 (BN): 33.6M floats.
+#: conv (BN) -> connected 4096 -> 4096 (BN): 16.8M floats, 67 MB.
 BIG_CFG = """\
 [net]
 batch=2
@@ -38,7 +38,7 @@ activation=leaky
 
 [connected]
 batch_normalize=1
-output=8192
+output=4096
 activation=leaky
 
 [connected]
