@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -299,3 +300,40 @@ def test_eval_on_alexeyab_cfgs_says_fork_and_preprocessing(tiny_models, tmp_path
     assert darknet.Network(boxed, weights).letterbox
     text = cli("eval", weights, "--cfg", boxed, "--images", DOG, "--reference", weights).stdout
     assert "letterboxed to 128x128 (AlexeyAB's detector test with letter_box=1 in [net])" in text
+
+
+def test_eval_map_is_the_forks_detector_map(pruned70: Path, tmp_path: Path) -> None:
+    """eval --fork alexeyab of the 70% yolov3-tiny on Darknet's seven sample
+    photos, against labels made from the dense model's detections (pjreddie,
+    above 0.3; any fixed labels serve), and the fork's own ``detector map
+    -points 101`` (COCO's 101-point interpolation, pycocotools' too) on the
+    same files: every class's AP@0.5 within 0.005, and the fork's mAP@0.5 is
+    their sum over all 80 classes / 80 (the fork counts a class without
+    ground truth as AP 0; eval averages the classes with ground truth)."""
+    folder = tmp_path / "JPEGImages"  # both forks' label rule: JPEGImages/x.jpg -> labels/x.txt
+    folder.mkdir()
+    (tmp_path / "labels").mkdir()
+    dense = darknet.Network(YOLO_CFG, YOLO_WEIGHTS, fork="pjreddie")
+    for photo in sorted(DOG.parent.glob("*.jpg")):
+        shutil.copy(photo, folder)
+        dets = detect(dense, photo, thresh=0.3)
+        (tmp_path / "labels" / f"{photo.stem}.txt").write_text("".join(
+            f"{j} {' '.join(f'{v:.6f}' for v in dets.boxes[i])}\n" for i, j, _ in dets.found(0.3)))
+    listing = tmp_path / "valid.txt"
+    listing.write_text("".join(f"{p}\n" for p in sorted(folder.glob("*.jpg"))))
+    data = tmp_path / "map.data"
+    data.write_text(f"classes=80\nvalid={listing}\nnames={STOCK / 'data' / 'coco.names'}\nbackup={tmp_path}\n")
+    done = subprocess.run([str(require(STOCK)), "detector", "map", str(data), str(YOLO_CFG), str(pruned70),
+                           "-points", "101", "-dont_show"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = {int(m[1]): float(m[2]) / 100 for m in re.finditer(r"class_id = (\d+), name = [^,]*, ap = ([\d.]+)%",
+                                                                  done.stdout)}
+    their_map = float(re.search(r"mean average precision \(mAP@0\.50\) = ([\d.]+)", done.stdout)[1])
+    assert len(theirs) == 80
+    ours = json.loads(cli("eval", pruned70, "--cfg", YOLO_CFG, "--images", listing, "--fork", "alexeyab",
+                          "--json").stdout)
+    assert ours["fork"] == "alexeyab" and ours["truths"] >= 10 and len(ours["classes"]) >= 5
+    for c in ours["classes"]:
+        assert abs(c["ap50"] - theirs[c["index"]]) <= 0.005, (c, theirs[c["index"]])
+    assert abs(sum(c["ap50"] for c in ours["classes"]) / 80 - their_map) <= 0.005
+    assert 0 < ours["map50"] < 1

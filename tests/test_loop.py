@@ -322,13 +322,18 @@ def test_bad_settings_fail_before_darknet_runs(tmp_path, digits, model_files, fa
 
 
 def test_an_alexeyab_cfg_is_refused_before_darknet_runs(tmp_path, digits, model_files, fake):
-    """pjreddie's `classifier train` would take mish for relu and train on."""
+    """pjreddie's `classifier train` would take mish for relu and train on.
+    (With fork auto such a cfg goes to AlexeyAB's fork, whose loop takes
+    no classifier: also refused before Darknet runs.)"""
     cfg = tmp_path / "mish.cfg"
     cfg.write_text(model_files[0].read_text().replace("activation=leaky", "activation=mish", 1))
-    for changes in ({"cfg": cfg}, {"teacher": model_files[1], "teacher_cfg": cfg}):
+    for changes in ({"cfg": cfg, "fork": "pjreddie"}, {"teacher": model_files[1], "teacher_cfg": cfg}):
         with pytest.raises(CfgError, match=r"mish.cfg: uses AlexeyAB-only features \(activation=mish"):
             run(_settings(tmp_path, digits, model_files, fake, **changes))
         assert not (fake.parent / "args").exists()
+    with pytest.raises(InputError, match=r"mish.cfg: the loop retrains in AlexeyAB's Darknet .* no --task classifier"):
+        run(_settings(tmp_path, digits, model_files, fake, cfg=cfg))
+    assert not (fake.parent / "args").exists()
 
 
 def test_an_output_folder_darknet_cannot_use_is_refused(tmp_path, digits, model_files, fake):
@@ -418,7 +423,7 @@ def test_a_score_below_min_score_exits_1_with_the_reason(tmp_path, digits, model
 
 
 def test_without_darknet_the_loop_runs_the_one_the_runner_finds(tmp_path, digits, model_files, fake, monkeypatch):
-    monkeypatch.setattr(runner, "darknet_binary", lambda: fake)
+    monkeypatch.setattr(runner, "darknet_binary", lambda fork="pjreddie": fake)
     settings = _settings(tmp_path, digits, model_files, fake, targets=(0.5,))
     run(dataclasses.replace(settings, darknet=None))
     assert (fake.parent / "args").read_text().startswith("classifier train ")
