@@ -66,11 +66,12 @@ darknet-alexeyab:
 darknet-alexeyab-stock:
 	scripts/build_darknet_alexeyab.sh stock
 
-# make test: both AlexeyAB builds, or, where no source is reachable, a note
+# make test: both AlexeyAB builds (and the patched one with OPENMP=1), or, where no source is reachable, a note
 # (build/darknet-alexeyab.unavailable) the AlexeyAB tests report instead of running.
 alexeyab-if-available:
 	scripts/build_darknet_alexeyab.sh --if-available patched
 	scripts/build_darknet_alexeyab.sh --if-available stock
+	DARKNET_DEST_NAME=darknet-alexeyab-omp OPENMP=1 scripts/build_darknet_alexeyab.sh --if-available patched
 
 # Checked (sha256) on every run; downloads only what build/cache/ lacks.
 models: setup

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.ab_darknet import CFGS, REPO, edit_cfg, read_forward, run, with_role_set
+from helpers.ab_darknet import CFGS, PATCHED_OMP, REPO, compile_tool, edit_cfg, read_forward, run, with_role_set
 from helpers.ab_fixtures import ab  # noqa: F401
 
 GEOMETRY = REPO / "tests" / "data" / "ab" / "ab_geometry.cfg"
@@ -129,3 +129,34 @@ def test_new_weights_in_the_same_net_are_seen(ab, model):  # noqa: F811
         got = read_forward(out)
         for index, (kind, values) in stock.items():
             assert max_relative(got[index][1], values) <= BOUND, (mode, index)
+
+
+@pytest.fixture(scope="session")
+def omp_tool(tmp_path_factory):
+    return compile_tool(PATCHED_OMP, tmp_path_factory.mktemp("ab_omp") / "ab_tool_omp")
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_change_nothing(ab, model, omp_tool, threads):  # noqa: F811
+    """The OPENMP=1 build at 2 and 3 threads, 90% and 50%: exact bit-identical
+    to that build's own GEMM (sparse_forward=dense, the fork's OpenMP code:
+    its activations and heads differ from the one-thread build's in the last
+    bit), sparse and auto within the bound of it and of one-thread stock."""
+    folder, cfg, files = model
+    for sparsity in (0.9, 0.5):
+        stock, _ = forward(ab.stock_tool, folder, cfg, files[sparsity], f"stock{sparsity}")
+        outputs = {}
+        for mode in ("dense", "exact", "sparse", "auto"):
+            out = folder / f"omp-{mode}-{threads}-{sparsity}.out"
+            run([omp_tool, "forward", mode_cfg(folder, cfg, mode), files[sparsity], "3", out, "fuse"], folder,
+                env={"OMP_NUM_THREADS": str(threads)})
+            outputs[mode] = read_forward(out)
+        dense = outputs["dense"]
+        for mode in ("exact", "sparse", "auto"):
+            got = outputs[mode]
+            for index, (kind, values) in dense.items():
+                if mode == "exact" and kind != CONNECTED:
+                    assert np.array_equal(got[index][1], values), (mode, threads, index)
+                else:
+                    assert max_relative(got[index][1], values) <= BOUND, (mode, threads, index)
+                assert max_relative(got[index][1], stock[index][1]) <= BOUND, (mode, threads, index)

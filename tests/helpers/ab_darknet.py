@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("DARKNET_SPARSE_TEST_AB_BUILD") or REPO / "build")
 PATCHED = BUILD / "darknet-alexeyab"
 STOCK = BUILD / "darknet-alexeyab-stock"
+#: The patched build with OPENMP=1 (make test builds it too: the sparse forward pass with threads).
+PATCHED_OMP = BUILD / "darknet-alexeyab-omp"
 UNAVAILABLE = BUILD / "darknet-alexeyab.unavailable"
 CFGS = REPO / "tests" / "data" / "alexeyab-cfg"
 TRAIN_IMAGES = REPO / "data" / "images" / "train"
@@ -35,7 +37,7 @@ def built(tree: Path) -> bool:
 def require(tree: Path) -> Path:
     """The tree's darknet binary; a clear failure (never a skip) when it is not built."""
     if not built(tree):
-        target = "darknet-alexeyab" if tree == PATCHED else "darknet-alexeyab-stock"
+        target = {PATCHED: "darknet-alexeyab", STOCK: "darknet-alexeyab-stock"}.get(tree, "alexeyab-if-available")
         raise AssertionError(f"{tree} is not built: run `make {target}` (make test builds it)")
     return tree / "darknet"
 
