@@ -31,7 +31,7 @@ from darknet_sparse import darknet
 from darknet_sparse.darknet import images
 from darknet_sparse.darknet.detect import detect
 from darknet_sparse.darknet.runner import set_options
-from darknet_sparse.errors import CfgError
+from darknet_sparse.errors import BindingError, CfgError
 from darknet_sparse.format.files import load_model
 from darknet_sparse.format.layout import conv_padding, conv_strides
 from helpers.ab_darknet import CFGS, REPO, STOCK, require
@@ -288,7 +288,7 @@ def test_sensitivity_sees_every_head(name: str, tiny_models, few_images: Path) -
 def test_eval_on_alexeyab_cfgs_says_fork_and_preprocessing(tiny_models, tmp_path: Path) -> None:
     """eval on yolov4-tiny and yolov7-tiny (fork auto): exit 0, the report
     names AlexeyAB's Darknet and its plain resize; with letter_box=1 in
-    [net], the letterbox."""
+    [net], or --letter-box (detector test's -letter_box), the letterbox."""
     for name in ("yolov4-tiny", "yolov7-tiny"):
         cfg, weights = tiny_models[name]
         text = cli("eval", weights, "--cfg", cfg, "--images", DOG, "--reference", weights).stdout
@@ -299,7 +299,15 @@ def test_eval_on_alexeyab_cfgs_says_fork_and_preprocessing(tiny_models, tmp_path
     boxed.write_text(set_options(cfg.read_text(), {"letter_box": 1}))
     assert darknet.Network(boxed, weights).letterbox
     text = cli("eval", weights, "--cfg", boxed, "--images", DOG, "--reference", weights).stdout
-    assert "letterboxed to 128x128 (AlexeyAB's detector test with letter_box=1 in [net])" in text
+    assert "letterboxed to 128x128 (AlexeyAB's detector test with letter_box=1 in [net] or -letter_box)" in text
+    cfg, weights = tiny_models["yolov7-tiny"]
+    text = cli("eval", weights, "--cfg", cfg, "--images", DOG, "--reference", weights, "--letter-box").stdout
+    assert "letterboxed to 128x128 (AlexeyAB's detector test with letter_box=1 in [net] or -letter_box)" in text
+    net = darknet.Network(cfg, weights)
+    net.set_letterbox()
+    assert net.letterbox
+    with pytest.raises(BindingError, match="always letterboxes"):
+        darknet.Network(YOLO_CFG, YOLO_WEIGHTS, fork="pjreddie").set_letterbox(False)
 
 
 def test_eval_map_is_the_forks_detector_map(pruned70: Path, tmp_path: Path) -> None:

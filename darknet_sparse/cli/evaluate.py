@@ -63,19 +63,23 @@ def _progress(length: int) -> Iterator[Callable[[int], None]]:
 @click.option("--top", "k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Classifier: also report top-K.")
 @click.option("--max-images", type=click.IntRange(min=1), help="Use at most this many images (a seeded random choice).")
+@click.option("--letter-box", is_flag=True,
+              help="AlexeyAB's fork: letterbox the images, as its detector test -letter_box (default: as the "
+                   "cfg's [net] letter_box=; pjreddie's always letterboxes).")
 @fork_option
 @json_option
 def evaluate(weights: Path, cfg: Path | None, image_source: Path | None, data: Path | None,
              reference: Path | None, reference_cfg: Path | None, reference_fork: str, reference_conf: float,
-             conf: float, nms: float, names: Path | None, k: int, max_images: int | None, fork: str,
-             as_json: bool) -> None:
+             conf: float, nms: float, names: Path | None, k: int, max_images: int | None, letter_box: bool,
+             fork: str, as_json: bool) -> None:
     """Score WEIGHTS in-process through the binding: a detector's mAP@0.5 and
     mAP@0.5:0.95 (COCO's evaluator) against Darknet label files or a
     reference model, or a classifier's top-1 and top-K as `classifier valid`.
     --fork picks whose Darknet runs it (auto: AlexeyAB's for a cfg only it
     reads, else by the weights' layout and header), with that fork's own
     image preparation, decode and NMS: AlexeyAB's `detector test` resizes
-    without letterbox unless [net] letter_box=1, and the output says which."""
+    without letterbox unless [net] letter_box=1 or --letter-box, and the
+    output says which."""
     from ..darknet.network import Network
 
     cfg = cfg or find_cfg(weights)
@@ -112,6 +116,10 @@ def evaluate(weights: Path, cfg: Path | None, image_source: Path | None, data: P
     class_names = darknet_text.read_lines(names_file) if names_file is not None else None
     reference_net = None if reference is None else Network(
         reference_cfg or cfg, reference, fork=net.fork if reference_fork == "same" else reference_fork)
+    if letter_box:
+        for model in (net, reference_net):
+            if model is not None and model.fork == "alexeyab":
+                model.set_letterbox()
     with _progress(len(paths)) as on_progress:
         report = evaluate_.evaluate_detector(
             net, paths, reference=reference_net, reference_conf=reference_conf,

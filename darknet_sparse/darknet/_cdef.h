@@ -17,6 +17,7 @@ typedef struct ds_dets ds_dets;
 const char *ds_detector_error(ds_net *net);
 int ds_detector_classes(ds_net *net);
 int ds_detect_letterbox(ds_net *net);
+int ds_set_letterbox(ds_net *net, int on);
 ds_dets *ds_detect(ds_net *net, const char *image, float thresh, float hier, float nms, const char **error);
 int ds_dets_count(ds_dets *dets, int *classes, int *w, int *h);
 void ds_dets_read(ds_dets *dets, float *boxes, float *probs, float *objectness);

@@ -136,6 +136,13 @@ static int fork_letterbox(network *net)
     return net->letter_box != 0;
 }
 
+/* detector test's -letter_box: what [net] letter_box=1 does. */
+static int fork_set_letterbox(network *net, int on)
+{
+    net->letter_box = on != 0;
+    return 0;
+}
+
 /* test_detector (src/detector.c): load_image with the net's channels,
  * letterbox_image if letter_box else resize_image, network_predict,
  * get_network_boxes with letter, then the last layer's NMS kind:

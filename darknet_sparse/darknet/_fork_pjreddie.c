@@ -6,7 +6,7 @@
  *   fork_name, fork_rolling_rate, fork_load, fork_free, fork_predict, fork_forward_train,
  *   fork_train, fork_save, fork_weights_changed, fork_is_detection,
  *   fork_detect (image preparation, forward, decode and NMS as the fork's
- *   `detector test`), fork_letterbox; and where the fork is patched
+ *   `detector test`), fork_letterbox, fork_set_letterbox; and where the fork is patched
  *   (DS_PATCHED): fork_weight_count, fork_sublayer, fork_set_threshold. */
 
 #ifdef DARKNET_SPARSE
@@ -108,6 +108,12 @@ static int fork_letterbox(network *net)
 {
     (void)net;
     return 1;
+}
+
+static int fork_set_letterbox(network *net, int on)
+{
+    (void)net;
+    return on ? 0 : -1;
 }
 
 /* test_detector (examples/detector.c): load_image_color, letterbox_image,

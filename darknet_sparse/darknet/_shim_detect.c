@@ -27,6 +27,13 @@ int ds_detect_letterbox(ds_net *h)
     return fork_letterbox(h->net);
 }
 
+/* As AlexeyAB's detector test -letter_box: letterbox from now on; -1 where
+ * the fork has no such choice (pjreddie's always letterboxes). */
+int ds_set_letterbox(ds_net *h, int on)
+{
+    return fork_set_letterbox(h->net, on);
+}
+
 /* Why get_network_boxes would overrun this net's buffers, or NULL. */
 const char *ds_detector_error(ds_net *h)
 {

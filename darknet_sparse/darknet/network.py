@@ -427,6 +427,13 @@ class Network:
         ``letter_box=1`` in ``[net]``, else a plain resize to the input size."""
         return bool(self._backend.lib.ds_detect_letterbox(self._net))
 
+    def set_letterbox(self, on: bool = True) -> None:
+        """Letterbox in :meth:`detect` from now on, as AlexeyAB's
+        ``detector test -letter_box`` (pjreddie's always letterboxes: it
+        refuses ``on=False``)."""
+        _check(self._backend.lib.ds_set_letterbox(self._net, int(bool(on))),
+               "pjreddie's detector test always letterboxes")
+
     @property
     def preprocessing(self) -> str:
         """How :meth:`detect` prepares an image, in words, naming the fork."""
@@ -434,7 +441,7 @@ class Network:
         if self.fork == "pjreddie":
             return f"letterboxed to {w}x{h} (pjreddie's detector test)"
         if self.letterbox:
-            return f"letterboxed to {w}x{h} (AlexeyAB's detector test with letter_box=1 in [net])"
+            return f"letterboxed to {w}x{h} (AlexeyAB's detector test with letter_box=1 in [net] or -letter_box)"
         return (f"resized to {w}x{h} without letterbox (AlexeyAB's detector test; "
                 "letter_box=1 in [net] would letterbox)")
 
