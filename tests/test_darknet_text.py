@@ -35,3 +35,31 @@ def test_files_lists_keep_their_lines_whole_and_unreadable_files_are_cfg_errors(
         darknet_text.read_lines(tmp_path / "nope.list")
     with pytest.raises(CfgError, match="nope.data: cannot read the .data file"):
         darknet_text.read_options(tmp_path / "nope.data")
+
+
+def test_section_types_name_every_section_as_darknet_reads_its_header():
+    assert darknet_text.section_types("# c\n[net]\nbatch=1\n[ yolo ]\n\n[yolo]\n") == ["net", "yolo", "yolo"]
+
+
+def test_edit_sections_changes_the_line_darknet_reads_and_keeps_every_other():
+    text = ("# comment\n[net]\nbatch = 64  # per step\r\nbatch=2\nwidth=416\n"
+            "[convolutional]\nfilters=16\n[yolo]\nrandom=1\n")
+    edited = darknet_text.edit_sections(text, {0: {"batch": 8, "seed": 7}, 2: {"random": 0}}, "note")
+    assert edited == ("# comment\n[net]\n# note\nseed=7\nbatch = 8  # per step\r\nwidth=416\n"
+                      "[convolutional]\nfilters=16\n[yolo]\nrandom=0\n")
+    assert darknet_text.edit_sections(text, {}) == text
+    assert darknet_text.edit_sections("[net]\nbatch=1", {0: {"batch": 2}}) == "[net]\nbatch=2"  # no final newline
+    # a path value is replaced whole; a commented-out key is not an option
+    assert darknet_text.edit_sections("[net]\n#train=x\ntrain=/a b\n", {0: {"train": "/c"}}) == (
+        "[net]\n#train=x\ntrain=/c\n")
+
+
+def test_only_a_newline_ends_a_line_for_the_editor():
+    # a lone CR or a form feed is inside a line, as for fgetl: "batch=1\r[yolo]" is one option line
+    assert darknet_text.section_types("[net]\nbatch=1\r[yolo]\n") == ["net"]
+    assert darknet_text.edit_sections("[net]\nwidth=1\fheight=2\n", {0: {"width": 3}}) == "[net]\nwidth=3\fheight=2\n"
+
+
+def test_edit_sections_refuses_a_section_the_cfg_lacks():
+    with pytest.raises(CfgError, match="the cfg has 1 sections, no section 3 to edit"):
+        darknet_text.edit_sections("[net]\n", {3: {"a": 1}})
