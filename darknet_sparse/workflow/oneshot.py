@@ -354,7 +354,10 @@ def oneshot(wf: WeightsFile, output: str | Path | None, paths: Sequence[str | Pa
         results, solved = _solve_all(nets, model, wf, plans, chosen, counts, dense_weights, targets, x, pixels,
                                      damp, block, say)
         recalibration = None
-        notes = []
+        notes = [f"layer {r.layer}: {r.rows} calibration rows for {plans[r.layer].columns} inputs per output: "
+                 "its Gram matrix is rank-deficient and the fit may not carry over to other images; "
+                 "give more images (--max-images)" for r in results
+                 if r.method == "obs" and r.rows < plans[r.layer].columns]
         if target is not None:
             if recalibrate:
                 say(f"batch-norm recalibration relative to the dense model on {len(x)} images")
