@@ -40,6 +40,7 @@ YOLO_CFG, YOLO_WEIGHTS = ROOT / "models" / "yolov3-tiny.cfg", ROOT / "models" / 
 FASHION_CFG, FASHION_WEIGHTS = ROOT / "cfg" / "fashion.cfg", ROOT / "cfg" / "fashion.weights"
 FASHION_DATA = ROOT / "data" / "fashion" / "fashion.data"
 FASHION_DENSE = 0.9103  # cfg/fashion.top1
+DAMP = [oneshot.obs.DAMP]  # --damp
 
 
 def _levels(text: str) -> list[float]:
@@ -51,7 +52,7 @@ def _prune(cfg: Path, weights: Path, calibration: list[Path], mode: str, level: 
     wf = load(cfg, weights)
     start = time.perf_counter()
     kwargs = dict(allocate="obs", sparsity=level) if mode == "obs" else dict(policy=policies.POLICIES[mode](level))
-    result = oneshot.oneshot(wf, out, calibration, exclude=exclude,
+    result = oneshot.oneshot(wf, out, calibration, exclude=exclude, damp=DAMP[0],
                              on_stage=lambda text: print(f"  {time.perf_counter() - start:7.1f}s {text}",
                                                          file=sys.stderr, flush=True), **kwargs)
     print(oneshot.table(result), file=sys.stderr, flush=True)
@@ -68,7 +69,7 @@ def yolo(args) -> list[str]:
         result, minutes = _prune(YOLO_CFG, YOLO_WEIGHTS, calibration, args.mode, level, out, args.exclude)
         report, by_part = agreement(Network(YOLO_CFG, out), evaluation, reference,
                                     reference_name=str(YOLO_WEIGHTS))
-        row = (f"| oneshot {args.mode} ({len(calibration)} calibration images) | {level:.0%} | "
+        row = (f"| oneshot {args.mode}, damp {args.damp:g} ({len(calibration)} calibration images) | {level:.0%} | "
                f"{result.sparsity:.4f} | {report.map50:.3f} | "
                + " | ".join(f"{by_part[part]:.3f}" for part in PARTS) + f" | {minutes:.1f} |")
         print(row, flush=True)
@@ -87,7 +88,7 @@ def fashion(args) -> list[str]:
         out = args.out / f"fashion-oneshot-{args.mode}-{level:g}.weights"
         result, minutes = _prune(FASHION_CFG, FASHION_WEIGHTS, calibration, args.mode, level, out, None)
         top1 = classifier_top1(darknet, FASHION_DATA, FASHION_CFG, out)
-        row = (f"| oneshot {args.mode} ({len(calibration)} calibration images) | {level:.0%} | "
+        row = (f"| oneshot {args.mode}, damp {args.damp:g} ({len(calibration)} calibration images) | {level:.0%} | "
                f"{result.sparsity:.4f} | {top1:.4f} | {top1 - FASHION_DENSE:+.4f} | {minutes:.1f} |")
         print(row, flush=True)
         rows.append(row)
@@ -99,15 +100,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", type=_levels, default=[0.5, 0.7, 0.8, 0.9], help="yolov3-tiny sparsities")
     parser.add_argument("--fashion-levels", type=_levels, default=[0.9, 0.95], help="Fashion-MNIST sparsities")
-    parser.add_argument("--mode", default="obs", choices=tuple(policies.POLICIES) + ("obs",),
+    parser.add_argument("--mode", default="global", choices=tuple(policies.POLICIES) + ("obs",),
                         help="How the layers' levels are chosen (obs: the OBS allocation).")
     parser.add_argument("--exclude", help="yolov3-tiny layers to leave alone (oneshot --exclude).")
     parser.add_argument("--max-images", type=int, default=oneshot.MAX_IMAGES)
+    parser.add_argument("--damp", type=float, default=oneshot.obs.DAMP)
     parser.add_argument("--train", type=Path, default=ROOT / "data" / "images" / "train")
     parser.add_argument("--eval", type=Path, default=ROOT / "data" / "images" / "eval")
     parser.add_argument("--only", choices=("yolo", "fashion"))
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench-oneshot")
     args = parser.parse_args()
+    DAMP[0] = args.damp
     args.out.mkdir(parents=True, exist_ok=True)
     lines = []
     if args.only in (None, "yolo") and args.levels:
