@@ -345,3 +345,13 @@ def test_eval_map_is_the_forks_detector_map(pruned70: Path, tmp_path: Path) -> N
         assert abs(c["ap50"] - theirs[c["index"]]) <= 0.005, (c, theirs[c["index"]])
     assert abs(sum(c["ap50"] for c in ours["classes"]) / 80 - their_map) <= 0.005
     assert 0 < ours["map50"] < 1
+
+
+
+def test_network_train_is_refused_in_alexeyabs_fork(tiny_models) -> None:
+    """Network.train through the AlexeyAB binding is refused in one line (it
+    diverged from run to run there); the loop trains with the fork's binary."""
+    cfg, weights = tiny_models["yolov4-tiny"]
+    net = darknet.Network(cfg, weights)
+    with pytest.raises(BindingError, match="pjreddie's train_network only"):
+        net.train(np.zeros((2, net.inputs), np.float32), np.zeros((2, 1), np.float32))

@@ -32,6 +32,15 @@ static float fork_rolling_rate(void)
     return .1f;
 }
 
+/* The width of a training row of y: this fork never sets net->truths; its
+ * train_network_datum hands the rows to the layers, which read the last
+ * layer's truths (a detection head's boxes), else its outputs (a class). */
+static int fork_truths(network *net)
+{
+    layer last = net->layers[net->n - 1];
+    return last.truths ? last.truths : net->outputs;
+}
+
 /* Point stdout at stderr (returns the saved descriptor), and back. */
 static int stdout_to_stderr(void)
 {

@@ -3,7 +3,7 @@
  * _shim.c includes this file, or _fork_alexeyab.c when the build passes
  * -DDS_FORK_ALEXEYAB; both define the same static functions:
  *
- *   fork_name, fork_rolling_rate, fork_load, fork_free, fork_predict, fork_forward_train,
+ *   fork_name, fork_rolling_rate, fork_truths, fork_load, fork_free, fork_predict, fork_forward_train,
  *   fork_train, fork_save, fork_weights_changed, fork_is_detection,
  *   fork_detect (image preparation, forward, decode and NMS as the fork's
  *   `detector test`), fork_letterbox, fork_set_letterbox; and where the fork is patched
@@ -23,6 +23,11 @@ static const char *fork_name(void)
 static float fork_rolling_rate(void)
 {
     return .01f;
+}
+
+static int fork_truths(network *net)
+{
+    return net->truths;
 }
 
 static network *fork_load(const char *cfg, const char *weights, int clear)

@@ -83,7 +83,7 @@ void ds_get_info(ds_net *h, ds_info *info)
     info->max_batch = h->max_batch;
     info->subdivisions = net->subdivisions;
     info->inputs = net->inputs;
-    info->truths = net->truths;
+    info->truths = fork_truths(net);  /* the width of a training row of y */
     info->outputs = net->outputs;
     info->c = net->c;
     info->h = net->h;

@@ -265,7 +265,16 @@ class Network:
         """``iterations`` passes of Darknet's ``train_network`` over (x, y);
         returns each pass's loss.  N must be a multiple of :attr:`batch`;
         Darknet updates the weights every ``subdivisions`` batches, so
-        N = batch * subdivisions is one Darknet iteration per pass."""
+        N = batch * subdivisions is one Darknet iteration per pass.
+
+        pjreddie's fork only: through AlexeyAB's binding the fork's
+        train_network diverged from run to run on a small classifier (its
+        losses inf or nan after the first update, differently each run), so
+        it is refused; train in that fork with ``darknet detector train``,
+        as the loop does."""
+        if self.fork != "pjreddie":
+            raise BindingError("Network.train runs pjreddie's train_network only; in AlexeyAB's fork train with "
+                               "its `detector train` (darknet-sparse loop --fork alexeyab)")
         info = self._info()
         x = self._rows(x, "x", info.inputs)
         y = self._rows(y, "y", info.truths)
