@@ -3,8 +3,8 @@
  * load_image_color and letterbox_image, AlexeyAB's load_image and
  * resize_image (letterbox_image with [net] letter_box=1), one forward pass
  * at batch 1, get_network_boxes over every detection layer, and the fork's
- * NMS with the last layer's class count.  Included by _darknet_shim.c, so it sees the
- * ds_net handle; it uses nothing the patches add.
+ * NMS with the last layer's class count.  Included by _shim.c, so it sees
+ * the ds_net handle and the fork_* calls; it uses nothing the patches add.
  *
  * load_image_color exits on a file stb_image cannot decode, so the image is
  * first asked of stb_image's own stbi_info (built into libdarknet).  And
