@@ -239,13 +239,12 @@ def _check_task(settings: LoopSettings) -> None:
 
 
 def _check_alexeyab(settings: LoopSettings) -> None:
-    """What the loop can do in AlexeyAB's Darknet (patches/alexeyab: prune=1
-    and prune_threshold, no distillation, slim or seed patch there): a
+    """What the loop can do in AlexeyAB's Darknet (patches/alexeyab: prune=1,
+    prune_threshold and slim, no distillation or seed patch there): a
     detector retrained on pseudo-labels."""
     refused = [(settings.task != "detector", f"--task {settings.task}"),
                (settings.teacher is not None, "--teacher (distillation)"),
-               (settings.structured, "--structured"), (settings.slim is not None, "--slim"),
-               (settings.seed is not None, "--seed")]
+               (settings.structured, "--structured"), (settings.seed is not None, "--seed")]
     found = [what for bad, what in refused if bad]
     if found:
         raise InputError(f"{settings.cfg}: the loop retrains in AlexeyAB's Darknet (fork alexeyab) only a detector "
