@@ -194,3 +194,36 @@ def test_openmp_build_at_two_threads(kernels_omp: Kernels, isa: str):
     assert kernels_omp.conv(weights, x, groups, stride, dilation, pad, EXACT).tobytes() == want.tobytes()
     fast = kernels_omp.conv(weights, x, groups, stride, dilation, pad, FAST)
     assert relative_error(fast, reference_conv(weights, x, groups, stride, dilation, pad, ordered=False)) <= RTOL
+
+
+def test_the_mode_switches_on_a_built_format(kernels: Kernels):
+    """ds_sparse_set_mode: one build serves FAST at inference and EXACT in
+    training forwards (patches/0010), for convolutions and connected layers."""
+    force(kernels, "avx512")
+    lib = kernels.lib
+    lib.ds_sparse_set_mode.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    weights, x = case(SHAPES["groups_stride_y2"], 0.5, 3)
+    n, cg, kh, kw = weights.shape
+    batch, c, h, w = x.shape
+    want = reference_conv(weights, x, 2, (2, 1), 1, 1, ordered=True)
+    built = lib.ds_sparse_build_conv(weights.ravel(), n, 2, c, kh, kw, FAST)
+    out = np.zeros(want.size, np.float32)
+    try:
+        geom = Geom(batch, c, h, w, n, 2, kh, kw, 1, 2, 1, 1, want.shape[2], want.shape[3])
+        assert lib.ds_sparse_set_mode(built, EXACT) == 0 and lib.ds_sparse_set_mode(built, 7) == -1
+        assert lib.ds_sparse_conv_forward(built, ctypes.byref(geom), x.ravel(), out, None) == 0
+        assert out.tobytes() == want.tobytes()
+    finally:
+        lib.ds_sparse_free(built)
+    rng = np.random.default_rng(4)
+    dense = rng.standard_normal((9, 303)).astype(np.float32)
+    dense[rng.random(dense.shape) < 0.5] = 0
+    inputs = rng.standard_normal((1, 303)).astype(np.float32)
+    built = lib.ds_sparse_build_connected(dense.ravel(), 9, 303, FAST)
+    out = np.zeros(9, np.float32)
+    try:
+        assert lib.ds_sparse_set_mode(built, EXACT) == 0
+        assert lib.ds_sparse_connected_forward(built, 1, inputs.ravel(), out, 1, None) == 0
+        assert out.tobytes() == (lane_sums(dense, inputs)[0] + np.float32(0)).tobytes()
+    finally:
+        lib.ds_sparse_free(built)

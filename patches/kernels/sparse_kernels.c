@@ -148,6 +148,13 @@ size_t ds_sparse_nonzero(const ds_sparse *s) { return s ? s->nnz : 0; }
 size_t ds_sparse_weights(const ds_sparse *s) { return s ? s->nweights : 0; }
 int ds_sparse_mode(const ds_sparse *s) { return s ? s->mode : -1; }
 
+int ds_sparse_set_mode(ds_sparse *s, int mode)
+{
+    if(!s || (mode != DS_SPARSE_EXACT && mode != DS_SPARSE_FAST)) return -1;
+    s->mode = mode;
+    return 0;
+}
+
 /* CSR of rows x cols weights (row-major), in column order. */
 static ds_sparse *build_rows(const float *w, int rows, int cols, int mode)
 {
@@ -208,8 +215,9 @@ ds_sparse *ds_sparse_build_connected(const float *weights, int outputs, int inpu
     s->n = outputs;
     s->c = inputs;
     s->groups = 1;
-    if(mode == DS_SPARSE_EXACT){
-        /* the same entries regrouped into four lanes per output */
+    {
+        /* the same entries regrouped into four lanes per output (EXACT's
+         * order; FAST sums an output's entries in any order) */
         s->lstart = malloc((4*(size_t)outputs + 1)*sizeof(int));
         s->tail = calloc(3*(size_t)outputs, sizeof(float));
         if(!s->lstart || !s->tail){
@@ -719,8 +727,9 @@ int ds_sparse_connected_forward(ds_sparse *s, int batch, const float *input, flo
         } else {
             #pragma omp parallel for schedule(static)
             for(j = 0; j < s->n; ++j){
+                /* the lanes' entries (k < inputs&~3), then the 0-3 tail ones */
                 float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-                int p = s->start[j], pe = s->start[j+1];
+                int p = s->lstart[4*j], pe = s->lstart[4*j + 4], k4 = s->c & ~3, t;
                 for(; p + 4 <= pe; p += 4){
                     a0 += x[s->tap[p]]*s->val[p];
                     a1 += x[s->tap[p+1]]*s->val[p+1];
@@ -728,6 +737,7 @@ int ds_sparse_connected_forward(ds_sparse *s, int batch, const float *input, flo
                     a3 += x[s->tap[p+3]]*s->val[p+3];
                 }
                 for(; p < pe; ++p) a0 += x[s->tap[p]]*s->val[p];
+                for(t = 0; t < s->c - k4; ++t) a1 += s->tail[3*(size_t)j + t]*x[k4 + t];
                 a0 = (a0 + a1) + (a2 + a3);
                 y[j] = accumulate ? y[j] + a0 : finish(a0, j, epi);
             }

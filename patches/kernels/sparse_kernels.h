@@ -88,6 +88,9 @@ void ds_sparse_free(ds_sparse *s);
 size_t ds_sparse_nonzero(const ds_sparse *s);   /* non-zero weights kept */
 size_t ds_sparse_weights(const ds_sparse *s);   /* weights in the layer */
 int ds_sparse_mode(const ds_sparse *s);
+/* Switch the mode of a built format (the two share it): 0, or -1 on a bad
+ * mode.  E.g. FAST at inference, EXACT in training forwards. */
+int ds_sparse_set_mode(ds_sparse *s, int mode);
 
 /* output (batch*n*out_h*out_w floats) is written, not added to: out = the
  * convolution, then the FAST epilogue if epi is non-NULL (what Darknet's
