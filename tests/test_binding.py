@@ -189,8 +189,9 @@ def test_prune_changes_nothing_without_zeros(classifier) -> None:
 
 @pytest.mark.parametrize("optimizer", ["", "adam=1"], ids=["sgd", "adam"])
 def test_patched_trains_bit_identical_to_stock(tmp_path: Path, optimizer: str) -> None:
-    """Without the new options the patches change nothing: same seed, data
-    and start, byte-identical weights after training, same predictions."""
+    """Without the new options the patches change nothing in training: same
+    seed, data and start, byte-identical weights after training; the
+    predictions agree to FAST's rounding (patches/0010's auto)."""
     cfg = write_cfg(tmp_path / "classifier.cfg", CLASSIFIER, net=optimizer)
     start = sparse_start(cfg, tmp_path / "start.weights", fraction=0.3)
     saved, predicted = [], []
@@ -205,7 +206,10 @@ def test_patched_trains_bit_identical_to_stock(tmp_path: Path, optimizer: str) -
         saved.append(out.read_bytes())
     assert saved[0] != start.read_bytes()
     assert saved[0] == saved[1]
-    np.testing.assert_array_equal(predicted[0], predicted[1])
+    # Inference in sparse_forward=auto (the default) runs the FAST kernels
+    # (FMA, any order): within 1e-5 of stock, relative to the largest output.
+    assert np.max(np.abs(predicted[0] - predicted[1])) <= 1e-5 * np.max(np.abs(predicted[1]))
+    assert np.ptp(predicted[1]) > 0
 
 
 def test_forward_train_recalibrates_batch_norm_only(classifier) -> None:
