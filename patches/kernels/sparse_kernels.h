@@ -6,7 +6,8 @@
  * AlexeyAB's).  Depends only on libc and <immintrin.h>: never on darknet.h.
  * The build copies patches/kernels/sparse_kernels.[ch] into the tree's src/.
  *
- * Two modes, chosen when the weight format is built:
+ * Two modes, chosen when the weight format is built (ds_sparse_set_mode
+ * switches a built one: both share it):
  *   DS_SPARSE_EXACT  every output is pjreddie's stock sum, bit for bit: it
  *                    starts at 0 and adds each product in upstream's k order
  *                    (k = (channel*kh + ky)*kw + kx within the group), each
