@@ -22,24 +22,39 @@ CHUNK = 8
 
 
 def plain(layer: Layer, fork: str) -> bool:
-    """Whether :func:`rows` models the layer: no AlexeyAB dilation."""
-    return layer.type == "connected" or fork != "alexeyab" or layer.section.get_int("dilation", 1) == 1
+    """Whether :func:`rows` models the layer: every connected layer and
+    convolution (strides, AlexeyAB's ``stride_x``/``stride_y`` and dilation)."""
+    return layer.type in ("connected", "convolutional")
+
+
+def dilation(layer: Layer, fork: str) -> int:
+    """The kernel's dilation: AlexeyAB's ``dilation`` (1 for a 1x1 kernel, as
+    its parser sets); pjreddie's Darknet has none."""
+    if fork != "alexeyab" or layer.section.get_int("size", 1) == 1:
+        return 1
+    return max(1, layer.section.get_int("dilation", 1))
 
 
 def rows(x: np.ndarray, layer: Layer, pixels: np.ndarray, fork: str = "pjreddie") -> np.ndarray:
     """im2col rows of the input ``x`` (N, C, H, W) at output pixels ``pixels``
-    (per image, flat indices into the output plane): (N * len, C * k * k)."""
+    (per image, flat indices into the output plane): (N * len, C * k * k),
+    columns in the weights' order (channel, kernel row, kernel column).  As
+    the fork's im2col_cpu_ext: taps ``dilation`` apart, the zero padding
+    times the dilation on each side (the output size is the layout's)."""
     if layer.type == "connected":
         return x.reshape(len(x), -1)
     size = layer.section.get_int("size", 1)
     stride_x, stride_y = conv_strides(layer.section, fork)
-    pad = conv_padding(layer.section, size)
+    step = dilation(layer, fork)
+    pad = conv_padding(layer.section, size) * step
     n, c, h, w = x.shape
     _, oh, ow = layer.output
-    padded = np.zeros((n, c, h + 2 * pad, w + 2 * pad), np.float32)
+    reach = (size - 1) * step + 1  # a tap may fall past the padding: it reads a zero
+    padded = np.zeros((n, c, max(h + 2 * pad, (oh - 1) * stride_y + reach),
+                       max(w + 2 * pad, (ow - 1) * stride_x + reach)), np.float32)
     padded[:, :, pad:pad + h, pad:pad + w] = x
     oy, ox = np.divmod(pixels, ow)  # (N, P)
-    ky, kx = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    ky, kx = np.meshgrid(np.arange(size) * step, np.arange(size) * step, indexing="ij")
     ys = oy[:, :, None, None] * stride_y + ky  # (N, P, k, k)
     xs = ox[:, :, None, None] * stride_x + kx
     image = np.arange(n)[:, None, None, None]
