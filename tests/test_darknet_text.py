@@ -63,3 +63,11 @@ def test_only_a_newline_ends_a_line_for_the_editor():
 def test_edit_sections_refuses_a_section_the_cfg_lacks():
     with pytest.raises(CfgError, match="the cfg has 1 sections, no section 3 to edit"):
         darknet_text.edit_sections("[net]\n", {3: {"a": 1}})
+
+
+def test_edit_sections_replaces_a_whole_list_value():
+    """steps=1600000,1800000 set to 100,200 is 100,200 (not 100,200,1800000: 3 steps for 2 scales crashed
+    AlexeyAB's `detector train`), while a comment after a number stays."""
+    text = "[net]\nsteps=1600000,1800000\nscales=.1,.1\nfilters = 16  # sixteen\n"
+    out = darknet_text.edit_sections(text, {0: {"steps": "100,200", "filters": 8}})
+    assert out == "[net]\nsteps=100,200\nscales=.1,.1\nfilters = 8  # sixteen\n"

@@ -108,7 +108,10 @@ def edit_sections(text: str, edits: Mapping[int, Mapping[str, object]], note: st
             before, _, after = parts[i].partition("=")
             value = after.lstrip(" \t")
             number = _NUMBER.match(value)
-            kept = value[number.end():] if number else ("\r" if value.endswith("\r") else "")
+            kept = value[number.end():] if number else ""
+            if not kept[:1].isspace() and kept[:1] not in ("#", ";"):
+                # a list (steps=1600000,1800000) or other text after the number is part of the old value
+                kept = "\r" if value.endswith("\r") else ""
             parts[i] = before + "=" + after[:len(after) - len(value)] + wanted[key] + kept
             seen.add(key)
         added = [f"{key}={value}" for key, value in wanted.items() if key not in seen]
