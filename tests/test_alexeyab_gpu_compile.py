@@ -17,7 +17,7 @@ from pathlib import Path
 from helpers.ab_darknet import PATCHED, require
 
 ARCH = "-gencode arch=compute_90,code=sm_90"
-FILES = ["ds_prune", "ds_threshold", "ds_sparse_forward", "ds_slim", "network", "parser", "convolutional_layer",
+FILES = ["ds_prune", "ds_threshold", "ds_sparse_forward", "ds_slim", "ds_distill", "network", "parser", "convolutional_layer",
          "connected_layer", "network_kernels"]
 
 
@@ -47,3 +47,6 @@ def test_gpu_code_compiles(tmp_path: Path):
     assert " U pull_convolutional_layer" in threshold and " U push_convolutional_layer" in threshold
     slim = symbols(obj / "ds_slim.o")
     assert " T ds_slim_step_gpu" in slim and " U cuda_push_array" in slim and " U ds_slim_step_gpu" in kernels
+    distill = symbols(obj / "ds_distill.o")  # the teacher's deltas: heads through the host
+    assert " T ds_distill_step" in distill and " U cuda_pull_array" in distill and " U cuda_push_array" in distill
+    assert " U ds_distill_step" in kernels and " U ds_distill_step" in symbols(obj / "network.o")
