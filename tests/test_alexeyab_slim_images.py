@@ -8,8 +8,10 @@ The cfg is tests/data/ab/ab_geometry.cfg (dilation 2 and 3, stride_x !=
 stride_y, groups, depthwise, 1x1 stride 2) with every convolution made linear
 and without batch norm, so each layer's output is exactly its weights times
 the rows plus its biases; the weights are the fork's own initialisation
-(seeded).  A refit of the dense model, removing no channel, must then give the
-fork's output back: least squares over the right rows recovers the weights.
+(seeded).  The geometry guard is test_rows_give_the_forks_convolution (it
+fails with rows that ignore dilation).  The refit test checks the refit's own
+round trip on those layers through the fork's binding: its targets are built
+from the same rows, so it cannot see a wrong geometry by itself.
 """
 from __future__ import annotations
 
@@ -83,3 +85,29 @@ def test_dilated_layers_are_refit(linear):
     dilated = [layer for layer in model.layers if layer.type == "convolutional"
                and layer.section.get_int("dilation", 1) > 1 and layer.section.get_int("groups", 1) == 1]
     assert dilated and all(calibration.plain(layer, "alexeyab") for layer in dilated)
+
+
+def test_the_refit_gives_the_forks_output_back(linear):
+    """A refit removing no channel, of the dilated and the stride_x/stride_y
+    convolutions whose weights were zeroed in the copy refit, reproduces the
+    dense network's output through the fork (weights and biases written back
+    in the fork's layout)."""
+    from darknet_sparse.structured.channels import channel_graph
+    from darknet_sparse.structured.reconstruct import reconstruct
+    cfg, weights = linear
+    model = ds.load_model(cfg, fork="alexeyab")
+    todo = [layer.index for layer in model.layers if layer.type == "convolutional"
+            and layer.section.get_int("groups", 1) == 1
+            and (layer.section.get_int("dilation", 1) > 1 or len(set(conv_strides(layer.section, "alexeyab"))) == 2)]
+    assert len(todo) >= 2
+    dense, refit = Network(cfg, weights, fork="alexeyab"), Network(cfg, weights, fork="alexeyab")
+    for index in todo:
+        refit.params(index)["weights"][:] = 0
+    graph = channel_graph(model)
+    x = np.random.default_rng(1).random((12, *model.layers[0].input), dtype=np.float32)
+    reconstruct(dense, refit, model, graph, np.ones(len(graph.node_layer), bool), x, layers=todo)
+    want, got = dense.predict(x[:3]), refit.predict(x[:3])
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * float(np.abs(want).max()))
+    for index in todo:
+        np.testing.assert_allclose(refit.params(index)["weights"], dense.params(index)["weights"], atol=2e-3,
+                                   err_msg=f"layer {index}")
