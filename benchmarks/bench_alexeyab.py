@@ -15,10 +15,10 @@ For each: forward milliseconds per image (batch 1, batch norm fused as
 
 side by side, each the median over ROUNDS interleaved rounds (the order
 reversed every other round) of the median of REPEAT forwards
-(tests/helpers/ab_tool.c `time`, compiled against each build).
+(darknet_sparse/darknet/ab_driver.py, `_ab_driver.c time`, compiled against each build).
 
 The prune phase's overhead per training iteration: the hook's own time per
-update over all layers (`ab_tool freeze-time`, median) against the time of a
+update over all layers (`_ab_driver.c freeze-time`, median) against the time of a
 `detector train` iteration (yolov4-tiny, 416x416, batch 2, prune=1, the
 fork's own per-iteration report, median), and the two runs' iteration times
 with prune=0 and prune=1 interleaved.
@@ -38,12 +38,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import numpy as np  # noqa: E402
+
 from _common import OpenCV, Run, machine, rounds_of  # noqa: E402
-from helpers.ab_darknet import (CFGS, compile_tool, edit_cfg, with_role_set,  # noqa: E402
-                                write_detection_set)
+from darknet_sparse.darknet.ab_driver import BUILDS as AB_BUILDS, compile_ab_driver  # noqa: E402
+from darknet_sparse.darknet.network import Network, backend, seed  # noqa: E402
+from darknet_sparse.darknet.runner import set_options  # noqa: E402
+
+CFGS = ROOT / "tests" / "data" / "alexeyab-cfg"  # the cfg files (data only: nothing under tests/ is imported)
+TRAIN_IMAGES = ROOT / "data" / "images" / "train"
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))
 REPEAT = int(os.environ.get("BENCH_REPEAT", 5))
@@ -56,28 +61,61 @@ BUILDS = {("patched", 1): "darknet-alexeyab", ("stock", 1): "darknet-alexeyab-st
           ("patched", 2): "darknet-alexeyab-omp", ("stock", 2): "darknet-alexeyab-stock-omp"}
 
 
-def tools() -> dict[tuple[str, int], Path]:
-    found = {}
-    for key, name in BUILDS.items():
-        tree = ROOT / "build" / name
-        found[key] = compile_tool(tree, WORK / f"ab_tool-{name}")
-    return found
+def tools() -> dict:
+    return {key: compile_ab_driver(AB_BUILDS[name], WORK / f"ab_driver-{name}") for key, name in BUILDS.items()}
+
+
+def fork_initial_weights(cfg: Path, out: Path) -> Path:
+    """The fork's own initial weights (through the AlexeyAB binding, seeded
+    with 1) with every rolling variance set to 1: the fork initialises them to
+    0, so batch norm at inference multiplies by 1/sqrt(1e-5) and activations
+    of an untrained net overflow after some 30 layers; 1 keeps them finite."""
+    seed(1, backend(fork="alexeyab"))
+    net = Network(cfg, None, fork="alexeyab")
+    for index in range(net.num_layers):
+        for name, values in net.params(index).items():
+            if name.split(".")[-1] == "rolling_variance":
+                values[:] = 1
+    net.save(out)
+    return out
+
+
+def write_detection_set(folder: Path, images: int = 4, classes: int = 80) -> Path:
+    """A training set for the prune phase's timing: ``images`` of
+    data/images/train as 128x128 PNGs in a tint (luminance v as r, g, b =
+    v, v + 10, v + 20: without OpenCV the fork's loader runs rgb_to_hsv, whose
+    hue is 0/0 on a grey pixel), one made-up box each; returns the .data file."""
+    from PIL import Image
+    found = sorted(TRAIN_IMAGES.glob("*.jpg"))[:images]
+    if len(found) < images:
+        raise SystemExit(f"{TRAIN_IMAGES} has {len(found)} images, {images} wanted: run `make images`")
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    (folder / "backup").mkdir(exist_ok=True)
+    paths = []
+    for i, image in enumerate(found):
+        grey = np.asarray(Image.open(image).convert("L").resize((128, 128)), dtype=np.float32)
+        v = np.round(grey * 235 / 255).astype(np.uint8)
+        png = folder / "img" / f"{image.stem}.png"
+        Image.fromarray(np.stack([v, v + 10, v + 20], axis=-1)).save(png)
+        png.with_suffix(".txt").write_text(f"{i % classes} 0.5 0.5 {0.2 + 0.1 * (i % 4):.2f} 0.3\n")
+        paths.append(str(png))
+    (folder / "train.txt").write_text("\n".join(paths) + "\n")
+    (folder / "names.txt").write_text("".join(f"c{i}\n" for i in range(classes)))
+    data = folder / "set.data"
+    data.write_text(f"classes={classes}\ntrain={folder / 'train.txt'}\nvalid={folder / 'train.txt'}\n"
+                    f"names={folder / 'names.txt'}\nbackup={folder / 'backup'}\nsavelast=1\n")
+    return data
 
 
 def models() -> dict[str, tuple[Path, Path, dict[float, Path]]]:
     """Each model's cfgs (stock's, the patched one's with sparse_forward=auto) and weights by sparsity."""
-    stock_tool = compile_tool(ROOT / "build" / "darknet-alexeyab-stock", WORK / "ab_tool-init")
     out = {}
     for name, source in MODELS.items():
         cfg = WORK / f"{name}.cfg"
         cfg.write_text(source.read_text())
         auto = WORK / f"{name}.auto.cfg"
-        auto.write_text(edit_cfg(source.read_text(), {"sparse_forward": "auto"}))
-        init = WORK / f"{name}.init.weights"
-        if not init.is_file():
-            subprocess.run([stock_tool, "init", cfg, init], check=True, capture_output=True,
-                           env=dict(os.environ, AB_TOOL_TIME="1000"))
-        files = {0.0: with_role_set(cfg, init, WORK / f"{name}.0.weights", "rolling_variance", 1.0)}
+        auto.write_text(set_options(source.read_text(), {"sparse_forward": "auto"}))
+        files = {0.0: fork_initial_weights(cfg, WORK / f"{name}.0.weights")}
         for s in SPARSITIES[1:]:
             path = WORK / f"{name}.{int(s * 100)}.weights"
             subprocess.run([sys.executable, "-m", "darknet_sparse", "threshold", "--fork", "alexeyab", "--mode",
@@ -88,17 +126,9 @@ def models() -> dict[str, tuple[Path, Path, dict[float, Path]]]:
     return out
 
 
-def milliseconds(output: str) -> list[float]:
-    """The tool's `ms T` lines (Darknet prints its own lines on stdout too)."""
-    return [float(line.split()[1]) for line in output.splitlines() if line.startswith("ms ")]
-
-
-def tool_timer(tool: Path, cfg: Path, threads: int):
+def tool_timer(tool, cfg: Path, threads: int):
     def run(weights: Path) -> Run:
-        done = subprocess.run([tool, "time", cfg, weights, str(REPEAT)], check=True, capture_output=True, text=True,
-                              env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
-        times = milliseconds(done.stdout)
-        wall = statistics.median(times) / 1000
+        wall = statistics.median(tool.milliseconds(cfg, weights, REPEAT, threads)) / 1000
         return Run(wall, wall)
     return run
 
@@ -158,9 +188,8 @@ def iteration_seconds(log: str) -> list[float]:
 
 def prune_overhead(tool_of: dict, found: dict) -> list[str]:
     cfg, _, files = found["yolov4-tiny"]
-    hook = subprocess.run([tool_of[("patched", 1)], "freeze-time", cfg, files[0.5], str(3 + 2 * REPEAT)],
-                          check=True, capture_output=True, text=True).stdout
-    hook_ms = statistics.median(milliseconds(hook)[3:])  # the first few touch fresh pages
+    hook = tool_of[("patched", 1)].freeze_milliseconds(cfg, files[0.5], 3 + 2 * REPEAT)
+    hook_ms = statistics.median(hook[3:])  # the first few touch fresh pages
     data = write_detection_set(WORK / "train-set")
     darknet = ROOT / "build" / "darknet-alexeyab" / "darknet"
     per: dict[int, list[float]] = {0: [], 1: []}
@@ -169,9 +198,11 @@ def prune_overhead(tool_of: dict, found: dict) -> list[str]:
     for r in range(max(1, ROUNDS // 2)):
         for prune in ((0, 1) if r % 2 == 0 else (1, 0)):
             path = WORK / f"train-prune{prune}.cfg"
-            path.write_text(edit_cfg(cfg.read_text(), dict(train, prune=prune), {"yolo": {"random": 0, "jitter": 0}}))
-            done = subprocess.run([darknet, "detector", "train", data.data, path, files[0.5], "-dont_show", "-nomap"],
+            path.write_text(set_options(cfg.read_text(), dict(train, prune=prune), {"yolo": {"random": 0, "jitter": 0}}))
+            done = subprocess.run([darknet, "detector", "train", data, path, files[0.5], "-dont_show", "-nomap"],
                                   capture_output=True, text=True, cwd=WORK, env=dict(os.environ, OMP_NUM_THREADS="1"))
+            if done.returncode:
+                raise SystemExit(f"{darknet} detector train ({path}) exited {done.returncode}:\n{done.stderr[-2000:]}")
             per[prune] += iteration_seconds(done.stdout + done.stderr)[1:]  # the first iteration warms up
     it0, it1 = (1000 * statistics.median(per[p]) for p in (0, 1))
     return [f"- the hook over every layer of yolov4-tiny (6.06M weights, 50% zero), per update: {hook_ms:.2f} ms "

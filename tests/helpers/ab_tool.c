@@ -17,15 +17,11 @@
 //       weight made stale (set to 1, as when a weight is zeroed after the EMA
 //       began), ema_update(net, 0.5), ema_apply, save_weights OUT
 //   ab_tool save-twice CFG IN OUT1 OUT2   (patched build only; layers and [rnn] sub-layers)
+//       IN loaded, saved to OUT1, every layer's prune_threshold set to 0, saved to OUT2
 //   ab_tool update CFG IN OUT
 //       one update_network of a fresh training net (every gradient 0) with IN
 //       loaded, saved to OUT: what the update itself adds ([net] slim=, decay)
-//   ab_tool time CFG WEIGHTS N           (benchmarks/bench_alexeyab.py)
-//       batch-1 inference, batch norm fused as `detector test` does: one
-//       warm-up forward, then N timed forwards of one input, a line `ms T` each
-//   ab_tool freeze-time CFG WEIGHTS N    (patched build only)
-//       N timings (`ms T` lines) of the prune phase's hook over every layer of a training net
-//       IN loaded, saved to OUT1, every layer's prune_threshold set to 0, saved to OUT2
+// The benchmarks' timing driver is the package's darknet_sparse/darknet/_ab_driver.c.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,9 +29,6 @@
 #include "darknet.h"
 #include "parser.h"
 #include "network.h"
-#ifdef DS_PRUNE_THRESHOLD
-void ds_prune_freeze(layer *l);  // the patched build's prune hook (src/ds_prune.h)
-#endif
 
 // The fork seeds rand() with time(0) inside make_yolo_layer, so the weights
 // it initialises after a [yolo] layer depend on the second.  The tool is
@@ -100,33 +93,6 @@ static int forward(char *cfg, char *weights, char *second, unsigned long long se
     return 0;
 }
 
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
-static int timing(char *cfg, char *weights, int n)
-{
-    network net = parse_network_cfg_custom(cfg, 1, 1);
-    unsigned long long seed = 3;
-    int i, size;
-    load_weights(&net, weights);
-    fuse_conv_batchnorm(net);
-    size = net.w * net.h * net.c;
-    float *x = calloc(size, sizeof(float));
-    for (i = 0; i < size; ++i) x[i] = next_uniform(&seed);
-    network_predict(net, x);
-    for (i = 0; i < n; ++i) {
-        double start = now_ms();
-        network_predict(net, x);
-        printf("ms %.3f\n", now_ms() - start);
-    }
-    free(x);
-    return 0;
-}
-
 static int ema(char *cfg, char *in, char *out)
 {
     network net = parse_network_cfg(cfg);  // training allocations: weight_updates, weights_ema
@@ -172,22 +138,7 @@ int main(int argc, char **argv)
         save_weights(net, argv[4]);
         return 0;
     }
-    if (!strcmp(argv[1], "time") && argc == 5) return timing(argv[2], argv[3], atoi(argv[4]));
 #ifdef DS_PRUNE_THRESHOLD
-    if (!strcmp(argv[1], "freeze-time") && argc == 5) {
-        network net = parse_network_cfg(argv[2]);  // training allocations: weight_updates
-        int i, k;
-        load_weights(&net, argv[3]);
-        for (k = 0; k < atoi(argv[4]); ++k) {
-            double start = now_ms();
-            for (i = 0; i < net.n; ++i) {
-                layer l = net.layers[i];
-                if (l.train && l.update) ds_prune_freeze(&l);  // as update_network calls it
-            }
-            printf("ms %.3f\n", now_ms() - start);
-        }
-        return 0;
-    }
     if (!strcmp(argv[1], "save-twice") && argc == 6) {
         network net = parse_network_cfg(argv[2]);
         int i;
