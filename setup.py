@@ -48,7 +48,8 @@ setup(
     packages=find_packages(include=["darknet_sparse", "darknet_sparse.*"]),
     # The shim the binding is compiled from (other shim parts: _shim_*.c, each fork's glue: _fork_*.c);
     # never the compiled module.
-    package_data={"darknet_sparse.darknet": ["_shim.c", "_shim_*.c", "_fork_*.c", "*.h", "_forward_driver.c", "_ab_driver.c"]},
+    package_data={"darknet_sparse.darknet": ["_shim.c", "_shim_*.c", "_fork_*.c", "*.h", "_forward_driver.c",
+                                             "_ab_driver.c"]},
     cmdclass={"build_py": BuildWithUpstream},
     # setuptools' work folder: build/ itself holds the Darknet trees of a checkout.
     options={"build": {"build_base": "build/python"}},
