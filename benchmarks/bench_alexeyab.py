@@ -2,7 +2,7 @@
 -> benchmarks/alexeyab.md.
 
 yolov4-tiny and yolov7-tiny at 416x416 (the cfgs of tests/data/alexeyab-cfg),
-with the fork's own initial weights (stock build; rolling variances set to 1,
+with the fork's own initial weights (the AlexeyAB binding, seed 1; rolling variances set to 1,
 since the fork initialises them to 0 and activations would overflow) pruned by
 `darknet-sparse threshold --fork alexeyab --mode magnitude` to 0/50/70/90%.
 For each: forward milliseconds per image (batch 1, batch norm fused as
