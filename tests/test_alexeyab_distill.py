@@ -195,3 +195,41 @@ def test_detector_distill_without_labels(ab, yolo):  # noqa: F811
         found[alpha] = head_distance(cfg, recalibrated(cfg, final, listed, final.with_suffix(".recal")), teacher, x)
     print(f"yolo heads' mean |student - teacher|: start {before:.4f}, alpha=1 {found[1]:.4f}, alpha=0 {found[0]:.4f}")
     assert found[1] < 0.8 * before and found[1] < 0.8 * found[0], (before, found)
+
+
+def test_loop_with_a_teacher_in_alexeyabs_fork(tmp_path: Path) -> None:
+    """``loop --fork alexeyab --teacher W``: the retraining cfg gets the
+    distill_* options (teacher.cfg at the retraining input, random=0), the
+    fork's detector train runs with the teacher on unlabelled images (no
+    pseudo-labels written), and no zero is revived."""
+    from helpers.ab_darknet import PATCHED, require
+    from darknet_sparse.workflow.loop import LoopSettings, run as loop
+    require(PATCHED)
+    cfg, weights = REPO / "models" / "yolov3-tiny.cfg", REPO / "models" / "yolov3-tiny.weights"
+    images = tmp_path / "train"
+    images.mkdir()
+    for image in sorted((REPO / "data" / "images" / "train").glob("*.jpg"))[:4]:
+        shutil.copy(image, images)
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    for image in sorted((REPO / "data" / "images" / "eval").glob("*.jpg"))[:2]:
+        shutil.copy(image, evaluation)
+    out = tmp_path / "run"
+    messages: list[str] = []
+    result = loop(LoopSettings(cfg=cfg, weights=weights, data=None, out=out, targets=(0.3,), iterations=2,
+                               task="detector", images=images, eval_images=evaluation, fork="alexeyab", train_size=128,
+                               teacher=weights), on_message=messages.append)
+    assert [step.zeros_revived for step in result.steps] == [0]
+    log = (out / "step-01.log").read_text()
+    assert f"Loading weights from {weights.resolve()}" in log  # the teacher, loaded by the fork (0005-distill)
+    net = (out / "train.cfg").read_text().split("[convolutional]")[0].splitlines()
+    for option in (f"distill_cfg={out.resolve() / 'teacher.cfg'}", f"distill_weights={weights.resolve()}",
+                   "distill_alpha=1", "distill_temperature=1", "prune=1"):
+        assert option in net, (option, net)
+    teacher = (out / "teacher.cfg").read_text()
+    assert "width=128" in teacher.split("[convolutional]")[0].splitlines()
+    assert all("random=0" in head.split("[")[0].splitlines() for head in teacher.split("\n[yolo]\n")[1:])
+    assert not list(out.rglob("*.txt"))  # no label written (pseudo-labels or otherwise)
+    said = [m for m in messages if m.startswith("retraining in AlexeyAB's Darknet")]
+    assert len(said) == 1 and "distill_alpha=1" in said[0], messages
+    assert any("the teacher needs no labels" in m for m in messages), messages

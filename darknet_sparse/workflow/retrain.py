@@ -72,7 +72,10 @@ def write_training_files(settings: LoopSettings, model: Model, out: Path,
         changed = ", ".join(f"{key}={value}" for key, value in net.items())
         on_message(f"retraining in AlexeyAB's Darknet ({settings.darknet}): {settings.task} train -dont_show -nomap;"
                    f" {out / TRAIN_CFG} sets prune=1, max_batches={settings.iterations}, {changed}"
-                   + (" and random=0 in [yolo]" if sections else ""))
+                   + (" and random=0 in [yolo]" if sections else "")
+                   + (f"; distill_cfg={out / TEACHER_CFG}, distill_weights={settings.teacher},"
+                      f" distill_temperature={settings.temperature:g}, distill_alpha={settings.alpha:g}"
+                      if settings.teacher is not None else ""))
     labelled, train = None, None
     if settings.images is not None and settings.task == "detector":
         labeller = None
@@ -85,7 +88,8 @@ def write_training_files(settings: LoopSettings, model: Model, out: Path,
                        "(the teacher needs no labels)")
         labelled = pseudolabels.prepare(labeller, images_.image_paths(settings.images), out / PSEUDO,
                                         settings.label_conf, pseudolabels.file_identity(settings.cfg,
-                                                                                        settings.weights))
+                                                                                        settings.weights),
+                                        fork=model.fork)
         if on_message and labeller:
             kept = " (kept from the last run)" if labelled.reused else ""
             on_message(f"pseudo-labels: {labelled.boxes} boxes in {labelled.images} images{kept}")

@@ -240,15 +240,14 @@ def _check_task(settings: LoopSettings) -> None:
 
 def _check_alexeyab(settings: LoopSettings) -> None:
     """What the loop can do in AlexeyAB's Darknet (patches/alexeyab: prune=1,
-    prune_threshold and slim, no distillation or seed patch there): a
-    detector retrained on pseudo-labels."""
+    prune_threshold, slim and distillation, no seed patch there): a detector
+    retrained on pseudo-labels or taught by a teacher (0005-distill)."""
     refused = [(settings.task != "detector", f"--task {settings.task}"),
-               (settings.teacher is not None, "--teacher (distillation)"),
                (settings.structured, "--structured"), (settings.seed is not None, "--seed")]
     found = [what for bad, what in refused if bad]
     if found:
         raise InputError(f"{settings.cfg}: the loop retrains in AlexeyAB's Darknet (fork alexeyab) only a detector "
-                         f"on pseudo-labels; its patches have no {', '.join(found)}")
+                         f"on pseudo-labels or a teacher; its patches have no {', '.join(found)}")
 
 
 def _check_paths(settings: LoopSettings) -> None:
@@ -284,7 +283,7 @@ def _check_paths(settings: LoopSettings) -> None:
     runner.check_binary(settings.darknet)
     runner.check_folder(out)
     if settings.images is not None:
-        pseudolabels.check_folder(out / PSEUDO)
+        pseudolabels.check_folder(out / PSEUDO, settings.fork)
     for path in (settings.cfg, settings.data, settings.weights, settings.teacher, settings.teacher_cfg):
         if path is None:
             continue
