@@ -189,6 +189,16 @@ def test_label_path_follows_fill_truth_detection(image, labels):
     assert label_path(image) == Path(labels)
 
 
+@pytest.mark.parametrize("image, labels", [
+    ("/d/images/a.jpg", "/d/images/a.txt"),  # no plain images -> labels: beside the image
+    ("/d/JPEGImages/a.png", "/d/labels/a.txt"),
+    ("/coco/images/train2017/a.jpg", "/coco/labels/train2017/a.txt"),
+    ("/d/a.jpg.JPEG", "/d/a.jpg.txt"),  # only the extension at the end
+])
+def test_label_path_follows_alexeyabs_replace_image_to_label(image, labels):
+    assert label_path(image, "alexeyab") == Path(labels)
+
+
 def test_label_path_refuses_a_name_darknet_derives_nothing_from():
     with pytest.raises(InputError, match="derives no label file"):
         label_path("images/e.jpeg")

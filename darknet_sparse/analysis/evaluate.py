@@ -53,6 +53,14 @@ CLASSIFIER_CHUNK = 64
 #: order, each replacing the first occurrence only (``find_replace``).
 LABEL_REWRITES = (("images", "labels"), ("JPEGImages", "labels"), ("raw", "labels"),
                   (".jpg", ".txt"), (".png", ".txt"), (".JPG", ".txt"), (".JPEG", ".txt"))
+#: AlexeyAB's rule (``replace_image_to_label`` in its ``src/utils.c``): only
+#: COCO's and VOC's own folders are rewritten (the first occurrence of each),
+#: so labels otherwise sit beside the image; then the extension, only at the end.
+ALEXEYAB_FOLDER_REWRITES = (("/images/train2017/", "/labels/train2017/"), ("/images/val2017/", "/labels/val2017/"),
+                            ("/JPEGImages/", "/labels/"), ("/images/train2014/", "/labels/train2014/"),
+                            ("/images/val2014/", "/labels/val2014/"))
+ALEXEYAB_EXTENSIONS = (".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".PNG", ".bmp", ".BMP", ".ppm", ".PPM",
+                       ".tiff", ".TIFF")
 
 
 @dataclass(frozen=True)
@@ -100,13 +108,23 @@ def task_of(last_layer_type: str) -> str:
 
 # Ground truth.
 
-def label_path(image: str | Path) -> Path:
-    """Where ``detector train`` reads an image's labels: ``images`` ->
-    ``labels`` (then ``JPEGImages``, ``raw``) and ``.jpg`` (``.png``,
-    ``.JPG``, ``.JPEG``) -> ``.txt``, each the first occurrence in the path.
-    A path none of the extensions is in would have Darknet read something
-    that is no label file (the image itself, or its namesake): refused."""
+def label_path(image: str | Path, fork: str = "pjreddie") -> Path:
+    """Where ``detector train`` reads an image's labels.  pjreddie's:
+    ``images`` -> ``labels`` (then ``JPEGImages``, ``raw``) and ``.jpg``
+    (``.png``, ``.JPG``, ``.JPEG``) -> ``.txt``, each the first occurrence
+    in the path.  AlexeyAB's: :data:`ALEXEYAB_FOLDER_REWRITES`, then the
+    image's extension -> ``.txt``, so usually the file beside the image.
+    A path from which the rule derives no ``.txt`` would have Darknet read
+    something that is no label file (the image itself, or its namesake): refused."""
     text = str(image)
+    if fork == "alexeyab":
+        for old, new in ALEXEYAB_FOLDER_REWRITES:
+            text = text.replace(old, new, 1)
+        extension = next((e for e in ALEXEYAB_EXTENSIONS if text.endswith(e)), None)
+        if extension is None:
+            raise InputError(f"{image}: AlexeyAB's rule derives no label file from this name "
+                             f"(it needs one of {', '.join(ALEXEYAB_EXTENSIONS)} at its end)")
+        return Path(text[:-len(extension)] + ".txt")
     for old, new in LABEL_REWRITES:
         text = text.replace(old, new, 1)
     if not any(old in str(image) for old, new in LABEL_REWRITES if new == ".txt"):
@@ -207,7 +225,8 @@ def evaluate_detector(net: Network, paths: Sequence[str | Path], *, reference: N
     if names is not None and len(names) < net.detector_classes:
         raise InputError(f"{len(names)} class names for a model with {net.detector_classes} classes")
     # Every label file is read before the first image is run: a bad one fails at once.
-    labels = None if reference is not None else [read_labels(label_path(p), net.detector_classes) for p in paths]
+    labels = None if reference is not None else [read_labels(label_path(p, net.fork), net.detector_classes)
+                                                 for p in paths]
     found, truths, seconds = [], [], 0.0
     for done, path in enumerate(paths, 1):
         start = time.perf_counter()

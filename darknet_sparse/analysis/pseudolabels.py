@@ -7,8 +7,10 @@
 (:func:`darknet_sparse.analysis.evaluate.label_path`).  So that labels are never
 written beside the user's images, :func:`prepare` gives every image a
 symbolic link ``FOLDER/images/NNNNN.jpg`` and writes its labels to
-``FOLDER/labels/NNNNN.txt``, where Darknet's rewriting of the link's path
-lands; the list Darknet trains on (``FOLDER/train.list``) names the links.
+``FOLDER/labels/NNNNN.txt``, where pjreddie's rewriting of the link's path
+lands (AlexeyAB's fork reads labels beside the image: there they are
+``FOLDER/images/NNNNN.txt``); the list Darknet trains on
+(``FOLDER/train.list``) names the links.
 Darknet reads an image by its content (stb_image), not by its name, so a
 link named ``.jpg`` may point at a PNG.  A folder whose path would send the
 rewriting elsewhere (it holds ``images``, ``raw``, ``.jpg`` ...) is refused.
@@ -55,12 +57,22 @@ def link_name(index: int) -> str:
     return f"{index:05d}.jpg"
 
 
-def check_folder(folder: Path) -> None:
+def labels_of(link: Path, fork: str) -> Path:
+    """The label file written for ``link``: where ``fork``'s ``detector train`` reads it."""
+    return label_path(link, fork)
+
+
+def check_folder(folder: Path, fork: str = "pjreddie") -> None:
     """``folder`` is a place where Darknet's rewriting of a link's path lands
-    on the label file written for it, else an :class:`OutputError`."""
+    on the label file written for it (both forks' rules for ``auto``), else
+    an :class:`OutputError`."""
     link = folder / "images" / link_name(0)
-    expected = folder / "labels" / link_name(0).replace(".jpg", ".txt")
-    found = label_path(link)
+    for name in ("pjreddie", "alexeyab") if fork == "auto" else (fork,):
+        expected = folder / ("labels" if name == "pjreddie" else "images") / link_name(0).replace(".jpg", ".txt")
+        _check_lands(link, label_path(link, name), expected, folder)
+
+
+def _check_lands(link: Path, found: Path, expected: Path, folder: Path) -> None:
     if found != expected:
         raise OutputError(
             f"{folder}: Darknet would read the labels of {link} from {found}, not {expected} (it replaces "
@@ -69,20 +81,22 @@ def check_folder(folder: Path) -> None:
 
 
 def prepare(labeller: Callable[[], object] | None, paths: Sequence[Path], folder: Path, conf: float = LABEL_CONF,
-            identity: dict | None = None, on_progress: Callable[[int], None] | None = None) -> Labelled:
+            identity: dict | None = None, on_progress: Callable[[int], None] | None = None,
+            fork: str = "pjreddie") -> Labelled:
     """Link ``paths`` into ``folder/images``, write ``folder/train.list``
     and, with a ``labeller`` (a function returning the detector
     :class:`~darknet_sparse.darknet.Network`, called only when labels are
     made), the label files of its detections above ``conf``.  ``identity``
     (the labeller's cfg and weights, say) decides with the images and
     ``conf`` whether earlier labels can be kept.  ``on_progress(n)`` is told
-    how many images are labelled."""
+    how many images are labelled.  ``fork`` says whose rule places the
+    label files (pjreddie: ``folder/labels``; alexeyab: beside the links)."""
     if not paths:
         raise InputError("no training images")
     if not 0 < conf < 1:
         raise InputError(f"label confidence {conf} must be in (0, 1)")
     folder = folder.resolve()
-    check_folder(folder)
+    check_folder(folder, fork)
     sources = []
     for path in paths:
         source = Path(os.path.abspath(path))
@@ -90,23 +104,24 @@ def prepare(labeller: Callable[[], object] | None, paths: Sequence[Path], folder
             raise InputError(f"{path}: no such training image")
         sources.append(source)
     stamp = {"images": [str(s) for s in sources], "conf": conf if labeller else None, "labeller": identity}
-    links = _link(sources, folder / "images")
+    links = _link(sources, folder / "images", fork)
     train_list = folder / "train.list"
     train_list.write_text("".join(f"{link}\n" for link in links))
     if _read_stamp(folder) == stamp and (labeller is None or all(
-            label_path(link).is_file() for link in links)):
-        return Labelled(train_list, len(links), _count_lines(folder / "labels") if labeller else 0, True)
+            labels_of(link, fork).is_file() for link in links)):
+        boxes = sum(len(labels_of(link, fork).read_text().splitlines()) for link in links) if labeller else 0
+        return Labelled(train_list, len(links), boxes, True)
     (folder / STAMP).unlink(missing_ok=True)
     labels = folder / "labels"
     labels.mkdir(exist_ok=True)
-    for stale in labels.iterdir():
-        stale.unlink()
+    for stale in [*labels.iterdir(), *(labels_of(link, fork) for link in links)]:
+        stale.unlink(missing_ok=True)  # also AlexeyAB's, beside the links: a teacher's run reads none
     boxes = 0
     if labeller is not None:
         net = labeller()
         for done, link in enumerate(links, 1):
             lines = label_lines(detect(net, link, conf))
-            label_path(link).write_text("".join(line + "\n" for line in lines))
+            labels_of(link, fork).write_text("".join(line + "\n" for line in lines))
             boxes += len(lines)
             if on_progress:
                 on_progress(done)
@@ -135,11 +150,12 @@ def file_identity(*paths: Path) -> dict:
     return {str(Path(p).resolve()): hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
 
 
-def _link(sources: Sequence[Path], folder: Path) -> list[Path]:
-    """``folder/NNNNN.jpg`` -> each source, stale links removed."""
+def _link(sources: Sequence[Path], folder: Path, fork: str) -> list[Path]:
+    """``folder/NNNNN.jpg`` -> each source, stale links (and stale label
+    files beside them) removed."""
     folder.mkdir(parents=True, exist_ok=True)
     links = [folder / link_name(i) for i in range(len(sources))]
-    wanted = set(links)
+    wanted = set(links) | {labels_of(link, fork) for link in links}
     for entry in folder.iterdir():
         if entry not in wanted:
             entry.unlink()
@@ -156,8 +172,3 @@ def _read_stamp(folder: Path) -> dict | None:
         return json.loads((folder / STAMP).read_text())
     except (OSError, ValueError):
         return None
-
-
-def _count_lines(folder: Path) -> int:
-    return sum(len(p.read_text().splitlines()) for p in folder.iterdir())
-
