@@ -21,7 +21,23 @@ struct ds_net {
     int max_batch;   /* the batch the cfg sized every buffer for */
     float *scratch;  /* one batch of input, for a short last chunk */
     int views;       /* ds_param handed out writable views of the weights */
+    int rebatch;     /* a short chunk may run at its own batch (no recurrent layer) */
 };
+
+/* Recurrent layers size their sub-layers' batches at parse time, which
+ * set_batch_network does not reach: such a net always runs at its batch. */
+static int can_rebatch(const network *net)
+{
+    int i;
+    for (i = 0; i < net->n; ++i) {
+        LAYER_TYPE t = net->layers[i].type;
+        if (t == RNN || t == GRU || t == LSTM || t == CRNN) return 0;
+#ifdef DS_FORK_ALEXEYAB
+        if (t == CONV_LSTM) return 0;
+#endif
+    }
+    return 1;
+}
 
 /* Weights written through the views are invisible to the sparse forward
  * pass's compressed copy: once views exist, rebuild it before using the net. */
@@ -50,6 +66,7 @@ ds_net *ds_load(const char *cfg, const char *weights, int clear)
         return NULL;
     }
     h->max_batch = h->net->batch;
+    h->rebatch = can_rebatch(h->net);
     h->scratch = calloc((size_t)h->net->inputs * h->net->batch, sizeof(float));
     if (!h->scratch) {
         ds_free(h);
@@ -115,6 +132,16 @@ int ds_forward(ds_net *h, const float *x, float *out, int n, int train)
     for (i = 0; i < n; i += b) {
         int k = n - i < b ? n - i : b;
         float *in = (float *)x + (size_t)i * net->inputs;
+        if (k < b && !train && h->rebatch) {
+            /* Inference on a short chunk (one image through a cfg with
+             * batch=64): run those k alone, not k plus b - k rows of zeros.
+             * Each row's output is the same at any batch in inference. */
+            set_batch_network(net, k);
+            float *result = fork_predict(net, in);
+            if (out) memcpy(out + (size_t)i * net->outputs, result, (size_t)k * net->outputs * sizeof(float));
+            set_batch_network(net, b);
+            continue;
+        }
         if (k < b) {
             memcpy(h->scratch, in, (size_t)k * net->inputs * sizeof(float));
             memset(h->scratch + (size_t)k * net->inputs, 0, (size_t)(b - k) * net->inputs * sizeof(float));
