@@ -32,14 +32,20 @@ _FLOATS = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
 
 
 def compile_kernels(folder: Path, openmp: bool = False) -> Path:
-    """The library, built with Darknet's -Ofast plus the flags the file needs."""
+    """The library, compiled with Darknet's -Ofast plus the flags the file
+    needs.  It is linked without -Ofast: gcc 12 links crtfastmath.o into a
+    -Ofast shared object, whose constructor turns on flush-to-zero for the
+    whole process that loads it (later tests' numpy would lose subnormals)."""
     target = folder / f"libsparse_kernels{'-omp' if openmp else ''}.so"
-    command = ["gcc", "-Ofast", "-fno-associative-math", "-ffp-contract=off", "-Wall", "-Werror",
-               "-Wno-unknown-pragmas", "-fPIC", "-shared", *(["-fopenmp"] if openmp else []),
-               "-o", str(target), str(SOURCE)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"cannot build the kernels ({' '.join(command)}):\n{done.stderr}")
+    omp = ["-fopenmp"] if openmp else []
+    objects = target.with_suffix(".o")
+    commands = [["gcc", "-Ofast", "-fno-associative-math", "-ffp-contract=off", "-Wall", "-Werror",
+                 "-Wno-unknown-pragmas", "-fPIC", *omp, "-c", "-o", str(objects), str(SOURCE)],
+                ["gcc", "-shared", *omp, "-o", str(target), str(objects)]]
+    for command in commands:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"cannot build the kernels ({' '.join(command)}):\n{done.stderr}")
     return target
 
 
