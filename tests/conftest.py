@@ -27,6 +27,16 @@ from helpers.stock import ROUND_TRIP_LIMIT, Saved, StockTool, build
 from helpers.ab_hooks import pytest_collection_modifyitems, pytest_terminal_summary  # noqa: F401
 
 
+@pytest.fixture(autouse=True)
+def no_file_left_in_the_working_folder():
+    """Nothing a test runs writes into the caller's working folder: AlexeyAB's
+    loader appends every image whose label file it cannot open to ./bad.list."""
+    stray = Path("bad.list")
+    before = stray.exists()
+    yield
+    assert before or not stray.exists(), f"a test left {stray.resolve()} behind"
+
+
 @pytest.fixture(scope="session")
 def stock_tool(tmp_path_factory: pytest.TempPathFactory) -> StockTool:
     source = Path(__file__).parent / "helpers" / "stock_tool.c"

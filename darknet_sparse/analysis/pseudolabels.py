@@ -115,8 +115,13 @@ def prepare(labeller: Callable[[], object] | None, paths: Sequence[Path], folder
     labels = folder / "labels"
     labels.mkdir(exist_ok=True)
     for stale in [*labels.iterdir(), *(labels_of(link, fork) for link in links)]:
-        stale.unlink(missing_ok=True)  # also AlexeyAB's, beside the links: a teacher's run reads none
+        stale.unlink(missing_ok=True)  # also AlexeyAB's, beside the links
     boxes = 0
+    if labeller is None and fork == "alexeyab":
+        # A teacher's run reads no labels, but AlexeyAB's loader still opens
+        # each image's file and lists every missing one in ./bad.list.
+        for link in links:
+            labels_of(link, fork).write_text("")
     if labeller is not None:
         net = labeller()
         for done, link in enumerate(links, 1):
