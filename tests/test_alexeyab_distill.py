@@ -229,7 +229,9 @@ def test_loop_with_a_teacher_in_alexeyabs_fork(tmp_path: Path) -> None:
     teacher = (out / "teacher.cfg").read_text()
     assert "width=128" in teacher.split("[convolutional]")[0].splitlines()
     assert all("random=0" in head.split("[")[0].splitlines() for head in teacher.split("\n[yolo]\n")[1:])
-    assert not list(out.rglob("*.txt"))  # no label written (pseudo-labels or otherwise)
+    labels = list(out.rglob("*.txt"))  # the loop's empty label files beside its links: no boxes, no pseudo-labels
+    assert labels and all(p.parent == out / "pseudo" / "images" and p.read_text() == "" for p in labels), labels
+    assert not list(images.glob("*.txt"))  # nothing written beside the user's images
     said = [m for m in messages if m.startswith("retraining in AlexeyAB's Darknet")]
     assert len(said) == 1 and "distill_alpha=1" in said[0], messages
     assert any("the teacher needs no labels" in m for m in messages), messages
