@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`, in two parts; outputs go to out/demo/.
+# `make demo`, in three parts; outputs go to out/demo/.
 # 1. The quick part, on the shipped example model, cfg/digits.cfg and
 #    cfg/digits.weights (a Darknet classifier trained here on scikit-learn's
 #    handwritten digits): it shows the model, prunes it once, runs a short
@@ -10,6 +10,9 @@
 #    mAP with the dense model on a sample of the evaluation split before and
 #    after batch-norm recalibration on training frames relative to the dense
 #    model.
+# 3. AlexeyAB's fork: yolov4-tiny (the fork's own initial weights: no pretrained one is
+#    reachable here) read, pruned and run sparse; the real yolov3-tiny run by the fork, and a
+#    two-step loop in its detector train with the dense model as teacher.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,3 +80,75 @@ for weights in "$out/yolo-70.weights" "$out/yolo-70-recal.weights"; do
     $ds eval "$weights" --cfg "$cfg" --images data/images/eval.txt --max-images $n --reference "$dense" \
         2>/dev/null | sed -n '1p;/^mAP/p'
 done
+
+if [ ! -f build/darknet-alexeyab/libdarknet.so ]; then
+    echo
+    echo "== AlexeyAB's fork: not built, so part 3 is left out: $(cat build/darknet-alexeyab.unavailable 2>/dev/null \
+        || echo 'make darknet-alexeyab')"
+    exit 0
+fi
+echo
+echo "== AlexeyAB's fork (build/darknet-alexeyab, patched): yolov4-tiny, AlexeyAB's own cfg"
+echo "   No pretrained yolov4-tiny is reachable here: these are the fork's own initial weights (its parser's"
+echo "   random draw, rolling variances set to 1), so they detect nothing; what they show is the fork's layout"
+echo "   read and written, the zeros and the speed-up. The real yolov3-tiny follows, through the same build."
+v4cfg=$out/yolov4-tiny.cfg
+cp tests/data/alexeyab-cfg/yolov4-tiny.cfg "$v4cfg"
+.venv/bin/python - "$v4cfg" "$out/yolov4-tiny.weights" <<'PY' 2>/dev/null
+import sys
+
+from darknet_sparse.darknet import Network
+
+cfg, out = sys.argv[1:]
+net = Network(cfg, None, fork="alexeyab")
+for i in range(net.num_layers):
+    params = net.params(i)
+    if "rolling_variance" in params:
+        params["rolling_variance"][:] = 1
+net.save(out)
+PY
+$ds info "$out/yolov4-tiny.weights" --cfg "$v4cfg" | tail -n 3
+echo
+echo "== 90% of every layer's weights set to zero (magnitude), in AlexeyAB's layout"
+$ds threshold "$out/yolov4-tiny.weights" --cfg "$v4cfg" --fork alexeyab --mode magnitude -s 0.9 \
+    -o "$out/yolov4-tiny-90.weights" | grep '^total'
+echo
+echo "== The sparse forward pass (patches/alexeyab/0003, [net] sparse_forward=auto), in-process, one 416x416 image"
+.venv/bin/python - "$v4cfg" "$out/yolov4-tiny.weights" "$out/yolov4-tiny-90.weights" <<'PY' 2>/dev/null
+import sys
+import time
+
+import numpy as np
+
+from darknet_sparse.darknet import Network
+
+cfg, dense, sparse = sys.argv[1:]
+x = np.random.default_rng(0).random((1, 3, 416, 416), dtype=np.float32)
+times = {}
+for name, weights in (("dense", dense), ("90% zeros", sparse)):
+    net = Network(cfg, weights, fork="alexeyab")
+    net.predict(x)  # the first forward builds the compressed copy of the weights
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        net.predict(x)
+        runs.append(time.perf_counter() - start)
+    times[name] = float(np.median(runs))
+    print(f"{name:<10} {times[name] * 1000:7.1f} ms per image (median of 5, one thread)")
+print(f"speed-up   {times['dense'] / times['90% zeros']:7.2f}x  (make bench-alexeyab: against stock and OpenCV)")
+PY
+echo
+echo "== The real yolov3-tiny in AlexeyAB's Darknet: the 70% model's agreement with the dense one, both run by the"
+echo "   fork (its own resize: no letterbox unless letter_box=1), then the dense model against pjreddie's run of it"
+$ds eval "$out/yolo-70-recal.weights" --cfg "$cfg" --images data/images/eval.txt --max-images 16 --reference "$dense" \
+    --fork alexeyab 2>/dev/null | sed -n '/^mAP@0.5 /p'
+$ds eval "$dense" --cfg "$cfg" --images data/images/eval.txt --max-images 16 --reference "$dense" --fork alexeyab \
+    --letter-box --reference-fork pjreddie 2>/dev/null | sed -n '/^mAP@0.5 /p'
+echo
+echo "== Two prune/retrain steps in AlexeyAB's detector train (prune=1), the dense yolov3-tiny as teacher"
+echo "   (patches/alexeyab/0005-distill, no labels), 2 batches of 4 at 128x128 each: a demo, not a recipe"
+head -n 16 data/images/train.txt > "$out/ab-train.txt"
+sed -n '1~8p' data/images/eval.txt > "$out/ab-eval.txt"  # 8 of the 64
+$ds loop --task detector --fork alexeyab --cfg "$cfg" -w "$dense" --images "$out/ab-train.txt" \
+    --eval-images "$out/ab-eval.txt" --sparsities 0.3,0.5 --iterations-per-step 2 --train-size 128 --batch 4 \
+    --recalibrate 0 --teacher "$dense" --out "$out/ab-loop" 2>/dev/null | tail -n 4
