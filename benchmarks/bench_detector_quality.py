@@ -351,7 +351,7 @@ def _measure(args) -> tuple[list[str], list[tuple[str, bool]]]:
         loops_done = all(p.poll() is not None for p, *_ in loops.values())
         if time.perf_counter() > deadline:
             for job, (method, level) in jobs.items():
-                if job.cancel():
+                if not job.cancelled() and job.cancel():  # cancel() is True again for a cancelled job
                     late.append(f"- {method} at {pct(level)}%: not run (time limit, {budget.minutes:g} min)")
         if loops_done and planned and all(job.done() for job in jobs):
             break
