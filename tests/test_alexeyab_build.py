@@ -17,7 +17,7 @@ SCRIPT = REPO / "scripts" / "build_darknet_alexeyab.sh"
 
 
 def lone_script(tmp_path: Path) -> Path:
-    """The script and its pin in a folder with no ../shared beside it."""
+    """The script and its pin in a folder with no shared/upstream seed folder beside it."""
     root = tmp_path / "repo"
     (root / "scripts").mkdir(parents=True)
     (root / "patches" / "alexeyab").mkdir(parents=True)
@@ -34,7 +34,7 @@ def run_script(script: Path, tmp_path: Path, *args: str, **env: str) -> subproce
 
 
 def test_no_source_is_one_line_saying_how_to_give_one(tmp_path: Path):
-    """No DARKNET_AB_SRC, an empty cache, no ../shared, and (here) no network."""
+    """No DARKNET_AB_SRC, an empty cache, no shared/upstream seed folder, and (here) no network."""
     script = lone_script(tmp_path)
     curl = tmp_path / "bin" / "curl"  # a download that fails, whatever the network
     curl.parent.mkdir()
