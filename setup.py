@@ -14,8 +14,8 @@ from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 #: Repository files shipped as darknet_sparse/_upstream/<same path>.
-UPSTREAM = ["scripts/build_darknet.sh", "patches/series", "patches/upstream.sha256", "patches/*.patch",
-            "patches/kernels/*.c", "patches/kernels/*.h",
+UPSTREAM = ["scripts/build_darknet.sh", "scripts/build_common.sh", "patches/series", "patches/upstream.sha256",
+            "patches/*.patch", "patches/kernels/*.c", "patches/kernels/*.h",
             # AlexeyAB's fork: `darknet-sparse build --fork alexeyab`.
             "scripts/build_darknet_alexeyab.sh", "patches/alexeyab/series", "patches/alexeyab/upstream.digest",
             "patches/alexeyab/*.patch"]

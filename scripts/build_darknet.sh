@@ -45,6 +45,8 @@ SUITE=bookworm
 
 die() { echo "build_darknet.sh: error: $*" >&2; exit 1; }
 stage() { echo "==> $*" >&2; }
+# kernel_files, copy_kernels, apply_series, sync_tree
+source scripts/build_common.sh
 
 case "${1:-}" in
   patched) dest=$DARKNET_SPARSE_BUILD_DIR/darknet ;;
@@ -102,53 +104,6 @@ unpack_upstream() {
   fi
 }
 
-# The fork-neutral sparse kernels the series' patches (0010) call:
-# patches/kernels/*.c and *.h, one per line (none: nothing).
-kernel_files() {
-  local f
-  for f in patches/kernels/*.c patches/kernels/*.h; do
-    if [ -f "$f" ]; then echo "$f"; fi
-  done
-}
-
-# The kernels into the tree's src/ of $1.
-copy_kernels() {
-  local f
-  for f in $(kernel_files); do cp "$f" "$1/src/"; done
-}
-
-# Apply patches/series to the tree in $1; name the patch and show patch's
-# report (file and hunk) when one does not apply.
-apply_series() {
-  local name out
-  while read -r name _; do
-    case "$name" in ''|'#'*) continue ;; esac
-    [ -f "patches/$name" ] || die "patches/series lists $name, which is not in patches/"
-    if ! out=$(patch -d "$1" -p1 --batch --forward --no-backup-if-mismatch -r - < "patches/$name" 2>&1); then
-      die "patches/$name does not apply to ${DARKNET_SRC:-$TARBALL}:
-$out"
-    fi
-  done < patches/series
-}
-
-# Make $2 hold exactly the files of $1, rewriting only those whose content
-# differs (unchanged files keep their times, so make leaves their objects).
-sync_tree() {
-  local src=$1 dst=$2 f
-  mkdir -p "$dst"
-  (cd "$src" && find . -type f | sort) > "$src.files"
-  if [ -f "$dst/.upstream-files" ]; then
-    comm -23 "$dst/.upstream-files" "$src.files" | (cd "$dst" && xargs -r rm -f --)
-  fi
-  while read -r f; do
-    if ! cmp -s "$src/$f" "$dst/$f"; then
-      mkdir -p "$(dirname "$dst/$f")"
-      cp "$src/$f" "$dst/$f"
-    fi
-  done < "$src.files"
-  mv "$src.files" "$dst/.upstream-files"
-}
-
 # What the tree depends on: the source and, when patched, every patch in order.
 source_key() {
   if [ -n "${DARKNET_SRC:-}" ]; then
@@ -169,7 +124,7 @@ if [ "$(cat "$dest/.source-key" 2>/dev/null)" != "$key" ]; then
   unpack_upstream "$tree"
   if [ "$variant" = patched ]; then
     copy_kernels "$tree"
-    apply_series "$tree"
+    apply_series "$tree" patches "${DARKNET_SRC:-$TARBALL}"
     stage "unpack+patch: $(grep -cv '^[[:space:]]*\(#\|$\)' patches/series) patches applied, into $dest"
   else
     stage "unpack+patch: stock tree (no patches), into $dest"

@@ -55,6 +55,8 @@ NO_SOURCE=3
 
 die() { echo "Error: build_darknet_alexeyab.sh: $*" >&2; exit 1; }
 stage() { echo "==> $*" >&2; }
+# kernel_files, copy_kernels, apply_series, sync_tree
+source scripts/build_common.sh
 
 if_available=0
 if [ "${1:-}" = --if-available ]; then if_available=1; shift; fi
@@ -147,41 +149,6 @@ fetch_source() {
   return $NO_SOURCE
 }
 
-# Make $2 hold exactly the files of $1, rewriting only those whose content
-# differs (unchanged files keep their times, so make leaves their objects).
-sync_tree() {
-  local src=$1 dst=$2 f
-  mkdir -p "$dst"
-  (cd "$src" && find . -type f | sort) > "$src.files"
-  if [ -f "$dst/.upstream-files" ]; then
-    comm -23 "$dst/.upstream-files" "$src.files" | (cd "$dst" && xargs -r rm -f --)
-  fi
-  while read -r f; do
-    if ! cmp -s "$src/$f" "$dst/$f"; then
-      mkdir -p "$(dirname "$dst/$f")"
-      cp "$src/$f" "$dst/$f"
-    fi
-  done < "$src.files"
-  mv "$src.files" "$dst/.upstream-files"
-}
-
-# Copy the shared kernels into src/, then apply patches/alexeyab/series; name
-# the patch and show patch's report when one does not apply.
-patch_tree() {
-  local name out f
-  for f in patches/kernels/*.c patches/kernels/*.h; do
-    [ -f "$f" ] && cp "$f" "$1/src/"
-  done
-  while read -r name _; do
-    case "$name" in ''|'#'*) continue ;; esac
-    [ -f "patches/alexeyab/$name" ] || die "patches/alexeyab/series lists $name, which is not in patches/alexeyab/"
-    if ! out=$(patch -d "$1" -p1 --batch --forward --no-backup-if-mismatch -r - < "patches/alexeyab/$name" 2>&1); then
-      die "patches/alexeyab/$name does not apply to AlexeyAB/darknet $COMMIT:
-$out"
-    fi
-  done < patches/alexeyab/series
-}
-
 # What the tree depends on: the source and, when patched, the kernels and every patch.
 source_key() {
   if [ -n "${DARKNET_AB_SRC:-}" ]; then
@@ -211,7 +178,8 @@ if [ "$(cat "$dest/.source-key" 2>/dev/null)" != "$key" ]; then
     exit $NO_SOURCE
   fi
   if [ "$variant" = patched ]; then
-    patch_tree "$tree"
+    copy_kernels "$tree"
+    apply_series "$tree" patches/alexeyab "AlexeyAB/darknet $COMMIT"
     stage "unpack+patch: $(grep -cv '^[[:space:]]*\(#\|$\)' patches/alexeyab/series || true) patches applied, into $dest"
   else
     stage "unpack+patch: stock tree (no patches), into $dest"

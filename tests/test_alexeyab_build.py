@@ -22,6 +22,7 @@ def lone_script(tmp_path: Path) -> Path:
     (root / "scripts").mkdir(parents=True)
     (root / "patches" / "alexeyab").mkdir(parents=True)
     shutil.copy(SCRIPT, root / "scripts")
+    shutil.copy(SCRIPT.with_name("build_common.sh"), root / "scripts")
     for name in ("upstream.digest", "series"):
         shutil.copy(REPO / "patches" / "alexeyab" / name, root / "patches" / "alexeyab")
     return root / "scripts" / SCRIPT.name

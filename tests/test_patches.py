@@ -147,7 +147,8 @@ def test_binding_predicts_like_the_binary(tmp_path: Path) -> None:
 def test_a_patch_that_does_not_apply_is_named_with_its_hunk(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
-    shutil.copy(ROOT / "scripts" / "build_darknet.sh", repo / "scripts")
+    for script in ("build_darknet.sh", "build_common.sh"):
+        shutil.copy(ROOT / "scripts" / script, repo / "scripts")
     (repo / "patches").mkdir()
     (repo / "patches" / "series").write_text("0001-broken.patch\n")
     (repo / "patches" / "0001-broken.patch").write_text(
