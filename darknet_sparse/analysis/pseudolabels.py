@@ -57,11 +57,6 @@ def link_name(index: int) -> str:
     return f"{index:05d}.jpg"
 
 
-def labels_of(link: Path, fork: str) -> Path:
-    """The label file written for ``link``: where ``fork``'s ``detector train`` reads it."""
-    return label_path(link, fork)
-
-
 def check_folder(folder: Path, fork: str = "pjreddie") -> None:
     """``folder`` is a place where Darknet's rewriting of a link's path lands
     on the label file written for it (both forks' rules for ``auto``), else
@@ -69,15 +64,12 @@ def check_folder(folder: Path, fork: str = "pjreddie") -> None:
     link = folder / "images" / link_name(0)
     for name in ("pjreddie", "alexeyab") if fork == "auto" else (fork,):
         expected = folder / ("labels" if name == "pjreddie" else "images") / link_name(0).replace(".jpg", ".txt")
-        _check_lands(link, label_path(link, name), expected, folder)
-
-
-def _check_lands(link: Path, found: Path, expected: Path, folder: Path) -> None:
-    if found != expected:
-        raise OutputError(
-            f"{folder}: Darknet would read the labels of {link} from {found}, not {expected} (it replaces "
-            "the first 'images', 'JPEGImages', 'raw' and '.jpg' in an image's path); choose an output "
-            "folder whose absolute path holds none of images, JPEGImages, raw, .jpg, .png, .JPG, .JPEG")
+        found = label_path(link, name)
+        if found != expected:
+            raise OutputError(
+                f"{folder}: Darknet would read the labels of {link} from {found}, not {expected} (it replaces "
+                "the first 'images', 'JPEGImages', 'raw' and '.jpg' in an image's path); choose an output "
+                "folder whose absolute path holds none of images, JPEGImages, raw, .jpg, .png, .JPG, .JPEG")
 
 
 def prepare(labeller: Callable[[], object] | None, paths: Sequence[Path], folder: Path, conf: float = LABEL_CONF,
@@ -108,25 +100,25 @@ def prepare(labeller: Callable[[], object] | None, paths: Sequence[Path], folder
     train_list = folder / "train.list"
     train_list.write_text("".join(f"{link}\n" for link in links))
     if _read_stamp(folder) == stamp and (labeller is None or all(
-            labels_of(link, fork).is_file() for link in links)):
-        boxes = sum(len(labels_of(link, fork).read_text().splitlines()) for link in links) if labeller else 0
+            label_path(link, fork).is_file() for link in links)):
+        boxes = sum(len(label_path(link, fork).read_text().splitlines()) for link in links) if labeller else 0
         return Labelled(train_list, len(links), boxes, True)
     (folder / STAMP).unlink(missing_ok=True)
     labels = folder / "labels"
     labels.mkdir(exist_ok=True)
-    for stale in [*labels.iterdir(), *(labels_of(link, fork) for link in links)]:
+    for stale in [*labels.iterdir(), *(label_path(link, fork) for link in links)]:
         stale.unlink(missing_ok=True)  # also AlexeyAB's, beside the links
     boxes = 0
     if labeller is None and fork == "alexeyab":
         # A teacher's run reads no labels, but AlexeyAB's loader still opens
         # each image's file and lists every missing one in ./bad.list.
         for link in links:
-            labels_of(link, fork).write_text("")
+            label_path(link, fork).write_text("")
     if labeller is not None:
         net = labeller()
         for done, link in enumerate(links, 1):
             lines = label_lines(detect(net, link, conf))
-            labels_of(link, fork).write_text("".join(line + "\n" for line in lines))
+            label_path(link, fork).write_text("".join(line + "\n" for line in lines))
             boxes += len(lines)
             if on_progress:
                 on_progress(done)
@@ -160,7 +152,7 @@ def _link(sources: Sequence[Path], folder: Path, fork: str) -> list[Path]:
     files beside them) removed."""
     folder.mkdir(parents=True, exist_ok=True)
     links = [folder / link_name(i) for i in range(len(sources))]
-    wanted = set(links) | {labels_of(link, fork) for link in links}
+    wanted = set(links) | {label_path(link, fork) for link in links}
     for entry in folder.iterdir():
         if entry not in wanted:
             entry.unlink()
