@@ -132,17 +132,13 @@ int ds_forward(ds_net *h, const float *x, float *out, int n, int train)
     for (i = 0; i < n; i += b) {
         int k = n - i < b ? n - i : b;
         float *in = (float *)x + (size_t)i * net->inputs;
-        if (k < b && !train && h->rebatch) {
-            /* Inference on a short chunk (one image through a cfg with
-             * batch=64): run those k alone, not k plus b - k rows of zeros.
-             * Each row's output is the same at any batch in inference. */
+        /* Inference on a short chunk (one image through a cfg with batch=64)
+         * runs those k alone, not k plus b - k rows of zeros: each row's
+         * output is the same at any batch in inference. */
+        int rebatch = k < b && !train && h->rebatch;
+        if (rebatch) {
             set_batch_network(net, k);
-            float *result = fork_predict(net, in);
-            if (out) memcpy(out + (size_t)i * net->outputs, result, (size_t)k * net->outputs * sizeof(float));
-            set_batch_network(net, b);
-            continue;
-        }
-        if (k < b) {
+        } else if (k < b) {
             memcpy(h->scratch, in, (size_t)k * net->inputs * sizeof(float));
             memset(h->scratch + (size_t)k * net->inputs, 0, (size_t)(b - k) * net->inputs * sizeof(float));
             in = h->scratch;
@@ -151,6 +147,7 @@ int ds_forward(ds_net *h, const float *x, float *out, int n, int train)
         if (train) fork_forward_train(net, in);  /* training mode, no truth: the fork's glue */
         else result = fork_predict(net, in);
         if (out) memcpy(out + (size_t)i * net->outputs, result, (size_t)k * net->outputs * sizeof(float));
+        if (rebatch) set_batch_network(net, b);
     }
     return 0;
 }
