@@ -201,7 +201,7 @@ def sweep(net: Network, model: Model, levels: Sequence[float], measure: Measure,
           layers: Sequence[Layer] | None = None, on_progress: Callable[[int], None] | None = None) -> Sensitivity:
     """Prune each layer alone to each level, measure, restore.
 
-    ``model`` is the cfg's layout (pjreddie rules, as the binding loads it);
+    ``model`` is the cfg's layout under the fork ``net`` runs (its binding's rules);
     ``on_progress(n)`` is told how many measurements are done.  The weights
     are written back from copies, so the network ends bit-identical.
     """
