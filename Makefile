@@ -122,7 +122,9 @@ bench-speed: setup models darknet darknet-stock darknet-omp
 bench-quality: setup models images fashion darknet binding
 	$(VPY) benchmarks/bench_quality.py
 
-bench-detector: setup models images darknet darknet-stock darknet-omp binding
+# Its AlexeyAB section needs the fork's builds (where its source is reachable; else the section says so).
+bench-detector: setup models images darknet darknet-stock darknet-omp binding alexeyab-if-available binding-alexeyab
+	DARKNET_DEST_NAME=darknet-alexeyab-stock-omp OPENMP=1 scripts/build_darknet_alexeyab.sh --if-available stock
 	$(VPY) benchmarks/bench_detector.py
 
 bench-slim: setup models images darknet darknet-stock darknet-omp binding

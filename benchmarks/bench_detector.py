@@ -11,6 +11,13 @@ that made it and one section per part:
   one-shot magnitude and global pruning, recalibration, a sensitivity plan
   and the loop (with and without the teacher); the best model at 50, 70
   and 80% is left in ``out/bench-detector``.
+- *AlexeyAB* (:mod:`bench_detector_alexeyab`): the dense model and those
+  best models run by AlexeyAB's Darknet: agreement mAP@0.5 against the
+  fork's own run of the dense model, against pjreddie's (the cross-fork
+  number) and against pjreddie's run of the same model, beside pjreddie's
+  own column; forward time in the patched fork (1 and 2 threads) and its
+  stock build.  A best model not there is made the cheap way (one-shot
+  global + recalibration) and named as a stand-in.
 
 A section left out with ``--skip`` keeps its text from the existing
 ``detector.md``, so one part can be rerun alone.
@@ -27,6 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_detector_alexeyab  # noqa: E402
 import bench_detector_quality  # noqa: E402
 import bench_detector_speed  # noqa: E402
 from _common import ROOT, command_line  # noqa: E402
@@ -48,8 +56,12 @@ def quality(args) -> tuple[list[str], list[tuple[str, bool]]]:
     return bench_detector_quality.measure(args)
 
 
-#: (title, section function, what --skip calls it)
-SECTIONS = (("Speed", speed, "speed"), ("Quality", quality, "quality"))
+def alexeyab(args) -> tuple[list[str], list[tuple[str, bool]]]:
+    return bench_detector_alexeyab.measure(args)
+
+
+#: (title, section function, what --skip calls it); AlexeyAB after Quality, whose best models it runs.
+SECTIONS = (("Speed", speed, "speed"), ("Quality", quality, "quality"), ("AlexeyAB", alexeyab, "alexeyab"))
 
 
 def old_sections(path: Path) -> dict[str, list[str]]:
@@ -73,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--skip", action="append", default=[], choices=[key for _, _, key in SECTIONS],
                         help="leave a section out (repeatable)")
-    parser.add_argument("--rounds", type=int, default=3, help="speed: interleaved rounds")
-    parser.add_argument("--repeat", type=int, default=3, help="speed: forwards per timed run")
+    parser.add_argument("--rounds", type=int, default=3, help="speed and alexeyab: interleaved rounds")
+    parser.add_argument("--repeat", type=int, default=3, help="speed and alexeyab: forwards per timed run")
     parser.add_argument("--omp-wait-policy", choices=("passive", "active", "default"), default="passive")
     quality_args = parser.add_argument_group("quality")
     quality_args.add_argument("--train", type=Path, default=ROOT / "data" / "images" / "train.txt",
@@ -102,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     quality_args.add_argument("--loop-levels", type=lambda t: tuple(float(x) for x in t.split(",")),
                               default=budget.loop_levels, help="the loops' steps (each scored as a row)")
     quality_args.add_argument("--no-teacher", action="store_true", help="leave out the teacher loop")
+    alexeyab_args = parser.add_argument_group("alexeyab (also --eval, --work, --train, --calibration-*)")
+    alexeyab_args.add_argument("--alexeyab-max-images", type=int, default=None,
+                               help="score on a sample of N evaluation images (a check run; default: all)")
     args = parser.parse_args(argv)
 
     begun = time.perf_counter()
@@ -114,6 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     if "quality" not in args.skip and running:
         print(f"Quality: another run (pid {running}) is writing {args.work}; its section is kept as it is")
         args.skip.append("quality")
+    if "alexeyab" not in args.skip and running:
+        print(f"AlexeyAB: another quality run (pid {running}) is writing the best models in {args.work}; "
+              "its section is kept as it is")
+        args.skip.append("alexeyab")
     parts = []
     for title, section, key in SECTIONS:
         if key in args.skip:
