@@ -18,7 +18,9 @@ from helpers.ab_darknet import PATCHED, require
 
 ARCH = "-gencode arch=compute_90,code=sm_90"
 FILES = ["ds_prune", "ds_threshold", "ds_sparse_forward", "ds_slim", "ds_distill", "network", "parser", "convolutional_layer",
-         "connected_layer", "network_kernels"]
+         "connected_layer", "network_kernels",
+         # 0006-seed
+         "ds_seed", "data", "detector", "classifier", "yolo_layer", "region_layer", "detection_layer", "gaussian_yolo_layer"]
 
 
 def symbols(path: Path) -> str:

@@ -82,12 +82,15 @@ void ds_free(ds_net *h)
     free(h);
 }
 
-/* As [net] seed=N: a patched Darknet's seed_set is srand plus a note that
- * a seed was given, for its data-loading threads (src/seed.c). */
+/* As [net] seed=N: a patched Darknet's seed_set (pjreddie, src/seed.c) or
+ * ds_seed_set (AlexeyAB, src/ds_seed.c) is srand plus a note that a seed was
+ * given, for its data-loading threads. */
 void ds_seed(unsigned int seed)
 {
-#ifdef DARKNET_SPARSE_SEED
+#if defined(DARKNET_SPARSE_SEED)
     seed_set(seed);
+#elif defined(DS_SEED)
+    ds_seed_set(seed);
 #else
     srand(seed);
 #endif

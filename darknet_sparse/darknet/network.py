@@ -114,8 +114,9 @@ def _integer(value: Any, message: str) -> int:
 def seed(value: int, using: Backend | None = None) -> None:
     """Seed Darknet's random numbers (initial weights, dropout, ...) as a
     cfg's ``[net] seed=value`` does in the patched Darknet
-    (patches/0005-seed.patch): ``srand(value)``, so a stock binding draws the
-    same numbers."""
+    (patches/0005-seed.patch; AlexeyAB's: patches/alexeyab/0006-seed.patch,
+    where the layers that reseed from the clock then reseed with ``value``):
+    ``srand(value)``, so a stock binding draws the same numbers."""
     message = f"a seed is a whole number from 0 to {2**32 - 1}, not {value!r}"
     if not 0 <= _integer(value, message) < 2**32:
         raise BindingError(message)
