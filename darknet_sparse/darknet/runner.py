@@ -32,7 +32,14 @@ TASKS = {"classifier": "{base}.weights", "detector": "{base}_final.weights"}
 #: AlexeyAB's ``train`` names its last weights ``base_final`` for both tasks.
 ALEXEYAB_TASKS = {"classifier": "{base}_final.weights", "detector": "{base}_final.weights"}
 #: AlexeyAB's train: no window (-dont_show), no mAP on a valid= list every few epochs (-nomap).
+#: Its ``classifier train`` has no -nomap: it computes top-k on ``valid=``
+#: during training only with -topk, which the loop never passes.
 ALEXEYAB_TRAIN_OPTIONS = {"classifier": ("-dont_show",), "detector": ("-dont_show", "-nomap")}
+#: Layer types with prunable weights whose weights AlexeyAB's training never
+#: changes: its ``update_network`` (CPU and GPU) skips every layer with
+#: ``l.train == 0``, and only convolutional, crnn, conv_lstm, shortcut and
+#: maxpool layers set it (patches/alexeyab/README.md, "The prune phase").
+ALEXEYAB_UNTRAINED = ("connected", "local", "deconvolutional", "rnn", "gru", "lstm")
 # Darknet builds backup file names in char[256]: leave room for the name.
 _MAX_FOLDER_CHARS = 200
 _TAIL_LINES = 15

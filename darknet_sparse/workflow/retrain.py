@@ -69,13 +69,7 @@ def write_training_files(settings: LoopSettings, model: Model, out: Path,
                                                      sections))
     write_train_cfg(settings, model, settings.cfg)
     if on_message and model.fork == "alexeyab":
-        changed = ", ".join(f"{key}={value}" for key, value in net.items())
-        on_message(f"retraining in AlexeyAB's Darknet ({settings.darknet}): {settings.task} train -dont_show -nomap;"
-                   f" {out / TRAIN_CFG} sets prune=1, max_batches={settings.iterations}, {changed}"
-                   + (" and random=0 in [yolo]" if sections else "")
-                   + (f"; distill_cfg={out / TEACHER_CFG}, distill_weights={settings.teacher},"
-                      f" distill_temperature={settings.temperature:g}, distill_alpha={settings.alpha:g}"
-                      if settings.teacher is not None else ""))
+        on_message(alexeyab_message(settings, model, net, sections))
     labelled, train = None, None
     if settings.images is not None and settings.task == "detector":
         labeller = None
@@ -155,6 +149,27 @@ def alexeyab_options(model: Model) -> dict:
     ``burn_in=0``, ``max_batches`` and ``-dont_show -nomap`` apply as for
     every detector (:func:`retrain_options`, :func:`retrain`)."""
     return {key: 0 for key in ALEXEYAB_OFF if key in model.net.options}
+
+
+def alexeyab_message(settings: LoopSettings, model: Model, net: dict, sections: dict | None) -> str:
+    """What the loop tells a user of AlexeyAB's fork before it retrains: the
+    command's options, what the retraining cfg sets, and the layers whose
+    weights the fork never updates."""
+    changed = "".join(f", {key}={value}" for key, value in net.items())
+    message = (f"retraining in AlexeyAB's Darknet ({settings.darknet}): {settings.task} train "
+               f"{' '.join(runner.ALEXEYAB_TRAIN_OPTIONS[settings.task])}; {settings.out.resolve() / TRAIN_CFG}"
+               + (" (rewritten from each step's slimmed cfg)" if settings.structured else "")
+               + f" sets prune=1, max_batches={settings.iterations}{changed}"
+               + (" and random=0 in [yolo]" if sections else ""))
+    if settings.teacher is not None:
+        message += (f"; distill_cfg={settings.out.resolve() / TEACHER_CFG}, distill_weights={settings.teacher},"
+                    f" distill_temperature={settings.temperature:g}, distill_alpha={settings.alpha:g}")
+    untrained = [layer for layer in model.layers if layer.type in runner.ALEXEYAB_UNTRAINED and layer.params]
+    if untrained:
+        kinds = ", ".join(sorted({f"[{layer.type}]" for layer in untrained}))
+        message += (f"; the fork never updates {kinds} weights (its update_network skips them): layer(s) "
+                    f"{', '.join(str(layer.index) for layer in untrained)} are not retrained")
+    return message
 
 
 def _write(path: Path, text: str) -> None:

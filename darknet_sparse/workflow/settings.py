@@ -240,14 +240,22 @@ def _check_task(settings: LoopSettings) -> None:
 
 def _check_alexeyab(settings: LoopSettings) -> None:
     """What the loop can do in AlexeyAB's Darknet (patches/alexeyab: prune=1,
-    prune_threshold, slim and distillation, no seed patch there): a detector
-    retrained on pseudo-labels or taught by a teacher (0005-distill)."""
-    refused = [(settings.task != "detector", f"--task {settings.task}"),
-               (settings.structured, "--structured"), (settings.seed is not None, "--seed")]
-    found = [what for bad, what in refused if bad]
-    if found:
-        raise InputError(f"{settings.cfg}: the loop retrains in AlexeyAB's Darknet (fork alexeyab) only a detector "
-                         f"on pseudo-labels or a teacher; its patches have no {', '.join(found)}")
+    prune_threshold, slim, distillation and seed=, 0006-seed): a
+    classifier (``classifier train``) or a detector (``detector train``, on
+    pseudo-labels or taught by a teacher, 0005-distill), thresholded or
+    slimmed (``structured``).  Not ``oneshot`` (its solver runs pjreddie's
+    Darknet), nor a model whose weights are all in layers the fork never
+    updates (:data:`~darknet_sparse.darknet.runner.ALEXEYAB_UNTRAINED`)."""
+    if settings.oneshot is not None:
+        raise InputError(f"{settings.cfg}: --oneshot {settings.oneshot} solves through pjreddie's Darknet; "
+                         "the loop cannot run it in AlexeyAB's Darknet (fork alexeyab): leave out --oneshot")
+    layers = [layer for layer in load_model(settings.cfg, "alexeyab").layers
+              if any(p.role == "weights" for p in layer.params)]
+    untrained = sorted({f"[{layer.type}]" for layer in layers if layer.type in runner.ALEXEYAB_UNTRAINED})
+    if untrained and all(layer.type in runner.ALEXEYAB_UNTRAINED for layer in layers):
+        raise InputError(f"{settings.cfg}: AlexeyAB's Darknet (fork alexeyab) never updates {', '.join(untrained)} "
+                         "weights and the model has no other layer with weights: retraining in the fork would "
+                         "change nothing")
 
 
 def _check_paths(settings: LoopSettings) -> None:
