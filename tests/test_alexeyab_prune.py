@@ -5,8 +5,9 @@ momentum and decay on the CPU, and through the EMA copies.
 
 The weights are the fork's own initialisation (``ab_tool init``, stock build),
 pruned by ``darknet-sparse threshold --fork alexeyab --mode magnitude -s 0.5``.
-Every assertion holds whatever the draw: the fork seeds its data loading from
-the clock in 64 threads, so runs differ, but with prune=1 no zero may move,
+The training runs are seeded (seed=1, patches/alexeyab/0006-seed; stock
+ignores the key), so each draws the same every time, and every assertion
+would hold whatever the draw: with prune=1 no zero may move,
 with prune=0 (patched) or in the stock build (which ignores prune=1) zeros are
 revived, and the live weights all move in every run (learning rate > 0, the
 gradient of a live weight is never exactly 0 here).  Every run is checked to
@@ -73,7 +74,7 @@ def detector_train(darknet: Path, folder: Path, cfg: Path, weights: Path, net: d
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     train_cfg = work / f"{name}.cfg"
-    train_cfg.write_text(edit_cfg(cfg.read_text(), net))
+    train_cfg.write_text(edit_cfg(cfg.read_text(), {"seed": 1, **net}))
     data = (folder / "set" / "set.data").read_text().replace(str(folder / "set" / "backup"), str(work))
     (work / "set.data").write_text(data)
     run([darknet, "detector", "train", work / "set.data", train_cfg, weights, "-dont_show", "-nomap"], work)
@@ -153,7 +154,7 @@ def classifier_train(darknet: Path, folder: Path, cfg: Path, weights: Path, digi
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     train_cfg = work / f"{name}.cfg"
-    train_cfg.write_text(edit_cfg(cfg.read_text(), net))
+    train_cfg.write_text(edit_cfg(cfg.read_text(), {"seed": 1, **net}))
     data = [line for line in digits.read_text().splitlines() if not line.startswith("backup")]
     (work / "set.data").write_text("\n".join(data + [f"backup={work}"]) + "\n")
     run([darknet, "classifier", "train", work / "set.data", train_cfg, weights, "-dont_show"], work)
