@@ -323,17 +323,18 @@ def test_bad_settings_fail_before_darknet_runs(tmp_path, digits, model_files, fa
 
 def test_an_alexeyab_cfg_is_refused_before_darknet_runs(tmp_path, digits, model_files, fake):
     """pjreddie's `classifier train` would take mish for relu and train on.
-    (With fork auto such a cfg goes to AlexeyAB's fork, whose loop takes
-    no classifier: also refused before Darknet runs.)"""
+    (With fork auto such a cfg goes to AlexeyAB's fork, whose `classifier
+    train` runs it: the stand-in gets its -dont_show, and writes pjreddie's
+    file name rather than the fork's train_final.weights.)"""
     cfg = tmp_path / "mish.cfg"
     cfg.write_text(model_files[0].read_text().replace("activation=leaky", "activation=mish", 1))
     for changes in ({"cfg": cfg, "fork": "pjreddie"}, {"teacher": model_files[1], "teacher_cfg": cfg}):
         with pytest.raises(CfgError, match=r"mish.cfg: uses AlexeyAB-only features \(activation=mish"):
             run(_settings(tmp_path, digits, model_files, fake, **changes))
         assert not (fake.parent / "args").exists()
-    with pytest.raises(InputError, match=r"mish.cfg: the loop retrains in AlexeyAB's Darknet .* no --task classifier"):
+    with pytest.raises(DarknetRunError, match=r"-clear -dont_show: it wrote no train_final.weights"):
         run(_settings(tmp_path, digits, model_files, fake, cfg=cfg))
-    assert not (fake.parent / "args").exists()
+    assert (fake.parent / "args").read_text().split()[:2] == ["classifier", "train"]
 
 
 def test_an_output_folder_darknet_cannot_use_is_refused(tmp_path, digits, model_files, fake):
