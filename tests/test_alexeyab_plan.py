@@ -23,7 +23,7 @@ import yaml
 
 import darknet_sparse as ds
 from darknet_sparse.format.files import load_model
-from helpers.ab_darknet import REPO, STOCK, TRAIN_IMAGES, require
+from helpers.ab_darknet import PATCHED, REPO, TRAIN_IMAGES, require
 from test_alexeyab_binding import ab_model, cli
 
 YOLO_CFG = REPO / "models" / "yolov3-tiny.cfg"
@@ -33,7 +33,7 @@ LEVELS = "0.5,0.9"
 
 @pytest.fixture(scope="module")
 def yolov4_tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    require(STOCK)
+    require(PATCHED)
     return ab_model("yolov4-tiny", tmp_path_factory.mktemp("ab-plan"))
 
 
@@ -123,7 +123,7 @@ def test_plan_on_yolov4_tiny_covers_every_layer_and_prunes_as_planned(yolov4_tin
 
 
 def test_plan_on_the_real_yolov3_tiny_through_alexeyabs_fork(tmp_path: Path) -> None:
-    require(STOCK)
+    require(PATCHED)
     found = _sweep_plan_prune(tmp_path, YOLO_CFG, YOLO_WEIGHTS, _images(tmp_path, 2), ["--target-flops", "0.5"])
     levels = _check_pruned_as_planned(YOLO_CFG, YOLO_WEIGHTS, found)
     assert _behind_groups_and_heads(YOLO_CFG)[1] <= set(levels)
