@@ -32,6 +32,16 @@ gained it; README "The workflow") and a CPU-sized batch
 (:data:`~.settings.DETECTOR_BATCH`).  With ``seed``,
 ``[net] seed=N`` makes the patched Darknet retrain the same way every run
 (without it, Darknet seeds from the clock, as upstream).
+
+In AlexeyAB's fork the same files drive its ``detector train -dont_show
+-nomap`` or ``classifier train -dont_show``
+(:data:`~darknet_sparse.darknet.runner.ALEXEYAB_TRAIN_OPTIONS`), with the
+options of :data:`ALEXEYAB_OFF` turned off; a structured step's retraining cfg
+is its slimmed cfg, the fork's own options kept.  The fork never updates the
+weights of some layer types
+(:data:`~darknet_sparse.darknet.runner.ALEXEYAB_UNTRAINED`: ``[connected]``
+and kin), so a classifier retrains its convolutions only; the loop says so
+(:func:`alexeyab_message`).
 """
 from __future__ import annotations
 
