@@ -64,12 +64,14 @@ def _weights_by_role(cfg: Path, weights: Path) -> dict[tuple[int, str], tuple[st
     return {(s.layer.index, s.param.name): (s.param.role, np.array(wf.array(s))) for s in wf.slots}
 
 
-def _sweep_plan_prune(tmp_path: Path, cfg: Path, weights: Path, images: Path, target: list[str]) -> dict:
-    """sensitivity -> plan -> threshold --spec, each checked for exit 0 and
-    the fork its report names; the spec, the plan's and threshold's reports."""
+def _sweep_plan_prune(tmp_path: Path, cfg: Path, weights: Path, images: Path, target: list[str],
+                      measure: tuple = ()) -> dict:
+    """sensitivity (``measure``: its options, deviation by default) -> plan
+    -> threshold --spec, each checked for exit 0 and the fork its report
+    names; the spec, the sweep's, the plan's and threshold's reports."""
     csv, spec, out = tmp_path / "sweep.csv", tmp_path / "plan.yaml", tmp_path / "planned.weights"
     sweep = json.loads(cli("sensitivity", "-w", weights, "--cfg", cfg, "--images", images, "--levels", LEVELS,
-                           "--csv", csv, "--fork", "alexeyab", "--json").stdout)
+                           *measure, "--csv", csv, "--fork", "alexeyab", "--json").stdout)
     assert sweep["fork"] == "alexeyab"
     made = json.loads(cli("plan", csv, *target, "-o", spec, "--json").stdout)
     pruned = json.loads(cli("threshold", weights, "--cfg", cfg, "--fork", "alexeyab", "--spec", spec, "-o", out,
@@ -115,6 +117,7 @@ def _check_pruned_as_planned(cfg: Path, weights: Path, found: dict) -> dict[int,
 def test_plan_on_yolov4_tiny_covers_every_layer_and_prunes_as_planned(yolov4_tiny, tmp_path: Path) -> None:
     cfg, weights = yolov4_tiny
     found = _sweep_plan_prune(tmp_path, cfg, weights, _images(tmp_path, 4), ["--target-sparsity", "0.6"])
+    assert found["plan"]["metric"] == "rel_l2"  # the deviation of both heads
     levels = _check_pruned_as_planned(cfg, weights, found)
     sliced, feeders = _behind_groups_and_heads(cfg)
     assert len(sliced) == 3 and len(feeders) == 2, (sliced, feeders)
@@ -123,8 +126,12 @@ def test_plan_on_yolov4_tiny_covers_every_layer_and_prunes_as_planned(yolov4_tin
 
 
 def test_plan_on_the_real_yolov3_tiny_through_alexeyabs_fork(tmp_path: Path) -> None:
+    """The sweep measures agreement mAP@0.5 with the dense model, both run by the fork."""
     require(PATCHED)
-    found = _sweep_plan_prune(tmp_path, YOLO_CFG, YOLO_WEIGHTS, _images(tmp_path, 2), ["--target-flops", "0.5"])
+    found = _sweep_plan_prune(tmp_path, YOLO_CFG, YOLO_WEIGHTS, _images(tmp_path, 2), ["--target-flops", "0.5"],
+                              ("--metric", "map50", "--reference", YOLO_WEIGHTS))
+    assert found["plan"]["metric"] == "map50" and found["sweep"]["baseline"]["map50"] == pytest.approx(1.0)
+    assert any(row["metrics"]["map50"] < 1 for row in found["sweep"]["rows"])  # some layer's pruning costs
     levels = _check_pruned_as_planned(YOLO_CFG, YOLO_WEIGHTS, found)
     assert _behind_groups_and_heads(YOLO_CFG)[1] <= set(levels)
     assert found["plan"]["totals"]["flops_removed"] >= 0.5
