@@ -12,7 +12,10 @@ exposure, angle and aspect, and (random=1) the input size every 10 batches.
 
 The guard: the same tests fail on the fork without 0006 (make the build folder
 point at it, DARKNET_SPARSE_TEST_AB_BUILD, see tests/helpers/ab_darknet.py):
-it ignores seed=, seeds from the clock and races its loading threads.
+it ignores seed=, seeds from the clock and races its loading threads.  The
+two train tests also fail on a build whose seed= only calls srand(N), with no
+stream per loading thread.  That without seed= nothing changes is
+tests/test_alexeyab_saves.py's (the fork's initialisation byte for byte).
 """
 from __future__ import annotations
 
@@ -163,3 +166,22 @@ def test_loop_with_a_seed_ends_with_the_same_weights_in_alexeyabs_fork(photos, t
     for name in ("step-01.weights", "final.weights"):
         assert digest(tmp_path / "a" / name) == digest(tmp_path / "b" / name), name
     assert digest(tmp_path / "a" / "step-01.weights") != digest(YOLO_WEIGHTS)
+
+
+def test_the_bindings_seed_draws_as_the_cfgs_seed(detection, tmp_path: Path) -> None:
+    """darknet.seed(N) before loading a cfg (the binding's ds_seed, which
+    calls ds_seed_set) initialises the same weights as ``seed=N`` in the
+    cfg's [net] section after another darknet.seed; another N others."""
+    from darknet_sparse import darknet
+    cfg, _ = detection
+    plain = tmp_path / "plain.cfg"
+    plain.write_text(edit_cfg(cfg.read_text(), {"batch": 1}))
+    seeded = tmp_path / "seeded.cfg"
+    seeded.write_text(edit_cfg(cfg.read_text(), {"batch": 1, "seed": 5}))
+    made = {}
+    for name, before, path in (("binding", 5, plain), ("cfg", 99, seeded), ("other", 6, plain)):
+        darknet.seed(before, darknet.backend(fork="alexeyab"))
+        darknet.Network(path, fork="alexeyab").save(tmp_path / f"{name}.weights")
+        made[name] = digest(tmp_path / f"{name}.weights")
+    assert made["binding"] == made["cfg"]
+    assert made["binding"] != made["other"]
