@@ -131,9 +131,10 @@ def agreement_table(args, found: list[Model], evaluation: list) -> tuple[list[st
     rows, scores = [], {}
     for model in found:
         start = time.perf_counter()
+        # Each run's detections are computed once for all its comparisons.
         pjreddie = Remembered(Network(cfg, model.weights, fork="pjreddie"))
-        own = Network(cfg, model.weights, fork="alexeyab")
-        boxed = Network(cfg, model.weights, fork="alexeyab")
+        own = Remembered(Network(cfg, model.weights, fork="alexeyab"))
+        boxed = Remembered(Network(cfg, model.weights, fork="alexeyab"))
         boxed.set_letterbox(True)
         how["alexeyab, letter_box=1"] = boxed.preprocessing
         comparisons = (
@@ -143,11 +144,8 @@ def agreement_table(args, found: list[Model], evaluation: list) -> tuple[list[st
             ("AlexeyAB", "pjreddie's run of this model", own, pjreddie),
             ("AlexeyAB, letter_box=1", "pjreddie's run of this model", boxed, pjreddie),
         )
-        remembered = {}
         for run_by, against, net, reference in comparisons:
-            # One Remembered per network: its detections are computed once for every comparison.
-            model_net = remembered.setdefault(id(net), net if isinstance(net, Remembered) else Remembered(net))
-            result = agreement(model_net, evaluation, reference, reference_name=against)
+            result = agreement(net, evaluation, reference, reference_name=against)
             scores[(model.name, run_by, against)] = result
             rows.append(_row(model.name, run_by, against, result))
         print(f"  alexeyab agreement: {model.name} in {time.perf_counter() - start:.0f} s", flush=True)
