@@ -18,7 +18,8 @@ build; every layer's output is compared:
   (FMA and another summation order: float rounding, not equality).
 
 DS_SPARSE_FORWARD_TRACE shows which path each layer took: the test checks that
-sparse and exact ran the kernels on every layer, and auto on the sparse ones.
+sparse and exact ran the kernels on every layer, and auto on every convolution
+(this CPU has vector kernels) and on the connected layers at most 30% non-zero.
 """
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ from helpers.ab_fixtures import ab  # noqa: F401
 GEOMETRY = REPO / "tests" / "data" / "ab" / "ab_geometry.cfg"
 CFG_LIST = [CFGS / "yolov4-tiny.cfg", CFGS / "yolov7-tiny.cfg", CFGS / "efficientnet_b0.cfg", GEOMETRY]
 SPARSITIES = [0.0, 0.5, 0.9]
+#: Whether this CPU has the kernels' vector paths (AVX2 with FMA, or AVX-512F).
+_FLAGS = set(next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("flags")), []))
+VECTOR = {"avx2", "fma"} <= _FLAGS or "avx512f" in _FLAGS
 BOUND = 1e-5
 CONNECTED = 2  # AlexeyAB's LAYER_TYPE of [connected]
 
@@ -92,19 +97,20 @@ def test_sparse_forward_matches_stock(ab, model, sparsity):  # noqa: F811
             got, trace = forward(ab.patched_tool, folder, mode_cfg(folder, cfg, mode), weights,
                                  f"{mode}{sparsity}{fuse}", fuse=fuse, trace=True)
             assert got.keys() == stock.keys()
-            paths = [line.split(": ")[-1].split(" ")[0] for line in trace.splitlines()
-                     if line.startswith("ds_sparse_forward:")]
+            lines = [line.split(": ") for line in trace.splitlines() if line.startswith("ds_sparse_forward:")]
+            paths = [parts[-1].split(" ")[0] for parts in lines]
             if mode == "dense":
                 assert paths == []
             elif mode in ("exact", "sparse"):
                 assert paths and set(paths) == {mode}, trace
             else:
-                # auto: sparse where at most 50% (convolutional) or 30% (connected) is non-zero
-                # (ties at the magnitude threshold leave some 50% layers just over it)
-                if sparsity == 0:
-                    assert set(paths) == {"dense"}, trace
-                else:
-                    assert "sparse" in paths and (sparsity < 0.9 or set(paths) == {"sparse"}), trace
+                # auto: every convolution sparse on a CPU whose kernels have vectors (this
+                # one's: VECTOR), a connected layer where at most 30% is non-zero
+                assert VECTOR, "this test expects a CPU with AVX2+FMA or AVX-512"
+                for parts, path in zip(lines, paths):
+                    kind = parts[1].split(" ")[0]
+                    want = "sparse" if kind == "convolutional" or sparsity == 0.9 else "dense"
+                    assert path == want, (kind, sparsity, trace)
             differs = 0
             for index, (kind, values) in stock.items():
                 mine = got[index][1]
