@@ -499,21 +499,32 @@ activation=linear
 
 
 def test_what_the_fork_cannot_retrain_is_one_error_line(classifier, tmp_path: Path) -> None:
-    """--oneshot (its solver runs pjreddie's Darknet), and a model whose only
-    weights sit in [connected] layers, which the fork never updates: one
-    Error: line, exit status 2, before anything is written."""
-    cfg, weights = classifier["cfg"], classifier["weights"]
+    """A model whose only weights sit in [connected] layers, which the fork
+    never updates: one Error: line, exit status 2, before anything is
+    written (--oneshot runs in the fork: tests/test_alexeyab_oneshot.py)."""
     mlp = tmp_path / "mlp.cfg"
     mlp.write_text(MLP_CFG)
     model = load_model(mlp, "alexeyab")
     arrays = {(layer.index, p.name): np.full(p.count, 0.1, np.float32) for layer in model.layers for p in layer.params}
     new_file(model, tmp_path / "mlp.weights", arrays)
-    for args, words in ((("--cfg", cfg, "-w", weights, "--oneshot", "obs"), "--oneshot obs solves through pjreddie's"),
-                        (("--cfg", mlp, "-w", tmp_path / "mlp.weights"), "never updates [connected] weights and the "
-                                                                           "model has no other layer with weights")):
+    for args, words in ((("--cfg", mlp, "-w", tmp_path / "mlp.weights"), "never updates [connected] weights and the "
+                                                                           "model has no other layer with weights"),):
         out = tmp_path / f"out-{len(args)}"
         result = _loop("--task", "classifier", *args, "--data", classifier["digits"], "--sparsities", "0.5",
                        "--iterations-per-step", 1, "--out", out)
         errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
         assert result.exit_code == 2 and len(errors) == 1 and words in errors[0], result.output
         assert "Traceback" not in result.output and not out.exists()
+
+
+def test_the_loop_starts_from_the_solver_in_the_fork(classifier, tmp_path: Path) -> None:
+    """``loop --oneshot obs`` in the fork: the step's pruning is the solver's
+    (through the AlexeyAB binding), then the fork's classifier train; it
+    reaches its target and revives no zero."""
+    out = tmp_path / "oneshot"
+    result = _loop("--task", "classifier", "--cfg", classifier["cfg"], "-w", classifier["weights"], "--data",
+                   classifier["digits"], "--sparsities", "0.5", "--iterations-per-step", 2, "--oneshot", "obs",
+                   "--out", out)
+    assert result.exit_code == 0, result.output
+    (line,) = _log(out)
+    assert line["zeros_revived"] == 0 and line["sparsity"] == pytest.approx(0.5, abs=0.01), line

@@ -14,6 +14,7 @@ from ..darknet import images
 from ..errors import InputError
 from ..format import darknet_text
 from ..format.files import find_cfg, load_model
+from ..format.layout import FORK_NAMES
 from .base import cfg_option, cli, fork_option, json_option, weights_argument
 
 path_type = click.Path(dir_okay=False, path_type=Path)
@@ -139,10 +140,7 @@ def evaluate(weights: Path, cfg: Path | None, image_source: Path | None, data: P
 
 
 def _fork_line(net) -> str:
-    return f"fork: {net.fork} ({net.fork_reason}): the model ran in {_FORK_NAMES[net.fork]} Darknet"
-
-
-_FORK_NAMES = {"pjreddie": "pjreddie's", "alexeyab": "AlexeyAB's"}
+    return f"fork: {net.fork} ({net.fork_reason}): the model ran in {FORK_NAMES[net.fork]} Darknet"
 
 
 def _detector_text(weights: Path, cfg: Path, source: Path, report: evaluate_.DetectorReport) -> str:

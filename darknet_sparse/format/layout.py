@@ -29,6 +29,8 @@ from .cfg import Section
 from ..errors import CfgError
 
 FORKS = ("pjreddie", "alexeyab")
+#: Each fork as a report names its Darknet.
+FORK_NAMES = {"pjreddie": "pjreddie's", "alexeyab": "AlexeyAB's"}
 #: The layer types whose outputs are a detector's results (its heads):
 #: pjreddie's three, and AlexeyAB's Gaussian_yolo.
 DETECTION_TYPES = ("yolo", "region", "detection", "Gaussian_yolo")

@@ -62,7 +62,7 @@ from ..analysis.sensitivity import check_host
 from ..darknet import images
 from ..errors import CfgError, PolicyError
 from ..format import darknet_text
-from ..format.layout import PRUNABLE_ROLES, Layer, Model
+from ..format.layout import FORK_NAMES, PRUNABLE_ROLES, Layer, Model
 from ..format.weightsfile import WeightsFile, atomic_path, check_output, write_arrays
 from ..pruning import obs, policies
 from ..reports import render_table
@@ -122,6 +122,8 @@ class OneshotResult:
     recalibration: recalibrate_.Recalibration | None
     seconds: float
     notes: list[str] = field(default_factory=list)
+    fork: str = "pjreddie"  # whose Darknet ran the model (its binding)
+    resize: str = "letterbox"  # how the calibration images were fitted to the input
 
     @property
     def count(self) -> int:
@@ -267,11 +269,11 @@ class _Networks:
     """The binding's networks for one run, each cfg written once into a
     temporary folder: passes of ``batch`` images, dropout off."""
 
-    def __init__(self, cfg: Path, weights: Path, batch: int):
+    def __init__(self, cfg: Path, weights: Path, batch: int, fork: str):
         from ..darknet.network import Network, check_files
 
         self._Network = Network
-        check_files(cfg, weights)
+        self.fork = check_files(cfg, weights, fork)
         try:
             self.text = cfg.read_text(encoding="utf-8", errors="surrogateescape")
         except OSError as exc:
@@ -284,7 +286,7 @@ class _Networks:
         text = self.text if layers is None else cut_cfg(self.text, layers)
         path = Path(self._folder.name) / (f"cut-{layers}.cfg" if layers is not None else self.cfg.name)
         path.write_text(recalibrate_.calibration_cfg(text, self.batch), encoding="utf-8", errors="surrogateescape")
-        net = self._Network(path, self.weights)
+        net = self._Network(path, self.weights, fork=self.fork)
         check_host(net)
         return net
 
@@ -314,8 +316,6 @@ def oneshot(wf: WeightsFile, output: str | Path | None, paths: Sequence[str | Pa
     started = time.perf_counter()
     say = on_stage or (lambda text: None)
     model = wf.model
-    if model.fork != "pjreddie":
-        raise PolicyError(f"{wf.path}: oneshot runs through pjreddie's Darknet; this model reads as {model.fork}'s")
     if not damp >= 0:
         raise PolicyError(f"the dampening must be >= 0, not {damp!r}")
     if positions < 1:
@@ -336,10 +336,11 @@ def oneshot(wf: WeightsFile, output: str | Path | None, paths: Sequence[str | Pa
             if plan is not None:
                 plans[index] = plan
     batch = max(2, min(CHUNK, len(paths)))
-    nets = _Networks(Path(model.path), wf.path, batch)
+    nets = _Networks(Path(model.path), wf.path, batch, model.fork)
     try:
         dense = nets.load()
-        x = images.load_batch(paths, dense.input_shape, resize or images.default_resize(model))
+        resize = resize or images.default_resize(model)
+        x = images.load_batch(paths, dense.input_shape, resize)
         rng = np.random.default_rng(seed)
         pixels = {i: calibration.picks(p.layer, len(x), positions, rng) for i, p in plans.items()}
         say(f"dense pass over {len(x)} images: each layer's output as the target")
@@ -377,7 +378,7 @@ def oneshot(wf: WeightsFile, output: str | Path | None, paths: Sequence[str | Pa
         nets.close()
     mode = allocate or (policy.name if policy is not None else "spec")
     return OneshotResult(wf.path, target, mode, len(x), damp, positions, results, recalibration,
-                         time.perf_counter() - started, notes)
+                         time.perf_counter() - started, notes, nets.fork, resize)
 
 
 def _dense_pass(dense: Network, plans: dict[int, _Plan], x: np.ndarray, pixels: dict[int, np.ndarray], fork: str,
@@ -539,9 +540,9 @@ def table(result: OneshotResult) -> str:
 
     rows = [[r.layer, r.type, r.method, r.weights, f"{r.sparsity:.4f}", number(r.input_error), number(r.error),
              number(r.magnitude_error), f"{r.seconds:.1f}"] for r in result.layers]
-    lines = [f"one-shot {result.mode} on {result.images} images (damp {result.damp:g}, "
-             f"{result.positions} pixels per image and layer); relative error of each layer's output "
-             "against the dense model's on them:",
+    lines = [f"one-shot {result.mode} on {result.images} images ({result.resize}; damp {result.damp:g}, "
+             f"{result.positions} pixels per image and layer), run by {FORK_NAMES[result.fork]} (fork "
+             f"{result.fork}); relative error of each layer's output against the dense model's on them:",
              render_table(["layer", "type", "method", "weights", "sparsity", "input", "after", "magnitude", "s"],
                           rows, align="><"),
              f"total: {result.zeros} of {result.count} prunable weights are 0 ({result.sparsity:.4f}), "

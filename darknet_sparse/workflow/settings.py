@@ -243,12 +243,10 @@ def _check_alexeyab(settings: LoopSettings) -> None:
     prune_threshold, slim, distillation and seed=, 0006-seed): a
     classifier (``classifier train``) or a detector (``detector train``, on
     pseudo-labels or taught by a teacher, 0005-distill), thresholded or
-    slimmed (``structured``).  Not ``oneshot`` (its solver runs pjreddie's
-    Darknet), nor a model whose weights are all in layers the fork never
-    updates (:data:`~darknet_sparse.darknet.runner.ALEXEYAB_UNTRAINED`)."""
-    if settings.oneshot is not None:
-        raise InputError(f"{settings.cfg}: --oneshot {settings.oneshot} solves through pjreddie's Darknet; "
-                         "the loop cannot run it in AlexeyAB's Darknet (fork alexeyab): leave out --oneshot")
+    slimmed (``structured``), each step pruned by magnitude or by the
+    solver (``oneshot``, through the fork's binding).  Not a model whose
+    weights are all in layers the fork never updates
+    (:data:`~darknet_sparse.darknet.runner.ALEXEYAB_UNTRAINED`)."""
     layers = [layer for layer in load_model(settings.cfg, "alexeyab").layers
               if any(p.role == "weights" for p in layer.params)]
     untrained = sorted({f"[{layer.type}]" for layer in layers if layer.type in runner.ALEXEYAB_UNTRAINED})
