@@ -20,6 +20,7 @@ prints one Markdown table per model and writes them to ``--out``/oneshot.md.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,12 @@ YOLO_CFG, YOLO_WEIGHTS = ROOT / "models" / "yolov3-tiny.cfg", ROOT / "models" / 
 FASHION_CFG, FASHION_WEIGHTS = ROOT / "cfg" / "fashion.cfg", ROOT / "cfg" / "fashion.weights"
 FASHION_DATA = ROOT / "data" / "fashion" / "fashion.data"
 FASHION_DENSE = 0.9103  # cfg/fashion.top1
-DAMP = [oneshot.obs.DAMP]  # --damp
+DAMP: list = [None]  # --damp (None: the command's default for the model)
+RECALIBRATE = [True]  # not --no-recalibrate
+
+
+def _recal() -> str:
+    return "" if RECALIBRATE[0] else ", no recalibration"
 
 
 def _levels(text: str) -> list[float]:
@@ -48,28 +54,55 @@ def _levels(text: str) -> list[float]:
 
 
 def _prune(cfg: Path, weights: Path, calibration: list[Path], mode: str, level: float, out: Path,
-           exclude: str | None) -> tuple[oneshot.OneshotResult, float]:
+           exclude: str | None, spec: Path | None = None) -> tuple[oneshot.OneshotResult, float]:
     wf = load(cfg, weights)
     start = time.perf_counter()
-    kwargs = dict(allocate="obs", sparsity=level) if mode == "obs" else dict(policy=policies.POLICIES[mode](level))
-    result = oneshot.oneshot(wf, out, calibration, exclude=exclude, damp=DAMP[0],
+    if spec is not None:  # --mode plan: the plan's per-layer levels
+        kwargs = dict(policy=None, spec=policies.read_spec(spec))
+    elif mode == "obs":
+        kwargs = dict(allocate="obs", sparsity=level)
+    else:
+        kwargs = dict(policy=policies.POLICIES[mode](level))
+    result = oneshot.oneshot(wf, out, calibration, exclude=exclude, damp=DAMP[0], recalibrate=RECALIBRATE[0],
                              on_stage=lambda text: print(f"  {time.perf_counter() - start:7.1f}s {text}",
                                                          file=sys.stderr, flush=True), **kwargs)
     print(oneshot.table(result), file=sys.stderr, flush=True)
     return result, (time.perf_counter() - start) / 60
 
 
+def plans(args) -> dict[float, Path]:
+    """``--mode plan``: the sensitivity sweep bench_detector_quality.py runs
+    (deviation of every yolo head on 8 training images drawn with seed 2, levels
+    0.5, 0.7, 0.9), once, then ``plan --target-sparsity L`` for each level."""
+    sample = args.out / "sensitivity.txt"
+    sample.write_text("".join(f"{p}\n" for p in images.sample(images.image_paths(args.train), 8, seed=2)))
+    csv = args.out / "sensitivity.csv"
+    ds = [sys.executable, "-m", "darknet_sparse"]
+    start = time.perf_counter()
+    subprocess.run(ds + ["sensitivity", "--cfg", str(YOLO_CFG), "-w", str(YOLO_WEIGHTS), "--images", str(sample),
+                         "--levels", "0.5,0.7,0.9", "--csv", str(csv)], check=True, stdout=subprocess.DEVNULL)
+    print(f"  sensitivity sweep: {(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr, flush=True)
+    found = {}
+    for level in args.levels:
+        found[level] = args.out / f"plan-{level:g}.yaml"
+        subprocess.run(ds + ["plan", str(csv), "--target-sparsity", f"{level:g}", "-o", str(found[level])],
+                       check=True, stdout=subprocess.DEVNULL)
+    return found
+
+
 def yolo(args) -> list[str]:
     calibration = images.sample(images.image_paths(args.train), args.max_images)
     evaluation = images.image_paths(args.eval)
     reference = Network(YOLO_CFG, YOLO_WEIGHTS)
+    specs = plans(args) if args.mode == "plan" else {}
     rows = []
     for level in args.levels:
         out = args.out / f"yolov3-tiny-oneshot-{args.mode}-{level:g}.weights"
-        result, minutes = _prune(YOLO_CFG, YOLO_WEIGHTS, calibration, args.mode, level, out, args.exclude)
+        result, minutes = _prune(YOLO_CFG, YOLO_WEIGHTS, calibration, args.mode, level, out, args.exclude,
+                                 specs.get(level))
         report, by_part = agreement(Network(YOLO_CFG, out), evaluation, reference,
                                     reference_name=str(YOLO_WEIGHTS))
-        row = (f"| oneshot {args.mode}, damp {args.damp:g} ({len(calibration)} calibration images) | {level:.0%} | "
+        row = (f"| oneshot {args.mode}, damp {result.damp:g} ({len(calibration)} calibration images{_recal()}) | {level:.0%} | "
                f"{result.sparsity:.4f} | {report.map50:.3f} | "
                + " | ".join(f"{by_part[part]:.3f}" for part in PARTS) + f" | {minutes:.1f} |")
         print(row, flush=True)
@@ -88,7 +121,7 @@ def fashion(args) -> list[str]:
         out = args.out / f"fashion-oneshot-{args.mode}-{level:g}.weights"
         result, minutes = _prune(FASHION_CFG, FASHION_WEIGHTS, calibration, args.mode, level, out, None)
         top1 = classifier_top1(darknet, FASHION_DATA, FASHION_CFG, out)
-        row = (f"| oneshot {args.mode}, damp {args.damp:g} ({len(calibration)} calibration images) | {level:.0%} | "
+        row = (f"| oneshot {args.mode}, damp {result.damp:g} ({len(calibration)} calibration images{_recal()}) | {level:.0%} | "
                f"{result.sparsity:.4f} | {top1:.4f} | {top1 - FASHION_DENSE:+.4f} | {minutes:.1f} |")
         print(row, flush=True)
         rows.append(row)
@@ -100,17 +133,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", type=_levels, default=[0.5, 0.7, 0.8, 0.9], help="yolov3-tiny sparsities")
     parser.add_argument("--fashion-levels", type=_levels, default=[0.9, 0.95], help="Fashion-MNIST sparsities")
-    parser.add_argument("--mode", default="global", choices=tuple(policies.POLICIES) + ("obs",),
-                        help="How the layers' levels are chosen (obs: the OBS allocation).")
+    parser.add_argument("--mode", default="global", choices=tuple(policies.POLICIES) + ("obs", "plan"),
+                        help="How the layers' levels are chosen (obs: the OBS allocation; plan: a sensitivity "
+                             "plan's, yolov3-tiny only).")
     parser.add_argument("--exclude", help="yolov3-tiny layers to leave alone (oneshot --exclude).")
     parser.add_argument("--max-images", type=int, default=oneshot.MAX_IMAGES)
-    parser.add_argument("--damp", type=float, default=oneshot.obs.DAMP)
+    parser.add_argument("--damp", type=float, default=None,
+                        help="default: the command's for the model (1 for yolov3-tiny, 0.01 for Fashion-MNIST)")
+    parser.add_argument("--no-recalibrate", action="store_true", help="leave out the batch-norm recalibration")
     parser.add_argument("--train", type=Path, default=ROOT / "data" / "images" / "train")
     parser.add_argument("--eval", type=Path, default=ROOT / "data" / "images" / "eval")
     parser.add_argument("--only", choices=("yolo", "fashion"))
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench-oneshot")
     args = parser.parse_args()
+    if args.mode == "plan" and args.only != "yolo":
+        parser.error("--mode plan is for yolov3-tiny: give --only yolo")
     DAMP[0] = args.damp
+    RECALIBRATE[0] = not args.no_recalibrate
     args.out.mkdir(parents=True, exist_ok=True)
     lines = []
     if args.only in (None, "yolo") and args.levels:

@@ -9,7 +9,6 @@ import click
 from .. import reports
 from ..darknet import images
 from ..format.files import load
-from ..pruning import obs
 from ..pruning.policies import POLICIES, read_spec
 from ..workflow import oneshot as oneshot_
 from .base import cfg_option, cli, fork_option, json_option, weights_argument
@@ -36,8 +35,9 @@ from .core import mode_policy
 @click.option("--exclude", help="Comma-separated layers to leave alone: indices, a-b ranges, types, first, heads.")
 @click.option("--max-images", type=click.IntRange(min=2), default=oneshot_.MAX_IMAGES, show_default=True,
               help="Use at most this many of --images (a seeded random choice).")
-@click.option("--damp", type=click.FloatRange(min=0), default=obs.DAMP, show_default=True,
-              help="Added to the Gram matrix's diagonal, relative to its mean.")
+@click.option("--damp", type=click.FloatRange(min=0), default=None,
+              help=f"Added to the Gram matrix's diagonal, relative to its mean [default: {oneshot_.DETECTOR_DAMP:g} "
+                   f"for a detector, {oneshot_.obs.DAMP:g} otherwise].")
 @click.option("--positions", type=click.IntRange(min=1), default=oneshot_.POSITIONS, show_default=True,
               help="Output pixels sampled per image and layer.")
 @click.option("--resize", type=click.Choice(images.RESIZE),
@@ -49,7 +49,7 @@ from .core import mode_policy
 @json_option
 def oneshot(weights: Path, image_source: Path, output: Path, mode: str | None, sparsity: float | None,
             threshold: float | None, start: float | None, end: float | None, spec: Path | None,
-            exclude: str | None, max_images: int, damp: float, positions: int, resize: str | None,
+            exclude: str | None, max_images: int, damp: float | None, positions: int, resize: str | None,
             recalibrate: bool, cfg: Path | None, fork: str, as_json: bool) -> None:
     """One-shot pruning with no retraining: each convolution and connected
     layer, in order, loses the weights whose removal its output misses
