@@ -21,7 +21,7 @@ from darknet_sparse.format.files import load
 from darknet_sparse.pruning.search import weight_sparsity
 from darknet_sparse.reports import diff
 from darknet_sparse.workflow.loop import LoopSettings, run
-from helpers.ab_darknet import PATCHED, REPO, STOCK, require
+from helpers.ab_darknet import PATCHED, REPO, STOCK, copy_photos, require
 
 YOLO_CFG = REPO / "models" / "yolov3-tiny.cfg"
 YOLO_WEIGHTS = REPO / "models" / "yolov3-tiny.weights"
@@ -35,14 +35,7 @@ def _tree(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Eight training and four evaluation frames, copied into folders of the user's."""
-    folder = tmp_path_factory.mktemp("user")
-    found = {}
-    for name, source, count in (("train", "train", 8), ("eval", "eval", 4)):
-        found[name] = folder / name
-        found[name].mkdir()
-        for image in sorted((REPO / "data" / "images" / source).glob("*.jpg"))[:count]:
-            shutil.copy(image, found[name])
-    return found
+    return copy_photos(tmp_path_factory.mktemp("user"))
 
 
 def _settings(photos: dict, out: Path, darknet: Path | None = None, **extra) -> LoopSettings:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from darknet_sparse.workflow.loop import LoopSettings, run as run_loop
-from helpers.ab_darknet import CFGS, PATCHED, REPO, TINY_TRAIN, edit_cfg, require, run, write_detection_set
+from helpers.ab_darknet import CFGS, PATCHED, REPO, TINY_TRAIN, copy_photos, edit_cfg, require, run, write_detection_set
 
 YOLO_CFG = REPO / "models" / "yolov3-tiny.cfg"
 YOLO_WEIGHTS = REPO / "models" / "yolov3-tiny.weights"
@@ -143,14 +143,7 @@ def test_the_largest_seed_is_taken(detection, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Eight training and four evaluation frames (as tests/test_alexeyab_loop.py)."""
-    folder = tmp_path_factory.mktemp("user")
-    found = {}
-    for name, source, count in (("train", "train", 8), ("eval", "eval", 4)):
-        found[name] = folder / name
-        found[name].mkdir()
-        for image in sorted((REPO / "data" / "images" / source).glob("*.jpg"))[:count]:
-            shutil.copy(image, found[name])
-    return found
+    return copy_photos(tmp_path_factory.mktemp("user"))
 
 
 def test_loop_with_a_seed_ends_with_the_same_weights_in_alexeyabs_fork(photos, tmp_path: Path) -> None:

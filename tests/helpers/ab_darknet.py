@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,3 +186,16 @@ def with_role_set(cfg: Path, weights: Path, out: Path, role: str, value: float) 
     assert at == len(raw), f"{weights}: {len(raw)} bytes, the layout says {at}"
     Path(out).write_bytes(bytes(raw))
     return Path(out)
+
+
+def copy_photos(folder: Path, train: int = 8, evaluation: int = 4) -> dict[str, Path]:
+    """The first ``train`` training and ``evaluation`` evaluation frames of
+    data/images, copied into ``folder``/train and ``folder``/eval (folders
+    of the user's for a loop to read)."""
+    found = {}
+    for name, source, count in (("train", "train", train), ("eval", "eval", evaluation)):
+        found[name] = folder / name
+        found[name].mkdir()
+        for image in sorted((REPO / "data" / "images" / source).glob("*.jpg"))[:count]:
+            shutil.copy(image, found[name])
+    return found
