@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
 from darknet_sparse.darknet.network import Network, backend, seed
@@ -38,7 +36,8 @@ from darknet_sparse.format.weightsfile import new_file
 from darknet_sparse.pruning.policies import Global
 from darknet_sparse.pruning.search import prune_to, weight_sparsity
 from darknet_sparse.workflow.loop import LoopSettings, run
-from helpers.ab_darknet import PATCHED, REPO, STOCK, require
+from helpers.ab_darknet import PATCHED, STOCK, require
+from tiny_models import write_photos
 
 DETECTOR_CFG = """\
 [net]
@@ -345,14 +344,6 @@ def test_the_classifier_revival_check_catches_the_stock_fork(classifier, tmp_pat
 
 # ------------------------------------------------------ detector, structured
 
-def _photos(folder: Path, count: int, seed_: int) -> Path:
-    rng = np.random.default_rng(seed_)
-    folder.mkdir(parents=True)
-    for k in range(count):
-        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(folder / f"shot{k}.jpg")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """DETECTOR_CFG with the fork's initial weights (seeded; rolling
@@ -379,8 +370,8 @@ def detector(tmp_path_factory: pytest.TempPathFactory) -> dict:
     first[np.abs(first) < np.median(np.abs(first))] = 0
     weights = folder / "tiny-ab.weights"
     net.save(weights)
-    return {"cfg": cfg, "weights": weights, "train": _photos(folder / "user" / "photos", 12, 1),
-            "eval": _photos(folder / "held-out", 4, 2), "folder": folder}
+    return {"cfg": cfg, "weights": weights, "train": write_photos(folder / "user" / "photos", 12, 1),
+            "eval": write_photos(folder / "held-out", 4, 2), "folder": folder}
 
 
 def _structured(detector: dict, out: Path, *args: object):

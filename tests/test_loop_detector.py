@@ -15,10 +15,8 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from darknet_sparse.cli import cli, workflow  # noqa: F401  (registers `loop`)
 from darknet_sparse.darknet import network as darknet
@@ -27,6 +25,7 @@ from darknet_sparse.format.files import load
 from darknet_sparse.pruning.search import weight_sparsity
 from darknet_sparse.reports import diff
 from darknet_sparse.workflow.loop import LoopSettings, run
+from tiny_models import write_photos
 
 REPO = Path(__file__).resolve().parent.parent
 PATCHED = REPO / "build" / "darknet" / "darknet"
@@ -44,14 +43,6 @@ def _tree(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (and the folder beside it) with its sha256."""
     return {str(p.relative_to(folder.parent)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.parent.rglob("*")) if p.is_file()}
-
-
-def _photos(folder: Path, count: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    for k in range(count):
-        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(folder / f"shot{k}.jpg")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +66,8 @@ def detector(tmp_path_factory) -> dict:
                 biases[4::7] = -4
     weights = folder / "tiny_detector.weights"
     net.save(weights)
-    train = _photos(folder / "user" / "photos", 12, seed=1)
-    evaluation = _photos(folder / "held-out", 4, seed=2)
+    train = write_photos(folder / "user" / "photos", 12, seed=1)
+    evaluation = write_photos(folder / "held-out", 4, seed=2)
     return {"cfg": cfg, "weights": weights, "train": train, "eval": evaluation, "folder": folder}
 
 

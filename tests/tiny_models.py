@@ -68,3 +68,14 @@ def write_model(folder: Path, name: str = "small", cfg_text: str = SMALL_CFG, se
     weights = folder / f"{name}.weights"
     new_file(model, weights, arrays, seen=12345)
     return cfg, weights
+
+
+def write_photos(folder: Path, count: int, seed: int) -> Path:
+    """``count`` seeded noise photos (80x64 JPEG) in a new ``folder``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for k in range(count):
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(folder / f"shot{k}.jpg")
+    return folder
