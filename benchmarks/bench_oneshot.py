@@ -43,10 +43,12 @@ FASHION_DATA = ROOT / "data" / "fashion" / "fashion.data"
 FASHION_DENSE = 0.9103  # cfg/fashion.top1
 DAMP: list = [None]  # --damp (None: the command's default for the model)
 RECALIBRATE = [True]  # not --no-recalibrate
+CORRECT: list = [None]  # None: as the recalibration; --no-correct-stats: False
 
 
 def _recal() -> str:
-    return "" if RECALIBRATE[0] else ", no recalibration"
+    return (("" if RECALIBRATE[0] else ", no recalibration")
+            + (", statistics not corrected per layer" if CORRECT[0] is False else ""))
 
 
 def _levels(text: str) -> list[float]:
@@ -64,6 +66,7 @@ def _prune(cfg: Path, weights: Path, calibration: list[Path], mode: str, level: 
     else:
         kwargs = dict(policy=policies.POLICIES[mode](level))
     result = oneshot.oneshot(wf, out, calibration, exclude=exclude, damp=DAMP[0], recalibrate=RECALIBRATE[0],
+                             correct_stats=CORRECT[0],
                              on_stage=lambda text: print(f"  {time.perf_counter() - start:7.1f}s {text}",
                                                          file=sys.stderr, flush=True), **kwargs)
     print(oneshot.table(result), file=sys.stderr, flush=True)
@@ -141,6 +144,8 @@ def main() -> None:
     parser.add_argument("--damp", type=float, default=None,
                         help="default: the command's for the model (1 for yolov3-tiny, 0.01 for Fashion-MNIST)")
     parser.add_argument("--no-recalibrate", action="store_true", help="leave out the batch-norm recalibration")
+    parser.add_argument("--no-correct-stats", action="store_true",
+                        help="solve without moving each solved layer's batch-norm statistics first")
     parser.add_argument("--train", type=Path, default=ROOT / "data" / "images" / "train")
     parser.add_argument("--eval", type=Path, default=ROOT / "data" / "images" / "eval")
     parser.add_argument("--only", choices=("yolo", "fashion"))
@@ -150,6 +155,7 @@ def main() -> None:
         parser.error("--mode plan is for yolov3-tiny: give --only yolo")
     DAMP[0] = args.damp
     RECALIBRATE[0] = not args.no_recalibrate
+    CORRECT[0] = False if args.no_correct_stats else None
     args.out.mkdir(parents=True, exist_ok=True)
     lines = []
     if args.only in (None, "yolo") and args.levels:

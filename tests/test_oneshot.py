@@ -328,3 +328,38 @@ def test_the_loop_solves_every_step_from_the_current_weights(tmp_path, digits, m
     for slot in dense.slots:
         if slot.param.role == "weights":  # the same solve as the first step's above
             assert final.array(slot).tobytes() == first.array(slot).tobytes(), slot.key
+
+
+def test_the_corrected_statistics_are_the_recalibrations_on_the_rows(detector):
+    """_corrected_stats, from the gathered sums alone, against the direct
+    computation on the rows: the rolling mean moves by the shift of the
+    output's mean (in the layer's own units), the variance by the ratio of
+    the output's variances, from the dense output Y to the solved X_p W^T."""
+    cfg, weights, _ = detector
+    wf = load(cfg, weights)
+    layer = wf.model.layers[2]
+    plan = oneshot._plan(layer, wf, wf.array(wf.slot(2, "weights")), wf.model.fork)
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(500, plan.columns)) + 0.3
+    W = plan.scaled * (rng.random(plan.scaled.shape) > 0.5)
+    Y = X @ plan.scaled.T + 0.1 * rng.normal(size=(500, plan.outputs))
+    gathered = oneshot._Gathered([X.T @ X], [None], [0.0], [0.0], len(X), [X.sum(0)], [Y.sum(0)], [(Y ** 2).sum(0)])
+    mean, variance = oneshot._corrected_stats(wf, plan, gathered, [W])
+    Z = X @ W.T
+    old_mean = wf.array(wf.slot(2, "rolling_mean")).astype(np.float64)
+    old_variance = wf.array(wf.slot(2, "rolling_variance")).astype(np.float64)
+    np.testing.assert_allclose(mean, old_mean + (Z.mean(0) - Y.mean(0)) / plan.scale, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(variance, old_variance * Z.var(0) / Y.var(0), rtol=1e-4)
+
+
+def test_the_solve_corrects_statistics_only_with_the_recalibration(detector, tmp_path):
+    """The layers after the first are fitted to other inputs when the
+    statistics are corrected (their errors differ), and not corrected by
+    default without the recalibration (the file then holds only new weights)."""
+    cfg, weights, paths = detector
+    wf = load(cfg, weights)
+    on = oneshot.oneshot(wf, None, paths, policies.Magnitude(0.7), recalibrate=False, correct_stats=True)
+    off = oneshot.oneshot(wf, None, paths, policies.Magnitude(0.7), recalibrate=False)
+    errors = [(a.input_error, b.input_error) for a, b in zip(on.layers, off.layers) if a.method == "obs"]
+    assert errors[0][0] == errors[0][1]
+    assert any(a != b for a, b in errors[1:])

@@ -38,6 +38,11 @@ weights.  Biases and batch-norm arrays are not touched by the solver; then,
 unless ``recalibrate=False``, the batch-norm rolling statistics are
 re-estimated relative to the dense model on the same images
 (:func:`darknet_sparse.analysis.recalibrate.recalibrate` with a reference).
+Since that recalibration will move every batch-norm layer's statistics,
+the solve moves each one the same way as soon as the layer is solved
+(estimated on its calibration rows: :func:`_corrected_stats`), so the
+layers after it are fitted to the inputs the recalibrated model gives them
+(on the training split's tuning protocol, 0.881 against 0.864 without).
 The output is written to a temporary file and renamed.
 
 Each layer's report gives its relative error ``|X_p W^T - Y|^2 / |Y|^2``
@@ -322,16 +327,20 @@ def oneshot(wf: WeightsFile, output: str | Path | None, paths: Sequence[str | Pa
             *, spec: dict | None = None, exclude: str | None = None, allocate: str | None = None,
             sparsity: float | None = None, damp: float | None = None, block: int = obs.BLOCK,
             positions: int = POSITIONS, recalibrate: bool = True, resize: str | None = None, seed: int = 0,
+            correct_stats: bool | None = None,
             on_stage: Callable[[str], None] | None = None) -> OneshotResult:
     """Prune ``wf`` with the solver on the calibration images ``paths`` and
     write ``output`` (None: report only); see the module docstring.  The
     levels come from ``policy`` (and ``spec``, ``exclude``), or from the OBS
     allocation at ``sparsity`` with ``allocate="obs"``; ``damp`` None:
-    :func:`default_damp`."""
+    :func:`default_damp`; ``correct_stats`` None: as ``recalibrate`` (each
+    solved layer's batch-norm statistics moved, for the layers after it, as
+    the recalibration at the end will move them)."""
     started = time.perf_counter()
     say = on_stage or (lambda text: None)
     model = wf.model
     damp = default_damp(model) if damp is None else damp
+    correct_stats = recalibrate if correct_stats is None else correct_stats
     if not damp >= 0:
         raise PolicyError(f"the dampening must be >= 0, not {damp!r}")
     if positions < 1:
@@ -369,7 +378,7 @@ def oneshot(wf: WeightsFile, output: str | Path | None, paths: Sequence[str | Pa
                     counts[(index, "weights")] = int(round(level.value * dense_weights[index].size))
         del dense_grams
         results, solved = _solve_all(nets, model, wf, plans, chosen, counts, dense_weights, targets, x, pixels,
-                                     damp, block, say)
+                                     damp, block, say, correct=correct_stats)
         recalibration = None
         notes = [f"layer {r.layer}: {r.rows} calibration rows for {plans[r.layer].columns} inputs per output: "
                  "its Gram matrix is rank-deficient and the fit may not carry over to other images; "
@@ -453,9 +462,14 @@ def _solve_all(nets: _Networks, model: Model, wf: WeightsFile, plans: dict[int, 
                chosen: dict[int, policies.Level], counts: dict[tuple[int, str], int],
                dense_weights: dict[int, np.ndarray], targets: dict[int, list[np.ndarray]], x: np.ndarray,
                pixels: dict[int, np.ndarray], damp: float, block: int,
-               say: Callable[[str], None]) -> tuple[list[LayerResult], dict[int, np.ndarray]]:
-    """Every prunable layer in order: solved, pruned by magnitude, or left."""
+               say: Callable[[str], None], correct: bool = False
+               ) -> tuple[list[LayerResult], dict[int, np.ndarray]]:
+    """Every prunable layer in order: solved, pruned by magnitude, or left;
+    with ``correct``, each solved layer's batch-norm statistics are moved as
+    the recalibration would move them (:func:`_corrected_stats`) before the
+    layers after it gather their inputs."""
     solved: dict[int, np.ndarray] = {}  # float32 weights of the layers changed so far
+    stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # their corrected batch-norm statistics
     results = []
     for layer in policies.prunable_layers(model):
         index = layer.index
@@ -478,7 +492,8 @@ def _solve_all(nets: _Networks, model: Model, wf: WeightsFile, plans: dict[int, 
             continue
         plan = plans[index]
         say(f"layer {index} ({layer.type}, {plan.w0.size} weights): removing {k}")
-        H, R, e0, yy, rows = _gather(nets, plan, solved, targets.pop(index), x, pixels[index], model.fork)
+        gathered = _gather(nets, plan, solved, targets.pop(index), x, pixels[index], model.fork, stats)
+        H, R, e0, yy, rows = gathered.H, gathered.R, gathered.e0, gathered.yy, gathered.rows
         changed = any(i < index for i in solved)
         parts, errors = [], {"input": 0.0, "after": 0.0, "magnitude": 0.0}
         magnitude = obs.magnitude_mask(plan.w0, k)
@@ -499,6 +514,11 @@ def _solve_all(nets: _Networks, model: Model, wf: WeightsFile, plans: dict[int, 
         new = np.concatenate(parts).astype(np.float32).reshape(-1)
         if changed or k:
             solved[index] = new
+            if correct:
+                moved = _corrected_stats(wf, plan, gathered, [part * plan.scale[plan.group_rows(g), None]
+                                                              for g, part in enumerate(parts)])
+                if moved is not None:
+                    stats[index] = moved
         results.append(LayerResult(index, layer.type, "obs", w.size, zeros_before, int(np.count_nonzero(new == 0)),
                                    rows, errors["input"] / total, errors["after"] / total,
                                    errors["magnitude"] / total, time.perf_counter() - began))
@@ -516,22 +536,27 @@ def _other_arrays(wf: WeightsFile, layer: Layer, counts: dict, solved: dict, res
 
 
 def _gather(nets: _Networks, plan: _Plan, solved: dict[int, np.ndarray], target: list[np.ndarray],
-            x: np.ndarray, pixels: np.ndarray, fork: str
-            ) -> tuple[list[np.ndarray], list[np.ndarray], list[float], list[float], int]:
+            x: np.ndarray, pixels: np.ndarray, fork: str,
+            stats: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> _Gathered:
     """Per group, with ``X_p`` the layer's inputs in the model pruned so far
-    and ``Y`` the dense output: ``H = X_p^T X_p``, ``R = X_p^T (Y - X_p
-    W0^T)``, ``|X_p W0^T - Y|^2`` and ``|Y|^2`` (float64 sums).  The
-    residual is computed as the target was, so it is exactly 0 where the
-    inputs did not change."""
+    (its weights ``solved``, its batch-norm statistics ``stats`` where
+    given) and ``Y`` the dense output: ``H = X_p^T X_p``, ``R = X_p^T (Y -
+    X_p W0^T)``, ``|X_p W0^T - Y|^2`` and ``|Y|^2``, and the column sums of
+    ``X_p``, ``Y`` and ``Y^2`` (float64).  The residual is computed as the
+    target was, so it is exactly 0 where the inputs did not change."""
     index = plan.layer.index
     cut = nets.load(index) if index > 0 else None
     if cut is not None:
         _set_weights(cut, solved, below=index)
+        _set_stats(cut, stats or {}, below=index)
     size = plan.outputs // plan.groups
     H = [np.zeros((plan.columns,) * 2) for _ in range(plan.groups)]
     R = [np.zeros((plan.columns, size)) for _ in range(plan.groups)]
     e0 = [0.0] * plan.groups
     yy = [float(np.sum(t.astype(np.float64) ** 2)) for t in target]
+    sx = [np.zeros(plan.columns) for _ in range(plan.groups)]
+    sy = [t.astype(np.float64).sum(0) for t in target]
+    syy = [(t.astype(np.float64) ** 2).sum(0) for t in target]
     filters = [plan.scaled[plan.group_rows(g)].T.astype(np.float32) for g in range(plan.groups)]
     per_image = pixels.shape[1]
     for part in calibration.chunks(len(x), nets.batch):
@@ -542,7 +567,58 @@ def _gather(nets: _Networks, plan: _Plan, solved: dict[int, np.ndarray], target:
             H[g] += rows.T @ rows
             R[g] += rows.T.astype(np.float64) @ residual
             e0[g] += float(np.sum(residual ** 2))
-    return H, R, e0, yy, len(x) * per_image
+            sx[g] += rows.sum(0, dtype=np.float64)
+    return _Gathered(H, R, e0, yy, len(x) * per_image, sx, sy, syy)
+
+
+@dataclass
+class _Gathered:
+    """What :func:`_gather` sums over one layer's calibration rows, per group."""
+
+    H: list[np.ndarray]
+    R: list[np.ndarray]
+    e0: list[float]
+    yy: list[float]
+    rows: int
+    sx: list[np.ndarray]  # column sums of X_p
+    sy: list[np.ndarray]  # per output, the sum of the dense output Y
+    syy: list[np.ndarray]  # and of Y^2
+
+
+def _set_stats(net: Network, stats: dict[int, tuple[np.ndarray, np.ndarray]], below: int | None = None) -> None:
+    for index, (mean, variance) in stats.items():
+        if below is None or index < below:
+            params = net.params(index)
+            params["rolling_mean"][:] = mean
+            params["rolling_variance"][:] = variance
+
+
+def _corrected_stats(wf: WeightsFile, plan: _Plan, gathered: _Gathered, weights: list[np.ndarray]
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+    """A batch-norm layer's rolling mean and variance moved as ``recalibrate
+    --reference`` would move them on the calibration rows: by the shift of
+    its pre-normalisation output's mean, and the ratio of its variance,
+    from the dense model's (``Y``) to the solved layer's on its pruned
+    inputs (``X_p W^T``: mean from the column sums, second moment from
+    ``H``), each output's in its own units (``weights`` per group, in the
+    solver's scaled units).  None for a layer without batch norm."""
+    layer = plan.layer
+    if not {"rolling_mean", "rolling_variance", "scales"} <= {p.name for p in layer.params}:
+        return None
+    mean = wf.array(wf.slot(layer.index, "rolling_mean")).astype(np.float64).copy()
+    variance = wf.array(wf.slot(layer.index, "rolling_variance")).astype(np.float64).copy()
+    n = gathered.rows
+    for g, W in enumerate(weights):
+        rows = plan.group_rows(g)
+        scale = plan.scale[rows]
+        mine_mean = gathered.sx[g] @ W.T / n
+        mine_var = np.einsum("oc,cd,od->o", W, gathered.H[g], W) / n - mine_mean ** 2
+        dense_mean = gathered.sy[g] / n
+        dense_var = gathered.syy[g] / n - dense_mean ** 2
+        usable = (dense_var > 1e-12 * max(float(dense_var.max()), 1e-30)) & (mine_var > 0)
+        mean[rows] += (mine_mean - dense_mean) / scale
+        variance[rows] = np.where(usable, variance[rows] * mine_var / np.where(usable, dense_var, 1), variance[rows])
+    return mean.astype(np.float32), variance.astype(np.float32)
 
 
 # --------------------------------------------------------------------------
