@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from helpers.ab_darknet import REPO, edit_cfg, run
+from helpers.darknet_run import rotated_labels
 from helpers.ab_fixtures import ab  # noqa: F401
 
 TEACHER_CFG = REPO / "cfg" / "digits.cfg"
@@ -38,12 +39,7 @@ TEACHER_WEIGHTS = REPO / "cfg" / "digits.weights"
 
 @pytest.fixture(scope="module")
 def sets(digits: Path) -> dict[str, Path]:
-    labels = (digits.parent / "labels.list").read_text().splitlines()
-    (digits.parent / "rotated.list").write_text("\n".join(labels[1:] + labels[:1]) + "\n")
-    rotated = digits.parent / "rotated.data"
-    rotated.write_text(digits.read_text().replace(f"labels={digits.parent / 'labels.list'}",
-                                                  f"labels={digits.parent / 'rotated.list'}"))
-    return {"true": digits, "rotated": rotated}
+    return rotated_labels(digits)
 
 
 def top1(darknet: Path, data: Path, cfg: Path, weights: Path) -> float:

@@ -16,8 +16,8 @@ import pytest
 
 from darknet_sparse.darknet import network as darknet
 from darknet_sparse.darknet.examples import classifier_top1, write_digits
-from helpers.darknet_run import (CLASSIFIER, ROOT, check_zeros_frozen, gpu_include_dirs, one_hot_data, sparse_start,
-                                 write_images)
+from helpers.darknet_run import (CLASSIFIER, ROOT, check_zeros_frozen, gpu_include_dirs, one_hot_data,
+                                 rotated_labels, sparse_start, write_images)
 from helpers.distill_run import (DARKNET, backend, distill_options, distill_step, finite_difference,
                                  top_fraction_zeroed, with_net_options)
 
@@ -230,15 +230,9 @@ def test_alpha_zero_trains_byte_identical_to_no_teacher(tmp_path):
 def digits(tmp_path_factory) -> dict[str, Path]:
     """The digits set, plus a data file whose labels list is rotated by one:
     every training image gets the next digit's label."""
-    data = write_digits(tmp_path_factory.mktemp("distill") / "digits")
-    root = data.parent
-    labels = (root / "labels.list").read_text().splitlines()
-    (root / "rotated.list").write_text("\n".join(labels[1:] + labels[:1]) + "\n")
-    text = data.read_text()
-    rotated = root / "rotated.data"
-    rotated.write_text(text.replace(f"labels={root / 'labels.list'}", f"labels={root / 'rotated.list'}"))
-    assert rotated.read_text() != text
-    return {"true": data, "rotated": rotated}
+    found = rotated_labels(write_digits(tmp_path_factory.mktemp("distill") / "digits"))
+    assert found["rotated"].read_text() != found["true"].read_text()
+    return found
 
 
 def digits_student(folder: Path, data: Path, options: str, batches: int, cfg_text: str | None = None,

@@ -286,3 +286,16 @@ def gpu_include_dirs(folder: Path) -> list[str]:
                  if (p / "cuda_runtime.h").is_file()), None)
     assert cuda is not None, "no CUDA runtime headers under /usr/local/cuda*/include"
     return [f"-I{folder}", f"-I{cuda}"]
+
+
+def rotated_labels(data: Path) -> dict[str, Path]:
+    """``data`` (a digits .data file, :func:`write_digits`) and, beside it,
+    ``rotated.data``, whose labels list is rotated by one: every training
+    image gets the next digit's label (a teacher's job to undo)."""
+    root = data.parent
+    labels = (root / "labels.list").read_text().splitlines()
+    (root / "rotated.list").write_text("\n".join(labels[1:] + labels[:1]) + "\n")
+    text = data.read_text()
+    rotated = root / "rotated.data"
+    rotated.write_text(text.replace(f"labels={root / 'labels.list'}", f"labels={root / 'rotated.list'}"))
+    return {"true": data, "rotated": rotated}

@@ -17,17 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import test_distill as t  # noqa: E402
 from darknet_sparse.darknet import network as darknet  # noqa: E402
 from darknet_sparse.darknet.examples import classifier_top1, write_digits  # noqa: E402
+from helpers.darknet_run import rotated_labels  # noqa: E402
 
 
 def digits_sets(root: Path) -> dict[str, Path]:
     """The test module's ``digits`` fixture."""
-    data = write_digits(root / "digits")
-    labels = (data.parent / "labels.list").read_text().splitlines()
-    (data.parent / "rotated.list").write_text("\n".join(labels[1:] + labels[:1]) + "\n")
-    rotated = data.parent / "rotated.data"
-    rotated.write_text(data.read_text().replace(f"labels={data.parent / 'labels.list'}",
-                                                f"labels={data.parent / 'rotated.list'}"))
-    return {"true": data, "rotated": rotated}
+    return rotated_labels(write_digits(root / "digits"))
 
 
 def one_seed(root: Path, digits: dict[str, Path], seed: int) -> dict[str, float]:
